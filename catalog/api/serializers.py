@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from django.db import transaction
+from rest_framework import serializers
+
+from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup
+
+
+class CategorySerializer(serializers.ModelSerializer):
+    parent = serializers.SlugRelatedField(slug_field="path", queryset=Category.objects.all(), allow_null=True, required=False)
+
+    class Meta:
+        model = Category
+        fields = ["id", "name", "path", "parent"]
+        read_only_fields = ["path"]
+
+    def validate_name(self, value: str) -> str:
+        if "/" in value:
+            raise serializers.ValidationError("a category name may not contain '/'")
+        return value.strip()
+
+
+class ProductImageSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ProductImage
+        fields = ["id", "url", "sha256", "width", "height", "position"]
+        read_only_fields = fields
+
+    def get_url(self, image: ProductImage) -> str:
+        url = image.file.url
+        request = self.context.get("request")
+        return request.build_absolute_uri(url) if request else url
+
+
+class ProductSerializer(serializers.ModelSerializer):
+    category = serializers.CharField(
+        source="category.path", allow_null=True, required=False,
+        help_text="category path such as 'Apparel/Topwear/Tshirts'; missing levels are created",
+    )
+    images = ProductImageSerializer(many=True, read_only=True)
+    tags = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Product
+        fields = [
+            "sku", "title", "description", "brand", "price", "currency", "attributes", "category", "active",
+            "images", "tags", "created_at", "updated_at",
+        ]
+        read_only_fields = ["created_at", "updated_at"]
+
+    def get_tags(self, product: Product) -> list[str]:
+        return sorted(
+            f"{pt.tag.group.slug}:{pt.tag.slug}" for pt in product.product_tags.all() if pt.status == ProductTag.Status.ACCEPTED
+        )
+
+    def validate_attributes(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("must be an object of name -> string or number")
+        for key, item in value.items():
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+                raise serializers.ValidationError(f"attribute '{key}' must be a string or a number")
+        return value
+
+    def validate_currency(self, value: str) -> str:
+        value = (value or "").strip().upper()
+        if value and (len(value) != 3 or not value.isalpha()):
+            raise serializers.ValidationError("use a 3-letter ISO 4217 code such as EUR")
+        return value
+
+    def validate_sku(self, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise serializers.ValidationError("may not be blank")
+        if self.instance is not None and value != self.instance.sku:
+            raise serializers.ValidationError("the sku of an existing product cannot change")
+        return value
+
+    def _category(self, validated: dict):
+        if "category" not in validated:
+            return
+        path = (validated.pop("category") or {}).get("path")
+        try:
+            validated["category"] = Category.objects.get_or_create_path(path) if path else None
+        except ValueError as exc:
+            raise serializers.ValidationError({"category": str(exc)})
+
+    @transaction.atomic
+    def create(self, validated):
+        self._category(validated)
+        return super().create(validated)
+
+    @transaction.atomic
+    def update(self, instance, validated):
+        self._category(validated)
+        return super().update(instance, validated)
+
+
+class ImageUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="JPEG, PNG or WebP")
+    position = serializers.IntegerField(min_value=0, required=False)
+
+
+class TagGroupSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TagGroup
+        fields = ["id", "name", "slug", "description"]
+        extra_kwargs = {"slug": {"required": False}}
+
+
+class TagSerializer(serializers.ModelSerializer):
+    group = serializers.SlugRelatedField(slug_field="slug", queryset=TagGroup.objects.all())
+
+    class Meta:
+        model = Tag
+        fields = ["id", "group", "name", "slug", "synonyms"]
+        extra_kwargs = {"slug": {"required": False}}
+
+
+class ProductTagSerializer(serializers.ModelSerializer):
+    product = serializers.SlugRelatedField(slug_field="sku", queryset=Product.objects.all())
+    tag = serializers.PrimaryKeyRelatedField(queryset=Tag.objects.all())
+
+    class Meta:
+        model = ProductTag
+        fields = ["id", "product", "tag", "source", "score", "model_key", "status", "created_at", "updated_at"]
+        read_only_fields = ["created_at", "updated_at"]

@@ -1,0 +1,12 @@
+from rest_framework.routers import DefaultRouter
+
+from catalog.api import views
+
+router = DefaultRouter(trailing_slash="/?")
+router.register("products", views.ProductViewSet, basename="product")
+router.register("categories", views.CategoryViewSet, basename="category")
+router.register("tag-groups", views.TagGroupViewSet, basename="taggroup")
+router.register("tags", views.TagViewSet, basename="tag")
+router.register("product-tags", views.ProductTagViewSet, basename="producttag")
+
+urlpatterns = router.urls

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+from django.db.models import Prefetch
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+
+from catalog.api.serializers import (
+    CategorySerializer,
+    ImageUploadSerializer,
+    ProductImageSerializer,
+    ProductSerializer,
+    ProductTagSerializer,
+    TagGroupSerializer,
+    TagSerializer,
+)
+from catalog.filters import ProductFilterSet, check_params
+from catalog.images import ImageRejected, check_image
+from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup
+from catalog.storage import add_image
+
+COMMON_PARAMS = {"page", "page_size", "format"}
+
+
+class StrictParamsMixin:
+    """Reject query parameters the list endpoint does not know."""
+
+    def filter_queryset(self, queryset):
+        if self.action == "list":
+            allowed = set(COMMON_PARAMS)
+            fs = getattr(self, "filterset_class", None)
+            if fs is not None:
+                allowed |= set(fs.base_filters)
+            allowed |= set(getattr(self, "extra_params", ()))
+            check_params(self.request.query_params, allowed)
+        return super().filter_queryset(queryset)
+
+
+@extend_schema(parameters=[OpenApiParameter("attr.NAME", str, description="attribute filter, e.g. attr.colour=Red")])
+class ProductViewSet(StrictParamsMixin, viewsets.ModelViewSet):
+    """Products, addressed by sku. Reads are public; writes need a staff user."""
+
+    serializer_class = ProductSerializer
+    filterset_class = ProductFilterSet
+    lookup_field = "sku"
+    lookup_value_regex = "[^/]+"
+
+    def get_queryset(self):
+        return Product.objects.select_related("category").prefetch_related(
+            "images", Prefetch("product_tags", queryset=ProductTag.objects.select_related("tag__group"))
+        )
+
+    @extend_schema(request={"multipart/form-data": ImageUploadSerializer}, responses={201: ProductImageSerializer})
+    @action(detail=True, methods=["post"], url_path="images", parser_classes=[MultiPartParser, FormParser])
+    def upload_image(self, request, sku=None):
+        """Attach an image (JPEG/PNG/WebP); identical bytes already on the product are not stored twice."""
+        product = self.get_object()
+        form = ImageUploadSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        upload = form.validated_data["file"]
+        try:
+            checked = check_image(upload.read())
+        except ImageRejected as exc:
+            raise ValidationError({"file": str(exc)})
+        image, created = add_image(product, checked, form.validated_data.get("position"))
+        data = ProductImageSerializer(image, context={"request": request}).data
+        return Response(data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @action(detail=True, methods=["delete"], url_path=r"images/(?P<image_id>\d+)")
+    def delete_image(self, request, sku=None, image_id=None):
+        """Detach one image from the product (the file stays while other products use the same bytes)."""
+        product = self.get_object()
+        deleted, _ = ProductImage.objects.filter(product=product, pk=image_id).delete()
+        if not deleted:
+            return Response({"detail": f"product {sku} has no image {image_id}"}, status=status.HTTP_404_NOT_FOUND)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class CategoryViewSet(StrictParamsMixin, viewsets.ModelViewSet):
+    serializer_class = CategorySerializer
+    queryset = Category.objects.select_related("parent")
+    filterset_fields = ["parent"]
+    extra_params = {"parent"}
+
+
+class TagGroupViewSet(StrictParamsMixin, viewsets.ModelViewSet):
+    serializer_class = TagGroupSerializer
+    queryset = TagGroup.objects.all()
+    lookup_field = "slug"
+
+
+class TagViewSet(StrictParamsMixin, viewsets.ModelViewSet):
+    serializer_class = TagSerializer
+    queryset = Tag.objects.select_related("group")
+    filterset_fields = ["group__slug"]
+    extra_params = {"group__slug"}
+
+
+class ProductTagViewSet(StrictParamsMixin, viewsets.ModelViewSet):
+    """Tags on products, manual or suggested by a model; accepting or rejecting one is a PATCH of status."""
+
+    serializer_class = ProductTagSerializer
+    queryset = ProductTag.objects.select_related("product", "tag__group")
+    filterset_fields = ["status", "source", "model_key", "product__sku"]
+    extra_params = {"status", "source", "model_key", "product__sku"}

@@ -1,0 +1,93 @@
+"""Product filters shared by the catalog API and search: category subtree, price range, attributes, tags."""
+
+from __future__ import annotations
+
+import django_filters
+from django.db.models import Q, QuerySet
+from rest_framework.exceptions import ValidationError
+
+from catalog.models import Category, Product, ProductTag
+
+ATTR_PREFIX = "attr."
+
+
+def category_q(path: str, prefix: str = "category") -> Q:
+    """Rows whose category is `path` or below it."""
+    path = path.strip().strip("/")
+    return Q(**{f"{prefix}__path": path}) | Q(**{f"{prefix}__path__startswith": path + "/"})
+
+
+def split_tag(value: str) -> Q:
+    """'colour:red' (group:slug) or 'red' (slug in any group) -> a Q on ProductTag.tag."""
+    group, _, slug = value.rpartition(":")
+    q = Q(tag__slug=slug.strip())
+    if group:
+        q &= Q(tag__group__slug=group.strip())
+    return q
+
+
+class ProductFilterSet(django_filters.FilterSet):
+    category = django_filters.CharFilter(method="filter_category", help_text="category path; includes subcategories")
+    price_min = django_filters.NumberFilter(field_name="price", lookup_expr="gte")
+    price_max = django_filters.NumberFilter(field_name="price", lookup_expr="lte")
+    tag = django_filters.CharFilter(method="filter_tag", help_text="accepted tag, 'group:slug' or 'slug'; comma = all of")
+    brand = django_filters.CharFilter(field_name="brand", lookup_expr="iexact")
+    active = django_filters.BooleanFilter()
+    sku = django_filters.CharFilter(method="filter_sku", help_text="comma-separated skus")
+    ordering = django_filters.OrderingFilter(fields=("price", "title", "created_at", "updated_at", "sku"))
+
+    class Meta:
+        model = Product
+        fields: list[str] = []
+
+    def filter_category(self, queryset, name, value):
+        if not Category.objects.filter(path=value.strip().strip("/")).exists():
+            raise ValidationError({"category": f"unknown category {value!r}"})
+        return queryset.filter(category_q(value))
+
+    def filter_tag(self, queryset, name, value):
+        for part in [v for v in value.split(",") if v.strip()]:
+            queryset = queryset.filter(
+                pk__in=ProductTag.objects.filter(split_tag(part), status=ProductTag.Status.ACCEPTED).values("product_id")
+            )
+        return queryset
+
+    def filter_sku(self, queryset, name, value):
+        return queryset.filter(sku__in=[s.strip() for s in value.split(",") if s.strip()])
+
+    @property
+    def qs(self):
+        queryset = super().qs
+        return filter_attributes(queryset, self.data)
+
+
+def filter_attributes(queryset: QuerySet, params) -> QuerySet:
+    """attr.NAME=VALUE (repeat or comma-separate for any of) on the attributes JSON; case-insensitive values."""
+    for key in params:
+        if not key.startswith(ATTR_PREFIX):
+            continue
+        name = key[len(ATTR_PREFIX):]
+        if not name:
+            raise ValidationError({key: "attribute name is empty; use attr.NAME=VALUE"})
+        values = [v.strip() for raw in params.getlist(key) for v in raw.split(",") if v.strip()]
+        if not values:
+            raise ValidationError({key: "no value given"})
+        q = Q()
+        for value in values:
+            q |= Q(**{f"attributes__{name}__iexact": value})
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            q |= Q(**{f"attributes__{name}": number})
+        queryset = queryset.filter(q)
+    return queryset
+
+
+def check_params(params, allowed: set[str]) -> None:
+    """Refuse unknown query parameters, so a typo in a filter name is an error and not a silent no-op."""
+    unknown = sorted(k for k in params if k not in allowed and not k.startswith(ATTR_PREFIX))
+    if unknown:
+        raise ValidationError(
+            {"detail": f"unknown parameter(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}, attr.NAME"}
+        )

@@ -1,0 +1,195 @@
+"""Catalog: categories (a tree addressed by path), products, their images, and the tag vocabulary."""
+
+from __future__ import annotations
+
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVectorField
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils.text import slugify
+
+PATH_SEPARATOR = "/"
+
+
+def normalize_path(path: str) -> str:
+    """'Apparel / Topwear/Tshirts/' -> 'Apparel/Topwear/Tshirts'; raises ValueError on an empty path."""
+    parts = [p.strip() for p in str(path).split(PATH_SEPARATOR)]
+    parts = [p for p in parts if p]
+    if not parts:
+        raise ValueError("category path is empty")
+    return PATH_SEPARATOR.join(parts)
+
+
+class CategoryManager(models.Manager):
+    def get_or_create_path(self, path: str) -> "Category":
+        """Return the category at `path`, creating it and any missing ancestors."""
+        path = normalize_path(path)
+        existing = self.filter(path=path).first()
+        if existing:
+            return existing
+        parent = None
+        parts = path.split(PATH_SEPARATOR)
+        for depth in range(1, len(parts) + 1):
+            sub = PATH_SEPARATOR.join(parts[:depth])
+            parent, _ = self.get_or_create(path=sub, defaults={"name": parts[depth - 1], "parent": parent})
+        return parent
+
+
+class Category(models.Model):
+    """A node in the category tree; `path` is the full name path, e.g. 'Apparel/Topwear/Tshirts'."""
+
+    name = models.CharField(max_length=200)
+    parent = models.ForeignKey("self", null=True, blank=True, related_name="children", on_delete=models.PROTECT)
+    path = models.CharField(max_length=1000, unique=True, editable=False)
+
+    objects = CategoryManager()
+
+    class Meta:
+        ordering = ["path"]
+        verbose_name_plural = "categories"
+
+    def __str__(self) -> str:
+        return self.path
+
+    def save(self, *args, **kwargs):
+        if PATH_SEPARATOR in self.name:
+            raise ValueError(f"category name {self.name!r} may not contain {PATH_SEPARATOR!r}")
+        self.path = f"{self.parent.path}{PATH_SEPARATOR}{self.name}" if self.parent_id else self.name
+        super().save(*args, **kwargs)
+
+    @property
+    def depth(self) -> int:
+        return self.path.count(PATH_SEPARATOR)
+
+    def subtree_q(self, prefix: str = "category") -> models.Q:
+        """Filter for rows whose category is this node or below it."""
+        return models.Q(**{f"{prefix}__path": self.path}) | models.Q(
+            **{f"{prefix}__path__startswith": self.path + PATH_SEPARATOR}
+        )
+
+
+class Product(models.Model):
+    sku = models.CharField(max_length=128, unique=True)
+    title = models.CharField(max_length=500)
+    description = models.TextField(blank=True, default="")
+    brand = models.CharField(max_length=200, blank=True, default="")
+    price = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
+    currency = models.CharField(max_length=3, blank=True, default="")
+    attributes = models.JSONField(default=dict, blank=True)
+    category = models.ForeignKey(Category, null=True, blank=True, related_name="products", on_delete=models.PROTECT)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    # Weighted full-text vector over title (A), category and accepted tags (B), brand and attributes (C),
+    # description (D); maintained by catalog.search_text.refresh_search_vectors().
+    search_vector = SearchVectorField(null=True, editable=False)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            GinIndex(fields=["search_vector"], name="product_search_vector_gin"),
+            GinIndex(fields=["attributes"], name="product_attributes_gin"),
+            # Trigram index for typo-tolerant title matching (pg_trgm).
+            GinIndex(fields=["title"], name="product_title_trgm", opclasses=["gin_trgm_ops"]),
+            models.Index(fields=["price"], name="product_price_idx"),
+            models.Index(fields=["category", "active"], name="product_category_active_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(price__gte=0) | models.Q(price__isnull=True), name="product_price_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.sku}: {self.title}"
+
+
+def image_upload_to(instance: "ProductImage", filename: str) -> str:
+    # Content-addressed: identical bytes share one file across products.
+    ext = filename.rsplit(".", 1)[-1].lower() if "." in filename else "jpg"
+    return f"images/{instance.sha256[:2]}/{instance.sha256}.{ext}"
+
+
+class ProductImage(models.Model):
+    product = models.ForeignKey(Product, related_name="images", on_delete=models.CASCADE)
+    file = models.ImageField(upload_to=image_upload_to, max_length=300)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    width = models.PositiveIntegerField(default=0)
+    height = models.PositiveIntegerField(default=0)
+    position = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["product_id", "position", "id"]
+        constraints = [models.UniqueConstraint(fields=["product", "sha256"], name="image_unique_bytes_per_product")]
+
+    def __str__(self) -> str:
+        return f"{self.product_id}#{self.position} {self.sha256[:12]}"
+
+
+class TagGroup(models.Model):
+    """A facet of the vocabulary, such as colour or pattern."""
+
+    name = models.CharField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args, **kwargs):
+        self.slug = self.slug or slugify(self.name)
+        super().save(*args, **kwargs)
+
+
+class Tag(models.Model):
+    group = models.ForeignKey(TagGroup, related_name="tags", on_delete=models.CASCADE)
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=100)
+    synonyms = ArrayField(models.CharField(max_length=100), default=list, blank=True)
+
+    class Meta:
+        ordering = ["group__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["group", "slug"], name="tag_unique_slug_per_group")]
+
+    def __str__(self) -> str:
+        return f"{self.group.slug}:{self.name}"
+
+    def save(self, *args, **kwargs):
+        self.slug = self.slug or slugify(self.name)
+        super().save(*args, **kwargs)
+
+
+class ProductTag(models.Model):
+    class Source(models.TextChoices):
+        MANUAL = "manual"
+        MODEL = "model"
+
+    class Status(models.TextChoices):
+        SUGGESTED = "suggested"
+        ACCEPTED = "accepted"
+        REJECTED = "rejected"
+
+    product = models.ForeignKey(Product, related_name="product_tags", on_delete=models.CASCADE)
+    tag = models.ForeignKey(Tag, related_name="product_tags", on_delete=models.CASCADE)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.MANUAL)
+    score = models.FloatField(null=True, blank=True)
+    # Which model suggested the tag ('' for manual tags).
+    model_key = models.CharField(max_length=200, blank=True, default="")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACCEPTED)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["product_id", "tag_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["product", "tag", "model_key"], name="producttag_unique_per_model"),
+        ]
+        indexes = [models.Index(fields=["tag", "status"], name="producttag_tag_status_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.product_id} {self.tag} ({self.status})"

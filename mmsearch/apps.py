@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class MmsearchConfig(AppConfig):
+    name = "mmsearch"
+    verbose_name = "Search engine"

@@ -1,0 +1,108 @@
+"""Capability contracts for model plugins: one small Protocol per role, plain dataclasses out.
+
+Plugins are built by mmsearch.plugins.handler from settings.MMSEARCH_MODELS[alias] = {"BACKEND": dotted path,
+"OPTIONS": {...}} as BACKEND(**OPTIONS). Heavy libraries (torch, open_clip, transformers) are imported only
+inside plugin modules, and weights load on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Maps images and texts into one space (CLIP-style). Vectors are L2-normalised float32 rows."""
+
+    model_key: str
+
+    @property
+    def dim(self) -> int:
+        """Length of every vector this model returns."""
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed decoded RGB images; returns an array of shape (len(images), dim)."""
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts; returns an array of shape (len(texts), dim)."""
+
+
+@runtime_checkable
+class TextEmbedder(Protocol):
+    """Text-only embedder (e.g. a sentence encoder) for product text and query text."""
+
+    model_key: str
+
+    @property
+    def dim(self) -> int:
+        """Length of every vector this model returns."""
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts; returns an array of shape (len(texts), dim), L2-normalised."""
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    model_key: str
+    score: float | None = None
+
+
+@runtime_checkable
+class Captioner(Protocol):
+    model_key: str
+
+    def caption(self, images: Sequence[Image.Image]) -> list[Caption]:
+        """One caption per image."""
+
+
+@dataclass(frozen=True)
+class TagScore:
+    group: str
+    tag: str
+    score: float
+
+
+@dataclass(frozen=True)
+class TagSuggestions:
+    tags: list[TagScore]
+    model_key: str
+
+
+@runtime_checkable
+class Tagger(Protocol):
+    model_key: str
+
+    def tag(self, images: Sequence[Image.Image], vocabulary: dict[str, list[str]]) -> list[TagSuggestions]:
+        """Score each image against a vocabulary {group: [tag, ...]}; one TagSuggestions per image."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    confidence: float
+    model_key: str
+    evidence: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class Answerer(Protocol):
+    model_key: str
+
+    def answer(self, question: str, product_text: str, images: Sequence[Image.Image]) -> Answer:
+        """Answer a shopper's question about one product."""
+
+
+# role -> the Protocol an alias of that role must satisfy
+ROLE_PROTOCOLS: dict[str, type] = {
+    "embedder": Embedder,
+    "text_embedder": TextEmbedder,
+    "captioner": Captioner,
+    "tagger": Tagger,
+    "answerer": Answerer,
+}
