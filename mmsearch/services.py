@@ -163,7 +163,9 @@ def stop_postgres() -> ServiceStatus:
 # --- Redis --------------------------------------------------------------------------------------------------
 
 def redis_url() -> str:
-    return f"redis+socket://{REDIS_SOCKET}"
+    # MMSEARCH_REDIS_DB picks a database number, so parallel test runs on one server stay apart.
+    db = os.environ.get("MMSEARCH_REDIS_DB", "0")
+    return f"redis+socket://{REDIS_SOCKET}?virtual_host={db}"
 
 
 def _redis_pid() -> int | None:

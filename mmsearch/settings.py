@@ -145,3 +145,8 @@ LOGGING = {
 # The catalog models the engine stores vectors for (the engine's only link to the catalog).
 MMSEARCH_PRODUCT_MODEL = "catalog.Product"
 MMSEARCH_IMAGE_MODEL = "catalog.ProductImage"
+
+# Model plugins by role alias: {"BACKEND": dotted path, "OPTIONS": {...}} (see README "Plugins").
+MMSEARCH_MODELS = {
+    "embedder": {"BACKEND": "mmsearch.plugins.hashing.HashingEmbedder", "OPTIONS": {"dim": 64}},
+}

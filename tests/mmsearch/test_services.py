@@ -27,7 +27,8 @@ def test_redis_answers():
     import redis
     from django.conf import settings
 
-    url = settings.REDIS_URL.replace("redis+socket://", "unix://")
-    client = redis.Redis.from_url(url)
+    from kombu import Connection
+
+    client = Connection(settings.REDIS_URL).default_channel.client
     client.set("mmsearch-test", "1")
     assert client.get("mmsearch-test") == b"1"
