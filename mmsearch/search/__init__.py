@@ -1,0 +1,1 @@
+"""Search: the vector store (pgvector), query planning, fusion and facets."""
