@@ -66,3 +66,81 @@ class ActiveModel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.alias} -> {self.model_key}"
+
+
+class IndexJob(models.Model):
+    """A bulk embedding run for one model alias: totals and counters updated atomically by the workers."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    class Kind(models.TextChoices):
+        ALL = "all", "images and product texts"
+        IMAGES = "images"
+        PRODUCTS = "products", "product texts"
+
+    alias = models.CharField(max_length=100)
+    model_key = models.CharField(max_length=200)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.ALL)
+    only_missing = models.BooleanField(default=False)
+    force = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)  # embedded, or skipped because already current
+    skipped = models.PositiveIntegerField(default=0)  # part of `done`: nothing to write
+    failed = models.PositiveIntegerField(default=0)  # permanent per-item failures (see EmbeddingFailure)
+    batches = models.PositiveIntegerField(default=0)  # write batches planned
+    # Seconds summed over all batches, per stage (decode runs beside the forward pass, so they overlap).
+    decode_seconds = models.FloatField(default=0.0)
+    forward_seconds = models.FloatField(default=0.0)
+    write_seconds = models.FloatField(default=0.0)
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} {self.alias} ({self.status} {self.done + self.failed}/{self.total})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (self.Status.DONE, self.Status.FAILED, self.Status.CANCELLED)
+
+    @property
+    def progress(self) -> float:
+        """Share of items accounted for (embedded, skipped or failed), 0..1."""
+        return 1.0 if not self.total else min(1.0, (self.done + self.failed) / self.total)
+
+    @property
+    def elapsed_seconds(self) -> float | None:
+        if not self.started_at:
+            return None
+        from django.utils import timezone
+
+        return ((self.finished_at or timezone.now()) - self.started_at).total_seconds()
+
+    @property
+    def items_per_second(self) -> float | None:
+        elapsed = self.elapsed_seconds
+        return (self.done + self.failed) / elapsed if elapsed else None
+
+
+class IndexJobBatch(models.Model):
+    """Ledger of a job's written batches: a redelivered task skips what is recorded, so counters count once."""
+
+    job = models.ForeignKey(IndexJob, on_delete=models.CASCADE, related_name="batch_log")
+    chunk = models.PositiveIntegerField()  # the task's number within the job
+    batch = models.PositiveIntegerField()  # the write batch's number within the task
+    done = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    finished_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "chunk", "batch"], name="indexjobbatch_once")]
