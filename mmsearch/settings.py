@@ -150,3 +150,18 @@ MMSEARCH_IMAGE_MODEL = "catalog.ProductImage"
 MMSEARCH_MODELS = {
     "embedder": {"BACKEND": "mmsearch.plugins.hashing.HashingEmbedder", "OPTIONS": {"dim": 64}},
 }
+
+# --- embedding pipeline (workers/) --------------------------------------------------------------------------
+# Named queues: a worker host consumes the ones it serves (`celery -A mmsearch worker -Q embed`).
+CELERY_TASK_ROUTES = {
+    "workers.tasks.embed_images": {"queue": "embed"},
+    "workers.tasks.embed_products": {"queue": "embed"},
+}
+# Items per forward pass, and forward passes per task (a task decodes batch n+1 while batch n runs).
+MMSEARCH_EMBED_BATCH_SIZE = int(os.environ.get("MMSEARCH_EMBED_BATCH_SIZE", 32))
+MMSEARCH_EMBED_BATCHES_PER_TASK = int(os.environ.get("MMSEARCH_EMBED_BATCHES_PER_TASK", 4))
+MMSEARCH_DECODE_THREADS = int(os.environ.get("MMSEARCH_DECODE_THREADS", 2))
+# Enqueue embedding work when the catalog changes (products/images saved or imported).
+MMSEARCH_AUTO_INDEX = env_bool("MMSEARCH_AUTO_INDEX", True)
+# Aliases kept current on change; None = every configured embedder / text_embedder alias.
+MMSEARCH_INDEX_ALIASES = None
