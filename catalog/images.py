@@ -7,7 +7,7 @@ import io
 from dataclasses import dataclass
 
 from django.conf import settings
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
@@ -29,14 +29,23 @@ class CheckedImage:
         return _EXTENSIONS[self.format]
 
 
-def check_image(data: bytes) -> CheckedImage:
-    """Accept JPEG/PNG/WebP within the size and pixel limits; apply EXIF orientation; raise ImageRejected."""
+def check_size(size: int) -> None:
+    """Refuse an empty file or one over MMSEARCH_UPLOAD_MAX_BYTES (checked before the bytes are read)."""
     max_bytes = settings.MMSEARCH_UPLOAD_MAX_BYTES
-    max_pixels = settings.MMSEARCH_UPLOAD_MAX_PIXELS
-    if not data:
+    if not size:
         raise ImageRejected("the file is empty")
-    if len(data) > max_bytes:
-        raise ImageRejected(f"the file is {len(data):,} bytes; the limit is {max_bytes:,} (MMSEARCH_UPLOAD_MAX_BYTES)")
+    if size > max_bytes:
+        raise ImageRejected(f"the file is {size:,} bytes; the limit is {max_bytes:,} (MMSEARCH_UPLOAD_MAX_BYTES)")
+
+
+def check_image(data: bytes) -> CheckedImage:
+    """Accept JPEG/PNG/WebP within the size and pixel limits; apply EXIF orientation; raise ImageRejected.
+
+    The bytes are kept as they are (so their sha256 is the file's) unless an EXIF orientation has to be
+    applied, in which case the image is re-encoded upright once, without the orientation tag.
+    """
+    max_pixels = settings.MMSEARCH_UPLOAD_MAX_PIXELS
+    check_size(len(data))
     try:
         with Image.open(io.BytesIO(data)) as probe:
             fmt = probe.format
@@ -49,16 +58,21 @@ def check_image(data: bytes) -> CheckedImage:
                     f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,} "
                     "(MMSEARCH_UPLOAD_MAX_PIXELS)"
                 )
-            probe.load()
-            oriented = ImageOps.exif_transpose(probe)
+            probe.load()  # decodes everything, so truncated or corrupt files are caught here
+            orientation = probe.getexif().get(ExifTags.Base.Orientation, 1)
+            oriented = ImageOps.exif_transpose(probe) if orientation not in (0, 1) else None
     except ImageRejected:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise ImageRejected(f"not a readable image ({exc.__class__.__name__})") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        # Pillow's own guard fires at open() for far larger images than our limit.
+        raise ImageRejected(
+            f"the image declares too many pixels; the limit is {max_pixels:,} (MMSEARCH_UPLOAD_MAX_PIXELS)"
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageRejected("not an image file; use JPEG, PNG or WebP") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected(f"the image is corrupt or truncated ({exc})") from exc
-    if oriented is not probe:
-        # Re-encode once so every consumer sees the upright image and no orientation tag.
+    if oriented is not None:
         out = io.BytesIO()
         save_kwargs = {"quality": 95} if fmt == "JPEG" else {}
         if fmt == "JPEG" and oriented.mode not in ("RGB", "L"):

@@ -1,7 +1,8 @@
 """Import a catalog in the interchange format (products.jsonl): upsert by sku, images stored by content.
 
 A bad row is reported with its line number and reason and skipped; the good rows are imported. Re-importing
-the same file changes nothing (no row is written, no timestamp moves).
+the same file changes nothing (no row is written, no timestamp moves). A row's "images" list is the product's
+images in order: images it no longer lists are detached; a row without an "images" key leaves them alone.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from catalog.search_text import refresh_search_vectors
 from catalog.storage import write_image_file
 
 PRODUCT_FIELDS = ("title", "description", "brand", "price", "currency", "attributes", "category_id")
+CATEGORY_NAME_MAX = Category._meta.get_field("name").max_length
+CATEGORY_PATH_MAX = Category._meta.get_field("path").max_length
 
 
 class RowRejected(ValueError):
@@ -46,7 +49,8 @@ class ParsedRow:
     sku: str
     values: dict
     category_path: str | None
-    images: list[CheckedImage]
+    # None when the row has no "images" key: the product's images are then left as they are.
+    images: list[CheckedImage] | None
 
 
 @dataclass
@@ -56,6 +60,7 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     images_added: int = 0
+    images_removed: int = 0
     rejected: list[RowError] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -67,7 +72,7 @@ class ImportReport:
         rate = self.imported / self.seconds if self.seconds else 0.0
         return (
             f"{self.rows} rows: {self.created} created, {self.updated} updated, {self.unchanged} unchanged, "
-            f"{len(self.rejected)} rejected; {self.images_added} images added; "
+            f"{len(self.rejected)} rejected; {self.images_added} images added, {self.images_removed} removed; "
             f"{self.seconds:.1f}s ({rate:.0f} products/s)"
         )
 
@@ -114,7 +119,9 @@ def parse_row(line_no: int, text: str, base_dir: Path) -> ParsedRow:
         if not price.is_finite() or price < 0 or price >= Decimal("1e10"):
             raise RowRejected(f"'price' must be between 0 and 10^10, not {row['price']!r}")
     values["price"] = price
-    attributes = row.get("attributes") or {}
+    attributes = row.get("attributes")
+    if attributes is None:
+        attributes = {}
     if not isinstance(attributes, dict):
         raise RowRejected(f"'attributes' must be an object, not {type(attributes).__name__}")
     for key, value in attributes.items():
@@ -129,11 +136,17 @@ def parse_row(line_no: int, text: str, base_dir: Path) -> ParsedRow:
             category = normalize_path(category)
         except ValueError as exc:
             raise RowRejected(str(exc)) from exc
-    images_field = row.get("images") or []
-    if not isinstance(images_field, list) or not all(isinstance(i, str) for i in images_field):
+        if len(category) > CATEGORY_PATH_MAX or any(len(n) > CATEGORY_NAME_MAX for n in category.split("/")):
+            raise RowRejected(
+                f"'category' is too long (at most {CATEGORY_NAME_MAX} characters a level, {CATEGORY_PATH_MAX} in all)"
+            )
+    images_field = row.get("images")
+    if images_field is not None and (
+        not isinstance(images_field, list) or not all(isinstance(i, str) and i.strip() for i in images_field)
+    ):
         raise RowRejected("'images' must be a list of file paths")
-    images = []
-    for rel in images_field:
+    images = None if images_field is None else []
+    for rel in images_field or ():
         path = (base_dir / rel).resolve()
         try:
             data = path.read_bytes()
@@ -217,63 +230,80 @@ class CatalogImporter:
 
     def _upsert(self, rows: list[ParsedRow]) -> None:
         existing = {p.sku: p for p in Product.objects.filter(sku__in=[r.sku for r in rows])}
-        to_create, to_update = [], []
-        now = timezone.now()
+        to_create: list[Product] = []
+        changed: dict[str, Product] = {}
         for row in rows:
             values = dict(row.values, category_id=self._category_id(row.category_path))
             product = existing.get(row.sku)
             if product is None:
                 to_create.append(Product(sku=row.sku, **values))
                 continue
-            changed = [f for f in PRODUCT_FIELDS if getattr(product, f) != values[f]]
-            if changed:
-                for f in changed:
-                    setattr(product, f, values[f])
-                product.updated_at = now
-                to_update.append(product)
-            else:
-                self.report.unchanged += 1
+            fields = [f for f in PRODUCT_FIELDS if getattr(product, f) != values[f]]
+            for f in fields:
+                setattr(product, f, values[f])
+            if fields:
+                changed[row.sku] = product
         if to_create:
             Product.objects.bulk_create(to_create, batch_size=1000)
             self.report.created += len(to_create)
-            existing.update({p.sku: p for p in to_create})
-        if to_update:
-            Product.objects.bulk_update(to_update, [*PRODUCT_FIELDS, "updated_at"], batch_size=1000)
-            self.report.updated += len(to_update)
-        new_images = self._upsert_images(rows, existing)
-        changed_ids = [p.pk for p in to_create] + [p.pk for p in to_update]
+        products = {**existing, **{p.sku: p for p in to_create}}
+        new_images, images_changed = self._sync_images(rows, products)
+        # A product whose image list changed counts as updated too (its updated_at moves).
+        created_skus = {p.sku for p in to_create}
+        for sku in images_changed - created_skus:
+            changed.setdefault(sku, products[sku])
+        if changed:
+            now = timezone.now()
+            for product in changed.values():
+                product.updated_at = now
+            Product.objects.bulk_update(list(changed.values()), [*PRODUCT_FIELDS, "updated_at"], batch_size=1000)
+        self.report.updated += len(changed)
+        self.report.unchanged += len(rows) - len(to_create) - len(changed)
+        changed_ids = [p.pk for p in to_create] + [p.pk for p in changed.values()]
         refresh_search_vectors(changed_ids)
         notify_changed(product_ids=changed_ids, image_ids=[i.pk for i in new_images])
 
-    def _upsert_images(self, rows: list[ParsedRow], products: dict[str, Product]) -> list[ProductImage]:
+    def _sync_images(self, rows: list[ParsedRow], products: dict[str, Product]) -> tuple[list[ProductImage], set[str]]:
+        """Make each product's images the row's list, in order; returns (new images, skus whose images changed)."""
+        rows = [r for r in rows if r.images is not None]
         ids = [products[r.sku].pk for r in rows]
-        have: dict[tuple[int, str], ProductImage] = {
-            (img.product_id, img.sha256): img for img in ProductImage.objects.filter(product_id__in=ids)
-        }
-        to_create, to_move = [], []
+        have: dict[int, dict[str, ProductImage]] = {}
+        for img in ProductImage.objects.filter(product_id__in=ids):
+            have.setdefault(img.product_id, {})[img.sha256] = img
+        to_create, to_move, to_delete, changed = [], [], [], set()
         for row in rows:
             pid = products[row.sku].pk
-            seen = set()
-            for position, checked in enumerate(row.images):
-                if checked.sha256 in seen:  # the same bytes listed twice: store once
-                    continue
-                seen.add(checked.sha256)
-                img = have.get((pid, checked.sha256))
+            current = have.get(pid, {})
+            wanted: list = []
+            for checked in row.images:
+                if checked.sha256 not in {c.sha256 for c in wanted}:  # the same bytes listed twice: store once
+                    wanted.append(checked)
+            for position, checked in enumerate(wanted):
+                img = current.get(checked.sha256)
                 if img is None:
-                    name = write_image_file(checked)
                     to_create.append(
-                        ProductImage(product_id=pid, file=name, sha256=checked.sha256, width=checked.width,
-                                     height=checked.height, position=position)
+                        ProductImage(product_id=pid, file=write_image_file(checked), sha256=checked.sha256,
+                                     width=checked.width, height=checked.height, position=position)
                     )
+                    changed.add(row.sku)
                 elif img.position != position:
                     img.position = position
                     to_move.append(img)
+                    changed.add(row.sku)
+            gone = set(current) - {c.sha256 for c in wanted}
+            if gone:
+                to_delete.extend(current[sha].pk for sha in gone)
+                changed.add(row.sku)
+        if to_delete:
+            # The files stay: other products may share the same bytes (content-addressed storage).
+            ProductImage.objects.filter(pk__in=to_delete).delete()
+            self.report.images_removed += len(to_delete)
         if to_create:
             ProductImage.objects.bulk_create(to_create, batch_size=1000)
             self.report.images_added += len(to_create)
         if to_move:
             ProductImage.objects.bulk_update(to_move, ["position"])
-        return to_create
+        return to_create, changed
 
 
 def count_rows(path: Path | str) -> int:
