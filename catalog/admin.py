@@ -1,11 +1,53 @@
+from django import forms
 from django.contrib import admin
+from django.core.files.uploadedfile import UploadedFile
 from django.utils.html import format_html
 
+from catalog.images import ImageRejected, check_image, check_size
+from catalog.storage import write_image_file
 from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup
+
+
+class ProductImageForm(forms.ModelForm):
+    """Runs an uploaded file through the same checks as the API and stores it by content (sha256)."""
+
+    class Meta:
+        model = ProductImage
+        fields = ["file", "position"]
+
+    def clean_file(self):
+        upload = self.cleaned_data.get("file")
+        self._checked = None
+        if isinstance(upload, UploadedFile):  # a new upload, not the file already stored
+            try:
+                check_size(upload.size)
+                self._checked = check_image(upload.read())
+            except ImageRejected as exc:
+                raise forms.ValidationError(str(exc)) from exc
+        return upload
+
+    def clean(self):
+        cleaned = super().clean()
+        checked = getattr(self, "_checked", None)
+        product_id = self.instance.product_id
+        if checked and product_id and (
+            ProductImage.objects.filter(product_id=product_id, sha256=checked.sha256).exclude(pk=self.instance.pk).exists()
+        ):
+            raise forms.ValidationError({"file": "the product already has this image"})
+        return cleaned
+
+    def save(self, commit=True):
+        checked = getattr(self, "_checked", None)
+        if checked:
+            self.instance.sha256, self.instance.width, self.instance.height = checked.sha256, checked.width, checked.height
+            # A stored name (not the raw upload), so the model's save does not write the file a second time.
+            self.instance.file = write_image_file(checked)
+        return super().save(commit)
 
 
 class ProductImageInline(admin.TabularInline):
     model = ProductImage
+    form = ProductImageForm
     extra = 0
     fields = ["preview", "file", "position", "width", "height", "sha256"]
     readonly_fields = ["preview", "width", "height", "sha256"]
@@ -42,6 +84,7 @@ class CategoryAdmin(admin.ModelAdmin):
 
 @admin.register(ProductImage)
 class ProductImageAdmin(admin.ModelAdmin):
+    form = ProductImageForm
     list_display = ["id", "product", "position", "width", "height", "sha256"]
     search_fields = ["product__sku", "sha256"]
     raw_id_fields = ["product"]

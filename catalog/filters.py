@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import django_filters
 from django.db.models import Q, QuerySet
+from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from rest_framework.exceptions import ValidationError
 
 from catalog.models import Category, Product, ProductTag
@@ -63,23 +66,25 @@ class ProductFilterSet(django_filters.FilterSet):
 
 def filter_attributes(queryset: QuerySet, params) -> QuerySet:
     """attr.NAME=VALUE (repeat or comma-separate for any of) on the attributes JSON; case-insensitive values."""
-    for key in params:
-        if not key.startswith(ATTR_PREFIX):
-            continue
+    for index, key in enumerate(k for k in params if k.startswith(ATTR_PREFIX)):
         name = key[len(ATTR_PREFIX):]
         if not name:
             raise ValidationError({key: "attribute name is empty; use attr.NAME=VALUE"})
         values = [v.strip() for raw in params.getlist(key) for v in raw.split(",") if v.strip()]
         if not values:
             raise ValidationError({key: "no value given"})
+        # Key transforms take the name as a literal JSON key (never parsed as an ORM lookup path).
+        text, raw = f"_attr{index}_text", f"_attr{index}_json"
+        queryset = queryset.alias(**{text: KeyTextTransform(name, "attributes"), raw: KeyTransform(name, "attributes")})
         q = Q()
         for value in values:
-            q |= Q(**{f"attributes__{name}__iexact": value})
+            q |= Q(**{f"{text}__iexact": value})
             try:
                 number = float(value)
             except ValueError:
                 continue
-            q |= Q(**{f"attributes__{name}": number})
+            if math.isfinite(number):  # so 2012 also matches a stored 2012.0
+                q |= Q(**{raw: number})
         queryset = queryset.filter(q)
     return queryset
 

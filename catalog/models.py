@@ -6,7 +6,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.core.validators import MinValueValidator
-from django.db import models
+from django.db import models, transaction
 from django.utils.text import slugify
 
 PATH_SEPARATOR = "/"
@@ -53,10 +53,19 @@ class Category(models.Model):
         return self.path
 
     def save(self, *args, **kwargs):
-        if PATH_SEPARATOR in self.name:
-            raise ValueError(f"category name {self.name!r} may not contain {PATH_SEPARATOR!r}")
+        if PATH_SEPARATOR in self.name or not self.name.strip():
+            raise ValueError(f"category name {self.name!r} must be non-empty and may not contain {PATH_SEPARATOR!r}")
+        if self.pk and self.parent_id:
+            # A node may not move below itself: the paths below it would never settle.
+            node = self.parent
+            while node is not None:
+                if node.pk == self.pk:
+                    raise ValueError(f"category {self.path!r} cannot be moved below itself")
+                node = node.parent
         self.path = f"{self.parent.path}{PATH_SEPARATOR}{self.name}" if self.parent_id else self.name
-        super().save(*args, **kwargs)
+        # Atomic with the post_save handler that rewrites the paths below (catalog.signals.category_saved).
+        with transaction.atomic():
+            super().save(*args, **kwargs)
 
     @property
     def depth(self) -> int:

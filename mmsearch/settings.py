@@ -95,8 +95,9 @@ SERVE_MEDIA = env_bool("SERVE_MEDIA", DEBUG)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
+        # Token first, so an anonymous write gets 401 with "WWW-Authenticate: Token" (non-staff get 403).
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["catalog.api.permissions.IsStaffOrReadOnly"],
     "DEFAULT_PAGINATION_CLASS": "catalog.api.pagination.Pagination",

@@ -1,6 +1,9 @@
 """One error shape for the API: {"detail": "...", "errors": {...}} with a 4xx status."""
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import ProtectedError
+from rest_framework import status
+from rest_framework.response import Response
 from rest_framework import exceptions
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -19,6 +22,14 @@ def _first_message(data) -> str:
 
 
 def exception_handler(exc, context):
+    if isinstance(exc, ProtectedError):
+        # e.g. deleting a category that still has products or subcategories
+        used_by = sorted({str(obj) for obj in list(exc.protected_objects)[:5]})
+        return Response(
+            {"detail": f"cannot delete: still used by {', '.join(used_by)}"
+                       f"{' and more' if len(exc.protected_objects) > 5 else ''}"},
+            status=status.HTTP_409_CONFLICT,
+        )
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
     response = drf_exception_handler(exc, context)

@@ -19,6 +19,22 @@ class CategorySerializer(serializers.ModelSerializer):
             raise serializers.ValidationError("a category name may not contain '/'")
         return value.strip()
 
+    def validate(self, attrs: dict) -> dict:
+        name = attrs.get("name", getattr(self.instance, "name", ""))
+        parent = attrs["parent"] if "parent" in attrs else getattr(self.instance, "parent", None)
+        node = parent
+        while self.instance is not None and node is not None:
+            if node.pk == self.instance.pk:
+                raise serializers.ValidationError({"parent": "a category cannot be moved below itself"})
+            node = node.parent
+        path = f"{parent.path}/{name}" if parent else name
+        clash = Category.objects.filter(path=path)
+        if self.instance is not None:
+            clash = clash.exclude(pk=self.instance.pk)
+        if clash.exists():
+            raise serializers.ValidationError({"name": f"category {path!r} already exists"})
+        return attrs
+
 
 class ProductImageSerializer(serializers.ModelSerializer):
     url = serializers.SerializerMethodField()

@@ -18,7 +18,7 @@ from catalog.api.serializers import (
     TagSerializer,
 )
 from catalog.filters import ProductFilterSet, check_params
-from catalog.images import ImageRejected, check_image
+from catalog.images import ImageRejected, check_image, check_size
 from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup
 from catalog.storage import add_image
 
@@ -62,6 +62,7 @@ class ProductViewSet(StrictParamsMixin, viewsets.ModelViewSet):
         form.is_valid(raise_exception=True)
         upload = form.validated_data["file"]
         try:
+            check_size(upload.size)  # before reading, so an over-large upload is never held in memory
             checked = check_image(upload.read())
         except ImageRejected as exc:
             raise ValidationError({"file": str(exc)})
