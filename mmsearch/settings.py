@@ -166,3 +166,12 @@ MMSEARCH_DECODE_THREADS = int(os.environ.get("MMSEARCH_DECODE_THREADS", 2))
 MMSEARCH_AUTO_INDEX = env_bool("MMSEARCH_AUTO_INDEX", True)
 # Aliases kept current on change; None = every configured embedder / text_embedder alias.
 MMSEARCH_INDEX_ALIASES = None
+
+# --- search (mmsearch.search.engine.DEFAULTS lists every key) -------------------------------------------------
+# Weighted reciprocal rank fusion of the lexical, trigram and vector signals; RRF_K is the fusion constant.
+MMSEARCH_SEARCH = {
+    "RRF_K": 60,
+    "WEIGHTS": {"lexical": 1.0, "trigram": 0.3, "text_vector": 1.0, "image_vector": 0.5},
+    "MAX_LIMIT": 100,
+    "MAX_QUERY_CHARS": 200,
+}

@@ -6,11 +6,16 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 
 from mmsearch import views
+from mmsearch.search import api as search_api
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    # Search routes come before the catalog router so /products/<sku>/similar is not taken as a product action.
+    path("api/v1/search", search_api.SearchView.as_view(), name="search"),
+    path("api/v1/search/image", search_api.ImageSearchView.as_view(), name="search-image"),
+    path("api/v1/products/<str:sku>/similar", search_api.SimilarView.as_view(), name="product-similar"),
     path("api/v1/", include("catalog.api.urls")),
     path("api/v1/auth/token", obtain_auth_token, name="api-token"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
