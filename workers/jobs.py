@@ -1,0 +1,203 @@
+"""Planning and control of embedding work: jobs, change-driven enqueueing, and the blue/green switch.
+
+Used by the management commands, the REST API, the admin and the catalog_changed receiver, so each
+operation has one implementation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from mmsearch.models import ActiveModel, EmbeddingFailure, ImageEmbedding, IndexJob, ProductTextEmbedding
+from mmsearch.plugins import PluginError, alias_role, get_model, model_settings
+from mmsearch.search import vectors
+from workers import pipeline
+
+logger = logging.getLogger(__name__)
+
+# Which item kinds each embedding role fills.
+ROLE_KINDS = {"embedder": ("image", "product"), "text_embedder": ("product",)}
+JOB_KINDS = {IndexJob.Kind.ALL: ("image", "product"), IndexJob.Kind.IMAGES: ("image",), IndexJob.Kind.PRODUCTS: ("product",)}
+
+
+class JobError(ValueError):
+    """A job or switch request that cannot be carried out; the message says why and what to do."""
+
+
+def embedding_role(alias: str) -> str:
+    """The alias's role, which must be one that stores vectors (embedder or text_embedder)."""
+    try:
+        role = alias_role(alias)
+    except PluginError as exc:
+        raise JobError(str(exc)) from exc
+    if role not in ROLE_KINDS:
+        raise JobError(f"alias {alias!r} has role {role!r}; only embedder and text_embedder aliases store vectors")
+    return role
+
+
+def index_aliases() -> list[str]:
+    """Aliases kept current when the catalog changes (MMSEARCH_INDEX_ALIASES, else every embedding alias)."""
+    configured = getattr(settings, "MMSEARCH_INDEX_ALIASES", None)
+    if configured is not None:
+        return list(configured)
+    out = []
+    for alias, conf in model_settings().items():
+        if conf.get("ROLE", alias) in ROLE_KINDS:
+            out.append(alias)
+    return sorted(out)
+
+
+def _task(kind: str):
+    from workers import tasks
+
+    return tasks.embed_images if kind == "image" else tasks.embed_products
+
+
+def enqueue(
+    kind: str, alias: str, model_key: str, ids: Sequence[int], *, job_id: int | None = None, first_chunk: int = 0,
+    force: bool = False, retry: bool = True,
+) -> int:
+    """Send `ids` as tasks of MMSEARCH_EMBED_BATCH_SIZE x MMSEARCH_EMBED_BATCHES_PER_TASK; returns tasks sent."""
+    task = _task(kind)
+    sent = 0
+    for offset, part in enumerate(pipeline.chunks(list(ids), pipeline.task_size())):
+        task.apply_async(
+            args=(alias, model_key, list(part)),
+            kwargs={"job_id": job_id, "chunk": first_chunk + offset, "force": force},
+            retry=retry,
+        )
+        sent += 1
+    return sent
+
+
+def enqueue_changed(product_ids: Iterable[int] = (), image_ids: Iterable[int] = ()) -> int:
+    """Queue embedding of changed products and new images for every index alias; returns tasks sent."""
+    product_ids, image_ids = sorted(set(product_ids)), sorted(set(image_ids))
+    sent = 0
+    for alias in index_aliases():
+        kinds = ROLE_KINDS[embedding_role(alias)]
+        model_key = get_model(alias).model_key
+        if "image" in kinds and image_ids:
+            # Fail fast (retry=False): a save must not wait on an absent broker.
+            sent += enqueue("image", alias, model_key, image_ids, retry=False)
+        if "product" in kinds and product_ids:
+            sent += enqueue("product", alias, model_key, product_ids, retry=False)
+    return sent
+
+
+def _item_ids(kind: str, model_key: str, only_missing: bool) -> list[int]:
+    model = vectors.catalog_model(kind)
+    qs = model.objects.order_by("pk")
+    if only_missing:
+        emb = ImageEmbedding if kind == "image" else ProductTextEmbedding
+        field = "image_id" if kind == "image" else "product_id"
+        qs = qs.exclude(Exists(emb.objects.filter(model_key=model_key, **{field: OuterRef("pk")}))).exclude(
+            Exists(EmbeddingFailure.objects.filter(kind=kind, model_key=model_key, item_id=OuterRef("pk")))
+        )
+    return list(qs.values_list("pk", flat=True))
+
+
+def start_job(alias: str = "embedder", *, only_missing: bool = False, force: bool = False, kind: str | None = None) -> IndexJob:
+    """Create an IndexJob for `alias` and queue its batches (ids only); returns the job."""
+    if only_missing and force:
+        raise JobError("only_missing and force contradict each other; use one")
+    role = embedding_role(alias)
+    kind = kind or (IndexJob.Kind.ALL if role == "embedder" else IndexJob.Kind.PRODUCTS)
+    if kind not in JOB_KINDS:
+        raise JobError(f"kind {kind!r} is not one of {', '.join(JOB_KINDS)}")
+    kinds = [k for k in JOB_KINDS[kind] if k in ROLE_KINDS[role]]
+    if not kinds:
+        raise JobError(f"alias {alias!r} ({role}) does not embed {kind}")
+    plugin = get_model(alias)
+    model_key = plugin.model_key
+    for k in kinds:
+        vectors.ensure_index(k, model_key, plugin.dim)
+    ids = {k: _item_ids(k, model_key, only_missing) for k in kinds}
+    per_task = pipeline.task_size()
+    tasks = {k: len(pipeline.chunks(ids[k], per_task)) for k in kinds}
+    job = IndexJob.objects.create(
+        alias=alias, model_key=model_key, kind=kind, only_missing=only_missing, force=force,
+        total=sum(len(v) for v in ids.values()),
+        batches=sum(len(pipeline.chunks(ids[k], pipeline.batch_size())) for k in kinds),
+    )
+    if job.total == 0:
+        now = timezone.now()
+        IndexJob.objects.filter(pk=job.pk).update(status=IndexJob.Status.DONE, started_at=now, finished_at=now)
+        job.refresh_from_db()
+        return job
+    first = 0
+    try:
+        for k in kinds:
+            # Chunk numbers are unique within the job: they key the batch ledger.
+            enqueue(k, alias, model_key, ids[k], job_id=job.pk, first_chunk=first, force=force)
+            first += tasks[k]
+    except Exception as exc:
+        pipeline.fail_job(job.pk, f"could not queue the job's tasks: {exc}")
+        raise JobError(f"could not queue job {job.pk} ({exc.__class__.__name__}: {exc}); is the broker running?") from exc
+    job.refresh_from_db()
+    return job
+
+
+def cancel_job(job: IndexJob) -> IndexJob:
+    """Stop a queued or running job: its remaining tasks return without work."""
+    IndexJob.objects.filter(pk=job.pk, status__in=[IndexJob.Status.QUEUED, IndexJob.Status.RUNNING]).update(
+        status=IndexJob.Status.CANCELLED, finished_at=timezone.now()
+    )
+    job.refresh_from_db()
+    return job
+
+
+# --- blue/green ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Activation:
+    slot: str
+    alias: str
+    model_key: str
+    previous_key: str | None
+    coverage: list[vectors.Coverage]
+
+
+def activate(alias: str, *, as_role: str | None = None, force: bool = False) -> Activation:
+    """Make alias's model answer searches for `as_role` (default: its role) in one step.
+
+    Refuses when some catalog items have neither a vector nor a recorded failure for that model, unless
+    force; builds the HNSW index first so the first query after the switch is fast.
+    """
+    role = embedding_role(alias)
+    slot = as_role or role
+    if slot in ROLE_KINDS and slot != role:
+        raise JobError(f"alias {alias!r} is a {role}; it cannot answer for {slot!r}")
+    plugin = get_model(alias)
+    key, dim = plugin.model_key, plugin.dim
+    cover = [vectors.coverage(k, key) for k in ROLE_KINDS[role]]
+    incomplete = [c for c in cover if not c.complete]
+    if incomplete and not force:
+        raise JobError(
+            f"{key} is not fully indexed ({'; '.join(map(str, cover))}); run `manage.py reindex --alias {alias} "
+            "--only-missing --wait`, or pass --force to switch anyway"
+        )
+    for k in ROLE_KINDS[role]:
+        vectors.ensure_index(k, key, dim)
+    previous = vectors.active_model(slot)
+    vectors.activate(slot, key, dim)
+    logger.info("search slot %s switched from %s to %s", slot, previous.model_key if previous else None, key)
+    return Activation(slot, alias, key, previous.model_key if previous else None, cover)
+
+
+def drop(model_key: str) -> dict[str, int]:
+    """Delete a model_key's vectors, failures and indexes; refuses while a search slot uses it."""
+    users = list(ActiveModel.objects.filter(model_key=model_key).values_list("alias", flat=True))
+    if users:
+        raise JobError(
+            f"{model_key} is active for {', '.join(users)}; activate another model first (manage.py activate_model)"
+        )
+    if model_key not in vectors.stored_keys() and not EmbeddingFailure.objects.filter(model_key=model_key).exists():
+        raise JobError(f"no vectors are stored for {model_key!r}; stored keys: {', '.join(vectors.stored_keys()) or 'none'}")
+    return vectors.delete_model_key(model_key)

@@ -1,0 +1,372 @@
+"""The embedding pipeline's task bodies: batched, idempotent, checked against the model_key they were sent for.
+
+A task gets a chunk of ids. It splits them into write batches (MMSEARCH_EMBED_BATCH_SIZE) in a fixed order,
+so a redelivered task (acks_late: the worker died before acking) splits them the same way and skips the
+batches already recorded in the job's ledger (IndexJobBatch). Each batch's vectors, failures, ledger row and
+job counters are written in one transaction: a batch counts once or not at all.
+
+Images are read and decoded in a thread pool: batch n+1 is decoding while the model runs batch n.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+from PIL import Image, UnidentifiedImageError
+
+from mmsearch.models import EmbeddingFailure, IndexJob, IndexJobBatch
+from mmsearch.plugins import get_model
+from mmsearch.search import vectors
+from mmsearch.text import product_text
+
+logger = logging.getLogger(__name__)
+
+
+class ModelKeyMismatch(RuntimeError):
+    """The worker's plugin for an alias is not the model the task was sent for; nothing is written."""
+
+
+class PermanentItemError(Exception):
+    """One item cannot be embedded (missing or corrupt file); recorded in EmbeddingFailure."""
+
+
+@dataclass
+class Outcome:
+    """What one task did (returned as the Celery result)."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    batches: int = 0
+    duplicate_batches: int = 0  # already in the job's ledger (a redelivered task)
+    status: str = "ok"
+    failures: dict[int, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "done": self.done, "skipped": self.skipped, "failed": self.failed, "batches": self.batches,
+            "duplicate_batches": self.duplicate_batches, "status": self.status,
+            "failures": {str(k): v for k, v in self.failures.items()},
+        }
+
+
+def chunks(seq: Sequence, size: int) -> list[Sequence]:
+    """Consecutive slices of at most `size` items."""
+    size = max(1, int(size))
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+def batch_size() -> int:
+    return max(1, int(settings.MMSEARCH_EMBED_BATCH_SIZE))
+
+
+def task_size() -> int:
+    """Ids per task: several batches, so decoding overlaps the forward pass within a task."""
+    return batch_size() * max(1, int(settings.MMSEARCH_EMBED_BATCHES_PER_TASK))
+
+
+# --- the job ------------------------------------------------------------------------------------------------
+
+def _job_for_task(job_id: int | None) -> IndexJob | None:
+    """The job, marked running when this is its first task; None for work outside a job."""
+    if job_id is None:
+        return None
+    IndexJob.objects.filter(pk=job_id, status=IndexJob.Status.QUEUED).update(
+        status=IndexJob.Status.RUNNING, started_at=timezone.now()
+    )
+    return IndexJob.objects.filter(pk=job_id).first()
+
+
+def fail_job(job_id: int | None, error: str) -> None:
+    """Mark an unfinished job failed with `error`."""
+    if job_id is None:
+        return
+    IndexJob.objects.filter(pk=job_id, status__in=[IndexJob.Status.QUEUED, IndexJob.Status.RUNNING]).update(
+        status=IndexJob.Status.FAILED, error=error, finished_at=timezone.now()
+    )
+
+
+def _check_model(alias: str, model_key: str, job_id: int | None):
+    plugin = get_model(alias)
+    if plugin.model_key != model_key:
+        message = (
+            f"alias {alias!r} is {plugin.model_key!r} on this worker but the task was sent for {model_key!r}; "
+            "nothing was written (deploy the same MMSEARCH_MODELS to web and workers, then reindex)"
+        )
+        fail_job(job_id, message)
+        raise ModelKeyMismatch(message)
+    return plugin
+
+
+def _claim_batch(job_id: int | None, chunk: int, number: int, *, done: int, failed: int) -> bool:
+    """Inside the batch's transaction: add its ledger row; False when this batch was recorded before."""
+    if job_id is None:
+        return True
+    try:
+        with transaction.atomic():
+            IndexJobBatch.objects.create(job_id=job_id, chunk=chunk, batch=number, done=done, failed=failed)
+    except IntegrityError:
+        return False
+    return True
+
+
+def _count_batch(
+    job_id: int | None, *, done: int, skipped: int, failed: int, decode_s: float, forward_s: float, write_s: float
+) -> None:
+    """Inside the batch's transaction, after its claim: add to the job's counters and close it when complete."""
+    if job_id is None:
+        return
+    IndexJob.objects.filter(pk=job_id).update(
+        done=F("done") + done, skipped=F("skipped") + skipped, failed=F("failed") + failed,
+        decode_seconds=F("decode_seconds") + decode_s, forward_seconds=F("forward_seconds") + forward_s,
+        write_seconds=F("write_seconds") + write_s,
+    )
+    IndexJob.objects.filter(
+        pk=job_id, status=IndexJob.Status.RUNNING, total__lte=F("done") + F("failed")
+    ).update(status=IndexJob.Status.DONE, finished_at=timezone.now())
+
+
+def _recorded_batches(job_id: int | None, chunk: int) -> set[int]:
+    if job_id is None:
+        return set()
+    return set(IndexJobBatch.objects.filter(job_id=job_id, chunk=chunk).values_list("batch", flat=True))
+
+
+def _write_failures(kind: str, model_key: str, failures: dict[int, str]) -> None:
+    for item_id, reason in failures.items():
+        EmbeddingFailure.objects.update_or_create(
+            kind=kind, item_id=item_id, model_key=model_key, defaults={"reason": reason[:2000]}
+        )
+
+
+def _clear_failures(kind: str, model_key: str, item_ids: Sequence[int]) -> None:
+    if item_ids:
+        EmbeddingFailure.objects.filter(kind=kind, model_key=model_key, item_id__in=list(item_ids)).delete()
+
+
+# --- images -------------------------------------------------------------------------------------------------
+
+def decode_image(name: str, size_hint: int | None = None) -> Image.Image:
+    """Read and decode a stored image to RGB; raises PermanentItemError naming what is wrong with the file."""
+    # The file passed catalog.images.check_image when it was stored; failing here means it went missing or
+    # was damaged on disk since, which no retry can fix.
+    try:
+        with default_storage.open(name, "rb") as fh:
+            with Image.open(fh) as img:
+                if size_hint and img.format == "JPEG":
+                    # Let libjpeg decode at a reduced scale when the model wants far fewer pixels.
+                    img.draft("RGB", (size_hint, size_hint))
+                img.load()
+                return img.convert("RGB")
+    except FileNotFoundError as exc:
+        raise PermanentItemError(f"image file is missing: {name}") from exc
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise PermanentItemError(f"not a readable image: {name} ({exc.__class__.__name__})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PermanentItemError(f"image is corrupt or truncated: {name} ({exc})") from exc
+
+
+def _preparer(plugin) -> tuple[Callable[[Image.Image], Any], Callable[[list], Any]]:
+    """(per-image CPU step run in the decode threads, batched forward pass).
+
+    A plugin may split its work with two optional methods, `preprocess_image(image) -> item` (thread-safe CPU
+    work such as resize and normalise) and `embed_preprocessed(items) -> array`; then that work also runs
+    in the pool, off the model's critical path. Otherwise the pool decodes and `embed_images` does the rest.
+    """
+    pre = getattr(plugin, "preprocess_image", None)
+    fwd = getattr(plugin, "embed_preprocessed", None)
+    if callable(pre) and callable(fwd):
+        return pre, fwd
+    return (lambda image: image), plugin.embed_images
+
+
+def _size_hint(plugin) -> int | None:
+    size = getattr(plugin, "image_size", None)
+    if isinstance(size, (tuple, list)):
+        size = max(size)
+    return int(size) if isinstance(size, int) and size > 0 else None
+
+
+def _forward_isolating(forward: Callable[[list], Any], items: list, ids: list[int]) -> tuple[Any, dict[int, str]]:
+    """Run the batch; if it fails, run items one by one so one bad input does not sink the batch.
+
+    When every item fails alone too, the model (not the data) is broken: re-raise so the task fails.
+    """
+    try:
+        return forward(items), {}
+    except Exception as batch_exc:  # noqa: BLE001 - narrowed below by trying each item alone
+        if len(items) == 1:
+            raise
+        rows, failures, good = [], {}, 0
+        for item, item_id in zip(items, ids):
+            try:
+                rows.append(forward([item])[0])
+                good += 1
+            except Exception as exc:  # noqa: BLE001 - recorded per item
+                rows.append(None)
+                failures[item_id] = f"model failed on this image: {exc.__class__.__name__}: {exc}"
+        if not good:
+            raise batch_exc
+        return rows, failures
+
+
+def run_images(
+    alias: str, model_key: str, image_ids: Sequence[int], *, job_id: int | None = None, chunk: int = 0,
+    force: bool = False,
+) -> Outcome:
+    """Embed these images with `alias` and store the vectors under model_key (the embed_images task body)."""
+    from catalog.models import ProductImage
+
+    plugin = _check_model(alias, model_key, job_id)
+    out = Outcome()
+    job = _job_for_task(job_id)
+    if job is not None and job.finished:
+        out.status = f"job {job.status}"
+        return out
+    ids = sorted(set(int(i) for i in image_ids))
+    rows = {
+        r[0]: r for r in ProductImage.objects.filter(pk__in=ids).values_list("pk", "product_id", "file")
+    }
+    have = set() if force else vectors.embedded_ids("image", model_key, ids)
+    recorded = _recorded_batches(job_id, chunk)
+    batches = [(n, list(b)) for n, b in enumerate(chunks(ids, batch_size())) if n not in recorded]
+    out.duplicate_batches = len(chunks(ids, batch_size())) - len(batches)
+    prepare, forward = _preparer(plugin)
+    hint = _size_hint(plugin)
+
+    def load(row) -> Any:
+        return prepare(decode_image(row[2], hint))
+
+    threads = max(1, int(settings.MMSEARCH_DECODE_THREADS))
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+
+        def submit(batch_ids: list[int]) -> list[tuple[int, Future]]:
+            return [(i, pool.submit(load, rows[i])) for i in batch_ids if i in rows and i not in have]
+
+        pending = submit(batches[0][1]) if batches else []
+        for position, (number, batch_ids) in enumerate(batches):
+            futures = pending
+            t0 = time.perf_counter()
+            items, item_ids, failures = [], [], {}
+            for image_id, future in futures:
+                try:
+                    items.append(future.result())
+                    item_ids.append(image_id)
+                except PermanentItemError as exc:
+                    failures[image_id] = str(exc)
+            # Time the model waited for decoding (not hidden behind the previous forward pass).
+            decode_s = time.perf_counter() - t0
+            if position + 1 < len(batches):
+                pending = submit(batches[position + 1][1])
+            t1 = time.perf_counter()
+            vecs, model_failures = _forward_isolating(forward, items, item_ids) if items else ([], {})
+            forward_s = time.perf_counter() - t1
+            failures.update(model_failures)
+            t2 = time.perf_counter()
+            written = [
+                (image_id, rows[image_id][1], vec)
+                for image_id, vec in zip(item_ids, vecs) if image_id not in model_failures
+            ]
+            skipped = len(batch_ids) - len(written) - len(failures)
+            with transaction.atomic():
+                if plugin.model_key != model_key:  # never write under a key the plugin no longer has
+                    raise ModelKeyMismatch(f"alias {alias!r} changed model_key during the task; nothing written")
+                if not _claim_batch(job_id, chunk, number, done=len(written) + skipped, failed=len(failures)):
+                    out.duplicate_batches += 1  # another delivery of this task wrote this batch meanwhile
+                    continue
+                vectors.upsert_image_vectors(model_key, written)
+                _write_failures("image", model_key, failures)
+                _clear_failures("image", model_key, [w[0] for w in written])
+                _count_batch(
+                    job_id, done=len(written) + skipped, skipped=skipped, failed=len(failures),
+                    decode_s=decode_s, forward_s=forward_s, write_s=time.perf_counter() - t2,
+                )
+            out.done += len(written) + skipped
+            out.skipped += skipped
+            out.failed += len(failures)
+            out.failures.update(failures)
+            out.batches += 1
+    for image_id, reason in out.failures.items():
+        logger.warning("image %s not embedded for %s: %s", image_id, model_key, reason)
+    return out
+
+
+# --- product texts ------------------------------------------------------------------------------------------
+
+def product_texts(product_ids: Sequence[int]) -> dict[int, str]:
+    """{product_id: the text the models embed} (mmsearch.text.product_text over title, category, attributes, tags)."""
+    from catalog.models import Product, ProductTag
+
+    tags: dict[int, list[str]] = {}
+    for pid, name in (
+        ProductTag.objects.filter(product_id__in=product_ids, status=ProductTag.Status.ACCEPTED)
+        .order_by("product_id", "tag__group__name", "tag__name")
+        .values_list("product_id", "tag__name")
+    ):
+        tags.setdefault(pid, []).append(name)
+    return {
+        pid: product_text(title, path, attributes, tags.get(pid, ()))
+        for pid, title, path, attributes in Product.objects.filter(pk__in=product_ids).values_list(
+            "pk", "title", "category__path", "attributes"
+        )
+    }
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def run_products(
+    alias: str, model_key: str, product_ids: Sequence[int], *, job_id: int | None = None, chunk: int = 0,
+    force: bool = False,
+) -> Outcome:
+    """Embed these products' texts with `alias`, skipping unchanged texts (the embed_products task body)."""
+    plugin = _check_model(alias, model_key, job_id)
+    out = Outcome()
+    job = _job_for_task(job_id)
+    if job is not None and job.finished:
+        out.status = f"job {job.status}"
+        return out
+    ids = sorted(set(int(i) for i in product_ids))
+    texts = product_texts(ids)
+    shas = {pid: text_sha256(t) for pid, t in texts.items()}
+    stored = {} if force else vectors.text_hashes(model_key, ids)
+    recorded = _recorded_batches(job_id, chunk)
+    all_batches = chunks(ids, batch_size())
+    out.duplicate_batches = sum(1 for n in range(len(all_batches)) if n in recorded)
+    for number, batch_ids in enumerate(all_batches):
+        if number in recorded:
+            continue
+        todo = [pid for pid in batch_ids if pid in texts and stored.get(pid) != shas[pid]]
+        t1 = time.perf_counter()
+        vecs = plugin.embed_texts([texts[pid] for pid in todo]) if todo else []
+        forward_s = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        skipped = len(batch_ids) - len(todo)
+        with transaction.atomic():
+            if plugin.model_key != model_key:
+                raise ModelKeyMismatch(f"alias {alias!r} changed model_key during the task; nothing written")
+            if not _claim_batch(job_id, chunk, number, done=len(batch_ids), failed=0):
+                out.duplicate_batches += 1
+                continue
+            vectors.upsert_product_vectors(model_key, [(pid, shas[pid], vec) for pid, vec in zip(todo, vecs)])
+            _clear_failures("product", model_key, todo)
+            _count_batch(
+                job_id, done=len(batch_ids), skipped=skipped, failed=0,
+                decode_s=0.0, forward_s=forward_s, write_s=time.perf_counter() - t2,
+            )
+        out.done += len(batch_ids)
+        out.skipped += skipped
+        out.batches += 1
+    return out

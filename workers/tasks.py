@@ -1,0 +1,58 @@
+"""Celery tasks on the `embed` queue. Messages carry ids, the alias and the model_key only (never objects).
+
+acks_late (global setting): a task killed mid-way is redelivered; the pipeline's ledger makes that safe.
+Transient infrastructure errors retry with exponential backoff; a wrong model_key fails without retrying.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from workers import pipeline
+
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
+RETRY = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 2,  # 2, 4, 8 ... seconds
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 8,
+    "acks_late": True,
+}
+
+
+@shared_task(name="workers.tasks.embed_images", **RETRY)
+def embed_images(
+    alias: str, model_key: str, image_ids: list[int], job_id: int | None = None, chunk: int = 0, force: bool = False
+) -> dict:
+    """Embed images with the plugin for `alias`, refusing to write unless its model_key matches."""
+    try:
+        return pipeline.run_images(alias, model_key, image_ids, job_id=job_id, chunk=chunk, force=force).as_dict()
+    except TRANSIENT_ERRORS:
+        raise
+    except pipeline.ModelKeyMismatch:
+        raise
+    except Exception as exc:
+        # Not transient and not per-item: the job cannot finish, so say why on the job.
+        pipeline.fail_job(job_id, f"embed_images chunk {chunk}: {exc.__class__.__name__}: {exc}")
+        raise
+
+
+@shared_task(name="workers.tasks.embed_products", **RETRY)
+def embed_products(
+    alias: str, model_key: str, product_ids: list[int], job_id: int | None = None, chunk: int = 0,
+    force: bool = False,
+) -> dict:
+    """Embed product texts with the plugin for `alias`, skipping unchanged texts."""
+    try:
+        return pipeline.run_products(alias, model_key, product_ids, job_id=job_id, chunk=chunk, force=force).as_dict()
+    except TRANSIENT_ERRORS:
+        raise
+    except pipeline.ModelKeyMismatch:
+        raise
+    except Exception as exc:
+        pipeline.fail_job(job_id, f"embed_products chunk {chunk}: {exc.__class__.__name__}: {exc}")
+        raise
