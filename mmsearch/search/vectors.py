@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from django.db import connection, transaction
@@ -107,3 +108,137 @@ def activate(alias: str, model_key: str, dim: int) -> ActiveModel:
     """Point `alias` at `model_key` in one statement (the blue/green switch)."""
     obj, _ = ActiveModel.objects.update_or_create(alias=alias, defaults={"model_key": model_key, "dim": dim})
     return obj
+
+
+# --- pipeline and blue/green helpers ------------------------------------------------------------------------
+
+def catalog_model(kind: str):
+    """The catalog model whose rows `kind` vectors describe (named in settings, never imported)."""
+    from django.apps import apps
+    from django.conf import settings
+
+    _check_kind(kind)
+    return apps.get_model(settings.MMSEARCH_IMAGE_MODEL if kind == "image" else settings.MMSEARCH_PRODUCT_MODEL)
+
+
+def embedded_ids(kind: str, model_key: str, ids: Iterable[int] | None = None) -> set[int]:
+    """Ids of the items (images or products) that already have a vector for model_key."""
+    model = ImageEmbedding if kind == "image" else ProductTextEmbedding
+    _check_kind(kind)
+    field = "image_id" if kind == "image" else "product_id"
+    qs = model.objects.filter(model_key=model_key)
+    if ids is not None:
+        qs = qs.filter(**{f"{field}__in": list(ids)})
+    return set(qs.values_list(field, flat=True))
+
+
+def text_hashes(model_key: str, product_ids: Iterable[int]) -> dict[int, str]:
+    """{product_id: text_sha256} of the stored product-text vectors for model_key."""
+    return dict(
+        ProductTextEmbedding.objects.filter(model_key=model_key, product_id__in=list(product_ids)).values_list(
+            "product_id", "text_sha256"
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Coverage:
+    kind: str
+    total: int
+    embedded: int
+    failed: int
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.total - self.embedded - self.failed)
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0
+
+    def __str__(self) -> str:
+        return f"{self.kind}s: {self.embedded}/{self.total} embedded, {self.failed} failed, {self.missing} missing"
+
+
+def coverage(kind: str, model_key: str) -> Coverage:
+    """How many catalog items of `kind` have a vector (or a recorded permanent failure) for model_key."""
+    from mmsearch.models import EmbeddingFailure
+
+    table = _check_kind(kind)
+    item = "image_id" if kind == "image" else "product_id"
+    catalog_table = catalog_model(kind)._meta.db_table
+    with connection.cursor() as cursor:
+        # Counted against the catalog so rows of deleted items (cascade-deleted anyway) never inflate coverage.
+        cursor.execute(
+            f"SELECT (SELECT count(*) FROM {catalog_table}), "
+            f"(SELECT count(*) FROM {table} e JOIN {catalog_table} c ON c.id = e.{item} WHERE e.model_key = %s)",
+            [model_key],
+        )
+        total, embedded = cursor.fetchone()
+    failed = EmbeddingFailure.objects.filter(kind=kind, model_key=model_key).count()
+    return Coverage(kind, total, embedded, failed)
+
+
+def stored_dim(kind: str, model_key: str) -> int | None:
+    """The dimension of the vectors stored for model_key (None when there are none)."""
+    table = _check_kind(kind)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT vector_dims(vector) FROM {table} WHERE model_key = %s LIMIT 1", [model_key])
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def stored_keys() -> dict[str, dict[str, int]]:
+    """{model_key: {"image": rows, "product": rows}} for every key in the store."""
+    out: dict[str, dict[str, int]] = {}
+    with connection.cursor() as cursor:
+        for kind, table in TABLES.items():
+            cursor.execute(f"SELECT model_key, count(*) FROM {table} GROUP BY model_key")
+            for key, count in cursor.fetchall():
+                out.setdefault(key, {"image": 0, "product": 0})[kind] = count
+    return out
+
+
+def delete_model_key(model_key: str) -> dict[str, int]:
+    """Delete every vector and failure row of model_key and its HNSW indexes; returns rows deleted per kind."""
+    from mmsearch.models import EmbeddingFailure
+
+    deleted = {}
+    with transaction.atomic():
+        for kind, table in TABLES.items():
+            with connection.cursor() as cursor:
+                cursor.execute(f"DELETE FROM {table} WHERE model_key = %s", [model_key])
+                deleted[kind] = cursor.rowcount
+            drop_index(kind, model_key)
+        EmbeddingFailure.objects.filter(model_key=model_key).delete()
+    return deleted
+
+
+def _knn(kind: str, alias: str, query_vector: Sequence[float] | np.ndarray, k: int) -> list[tuple]:
+    active = active_model(alias)
+    if active is None:
+        raise LookupError(f"no model is active for {alias!r}; run `manage.py activate_model {alias}`")
+    if len(query_vector) != active.dim:
+        raise ValueError(f"query vector has {len(query_vector)} dimensions; {active.model_key} has {active.dim}")
+    table = _check_kind(kind)
+    columns = "image_id, product_id" if kind == "image" else "product_id"
+    k = int(k)
+    with transaction.atomic(), connection.cursor() as cursor:
+        # HNSW returns at most ef_search candidates; raise it for larger k (SET LOCAL ends with the transaction).
+        cursor.execute(f"SET LOCAL hnsw.ef_search = {max(40, k)}")
+        cursor.execute(
+            f"SELECT {columns}, {distance_sql(active.dim)} AS distance FROM {table} "
+            f"WHERE model_key = %s ORDER BY distance LIMIT %s",
+            [vector_literal(query_vector), active.model_key, k],
+        )
+        return cursor.fetchall()
+
+
+def search_images(alias: str, query_vector: Sequence[float] | np.ndarray, k: int = 10) -> list[tuple[int, int, float]]:
+    """The k nearest images to query_vector under alias's active model: [(image_id, product_id, distance)]."""
+    return _knn("image", alias, query_vector, k)
+
+
+def search_products(alias: str, query_vector: Sequence[float] | np.ndarray, k: int = 10) -> list[tuple[int, float]]:
+    """The k nearest product texts to query_vector under alias's active model: [(product_id, distance)]."""
+    return _knn("product", alias, query_vector, k)
