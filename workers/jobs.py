@@ -30,6 +30,10 @@ class JobError(ValueError):
     """A job or switch request that cannot be carried out; the message says why and what to do."""
 
 
+class QueueUnavailable(JobError):
+    """The broker refused the job's tasks (the job is marked failed)."""
+
+
 def embedding_role(alias: str) -> str:
     """The alias's role, which must be one that stores vectors (embedder or text_embedder)."""
     try:
@@ -139,7 +143,7 @@ def start_job(alias: str = "embedder", *, only_missing: bool = False, force: boo
             first += tasks[k]
     except Exception as exc:
         pipeline.fail_job(job.pk, f"could not queue the job's tasks: {exc}")
-        raise JobError(f"could not queue job {job.pk} ({exc.__class__.__name__}: {exc}); is the broker running?") from exc
+        raise QueueUnavailable(f"could not queue job {job.pk} ({exc.__class__.__name__}: {exc}); is the broker running?") from exc
     job.refresh_from_db()
     return job
 

@@ -1,0 +1,83 @@
+"""REST endpoints for indexing jobs (staff only): start a job, list jobs, read one job's progress, cancel it.
+
+    POST /api/v1/index-jobs/            {"alias": "embedder", "only_missing": false, "force": false, "kind": "all"}
+    GET  /api/v1/index-jobs/            newest first
+    GET  /api/v1/index-jobs/{id}/       progress, counters, timings, error
+    POST /api/v1/index-jobs/{id}/cancel
+"""
+
+from __future__ import annotations
+
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.permissions import IsAdminUser
+from rest_framework.response import Response
+from rest_framework.routers import SimpleRouter
+
+from mmsearch.models import IndexJob
+
+
+class IndexJobSerializer(serializers.ModelSerializer):
+    progress = serializers.FloatField(read_only=True)
+    elapsed_seconds = serializers.FloatField(read_only=True, allow_null=True)
+    items_per_second = serializers.FloatField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = IndexJob
+        fields = [
+            "id", "alias", "model_key", "kind", "only_missing", "force", "status", "total", "done", "skipped",
+            "failed", "progress", "batches", "decode_seconds", "forward_seconds", "write_seconds",
+            "elapsed_seconds", "items_per_second", "error", "created_at", "started_at", "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class StartJobSerializer(serializers.Serializer):
+    alias = serializers.CharField(default="embedder", max_length=100)
+    only_missing = serializers.BooleanField(default=False)
+    force = serializers.BooleanField(default=False)
+    kind = serializers.ChoiceField(choices=IndexJob.Kind.choices, required=False)
+
+
+class BrokerUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The task queue is unavailable."
+
+
+class IndexJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Bulk embedding jobs: progress for staff, and a way to start and cancel them."""
+
+    queryset = IndexJob.objects.order_by("-id")
+    serializer_class = IndexJobSerializer
+    permission_classes = [IsAdminUser]
+    filterset_fields = ["status", "alias"]
+
+    def get_serializer_class(self):
+        return StartJobSerializer if self.action == "create" else IndexJobSerializer
+
+    def create(self, request, *args, **kwargs):
+        """Start a job: queue embedding of the catalog for `alias`."""
+        from workers.jobs import JobError, QueueUnavailable, start_job
+
+        params = StartJobSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        try:
+            job = start_job(**params.validated_data)
+        except QueueUnavailable as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+        except JobError as exc:
+            raise ValidationError(str(exc)) from exc
+        return Response(IndexJobSerializer(job).data, status=status.HTTP_201_CREATED)
+
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Cancel a queued or running job; its remaining tasks return without work."""
+        from workers.jobs import cancel_job
+
+        return Response(IndexJobSerializer(cancel_job(self.get_object())).data)
+
+
+router = SimpleRouter(trailing_slash="/?")
+router.register("index-jobs", IndexJobViewSet, basename="indexjob")
+urlpatterns = router.urls
