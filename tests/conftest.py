@@ -18,6 +18,12 @@ def pytest_configure(config):
 
 
 @pytest.fixture(autouse=True)
+def no_auto_index(settings):
+    """Catalog saves queue no embedding work unless a test asks for it (tests/workers turn it on)."""
+    settings.MMSEARCH_AUTO_INDEX = False
+
+
+@pytest.fixture(autouse=True)
 def media_root(settings, tmp_path):
     """Each test writes images into its own media folder."""
     settings.MEDIA_ROOT = tmp_path / "media"
