@@ -24,6 +24,12 @@ def no_auto_index(settings):
 
 
 @pytest.fixture(autouse=True)
+def fast_password_hasher(settings):
+    """Test users log in many times; the production hasher is slow by design (and the CPUs are shared)."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def media_root(settings, tmp_path):
     """Each test writes images into its own media folder."""
     settings.MEDIA_ROOT = tmp_path / "media"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.db import transaction
+from django.utils.text import slugify
 from rest_framework import serializers
 
 from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup
@@ -118,20 +119,46 @@ class ImageUploadSerializer(serializers.Serializer):
     position = serializers.IntegerField(min_value=0, required=False)
 
 
+def _derived_slug(serializer: serializers.ModelSerializer, attrs: dict, clash) -> str:
+    """The given slug, the instance's, or one made from the name; refused when `clash(slug)` finds another row."""
+    instance = serializer.instance
+    slug = attrs.get("slug") or (instance.slug if instance else "") or slugify(attrs.get("name", ""))
+    if not slug:
+        raise serializers.ValidationError({"slug": "give a slug: none can be made from this name"})
+    others = clash(slug)
+    if instance is not None:
+        others = others.exclude(pk=instance.pk)
+    if others.exists():
+        raise serializers.ValidationError({"slug": f"{slug!r} is already used"})
+    return slug
+
+
 class TagGroupSerializer(serializers.ModelSerializer):
+    slug = serializers.SlugField(max_length=100, required=False)
+
     class Meta:
         model = TagGroup
         fields = ["id", "name", "slug", "description"]
-        extra_kwargs = {"slug": {"required": False}}
+
+    def validate(self, attrs: dict) -> dict:
+        attrs["slug"] = _derived_slug(self, attrs, lambda slug: TagGroup.objects.filter(slug=slug))
+        return attrs
 
 
 class TagSerializer(serializers.ModelSerializer):
     group = serializers.SlugRelatedField(slug_field="slug", queryset=TagGroup.objects.all())
+    slug = serializers.SlugField(max_length=100, required=False)
 
     class Meta:
         model = Tag
         fields = ["id", "group", "name", "slug", "synonyms"]
-        extra_kwargs = {"slug": {"required": False}}
+        # The (group, slug) check runs in validate(), after a missing slug is derived from the name.
+        validators: list = []
+
+    def validate(self, attrs: dict) -> dict:
+        group = attrs.get("group") or self.instance.group
+        attrs["slug"] = _derived_slug(self, attrs, lambda slug: Tag.objects.filter(group=group, slug=slug))
+        return attrs
 
 
 class ProductTagSerializer(serializers.ModelSerializer):
