@@ -7,6 +7,8 @@
 
 `get_model(alias)` returns the built instance. An alias's role is its "ROLE" entry, or the alias itself when
 it names a role (so a second embedder for a blue/green swap is {"ROLE": "embedder", "BACKEND": ...}).
+BACKEND is a dotted path or the name of an entry point in the `mmsearch.plugins` group (see registry.py).
+An optional "WARNING" entry is shown by `manage.py plugins` and the system checks (used for fallbacks).
 """
 
 from __future__ import annotations
@@ -15,64 +17,52 @@ import threading
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
-from django.utils.module_loading import import_string
 
 from mmsearch.plugins.base import ROLE_PROTOCOLS
+from mmsearch.plugins.registry import PluginError, missing_members, reset_discovery, resolve
+from mmsearch.plugins.registry import alias_role as _alias_role
 
-
-class PluginError(ImproperlyConfigured):
-    """A model alias is missing, misconfigured or does not satisfy its role's Protocol."""
-
+__all__ = ["PluginError", "alias_role", "build", "get_model", "model_settings", "reset"]
 
 _lock = threading.Lock()
 _instances: dict[str, Any] = {}
 
 
 def model_settings() -> dict[str, dict]:
+    """settings.MMSEARCH_MODELS, or {} when unset."""
     return getattr(settings, "MMSEARCH_MODELS", {}) or {}
 
 
 def alias_role(alias: str) -> str:
-    conf = model_settings().get(alias)
-    if conf is None:
-        raise PluginError(
-            f"MMSEARCH_MODELS has no alias {alias!r}; configured aliases: {', '.join(sorted(model_settings())) or 'none'}"
-        )
-    role = conf.get("ROLE", alias)
-    if role not in ROLE_PROTOCOLS:
-        raise PluginError(
-            f"MMSEARCH_MODELS[{alias!r}] has role {role!r}; set 'ROLE' to one of {', '.join(ROLE_PROTOCOLS)}"
-        )
-    return role
+    """The role of a configured alias (raises PluginError for unknown aliases and roles)."""
+    return _alias_role(alias, model_settings())
 
 
 def build(alias: str):
     """Construct the plugin for `alias` from BACKEND + OPTIONS (no caching; see get_model)."""
-    role = alias_role(alias)
-    conf = model_settings()[alias]
-    backend = conf.get("BACKEND")
-    if not backend:
-        raise PluginError(f"MMSEARCH_MODELS[{alias!r}] has no 'BACKEND'; give a dotted path to a {role} class")
+    r = resolve(alias, model_settings())
     try:
-        cls = import_string(backend)
-    except ImportError as exc:
-        raise PluginError(
-            f"MMSEARCH_MODELS[{alias!r}]['BACKEND'] = {backend!r} cannot be imported ({exc}); "
-            "check the dotted path and that its package is installed"
-        ) from exc
-    try:
-        instance = cls(**(conf.get("OPTIONS") or {}))
+        instance = r.cls(**r.options)
     except TypeError as exc:
-        raise PluginError(f"MMSEARCH_MODELS[{alias!r}]['OPTIONS'] do not fit {backend}: {exc}") from exc
-    protocol = ROLE_PROTOCOLS[role]
-    if not isinstance(instance, protocol):
-        missing = [
-            name for name in ("model_key", *[m for m in dir(protocol) if not m.startswith("_")])
-            if not hasattr(instance, name)
-        ]
         raise PluginError(
-            f"{backend} (alias {alias!r}) is not a {role}: it lacks {', '.join(sorted(set(missing)))}"
+            f"MMSEARCH_MODELS[{alias!r}]['OPTIONS'] do not fit {r.backend}: {exc}",
+            hint="fix the option names and types (`manage.py check` lists the accepted options)",
+            check_id="mmsearch.E006",
+        ) from exc
+    except (ValueError, OSError) as exc:
+        # Built-in backends validate their options (values, local paths) in the constructor.
+        raise PluginError(
+            f"MMSEARCH_MODELS[{alias!r}] ({r.backend}) rejects its OPTIONS: {exc}",
+            hint="fix the option value named above",
+            check_id="mmsearch.E007",
+        ) from exc
+    protocol = ROLE_PROTOCOLS[r.role]
+    missing = missing_members(instance, protocol)
+    if missing:
+        raise PluginError(
+            f"{r.backend} (alias {alias!r}) is not a {r.role}: it lacks {', '.join(missing)}",
+            hint=f"implement {protocol.__name__} or set the alias's ROLE to the role it has",
+            check_id="mmsearch.E005",
         )
     return instance
 
@@ -89,9 +79,10 @@ def get_model(alias: str):
 
 
 def reset(alias: str | None = None) -> None:
-    """Forget built instances (after a settings change, and in tests)."""
+    """Forget built instances (after a settings change, and in tests); a full reset re-scans entry points."""
     with _lock:
         if alias is None:
             _instances.clear()
+            reset_discovery()
         else:
             _instances.pop(alias, None)

