@@ -2,7 +2,10 @@ from rest_framework.routers import DefaultRouter
 
 from catalog.api import views
 
-router = DefaultRouter(trailing_slash="/?")
+router = DefaultRouter()
+# Both /products/sku and /products/sku/ work (DRF's constructor only knows "/" or ""), so scripts that drop
+# the slash are not redirected, and a POST without it does not fail.
+router.trailing_slash = "/?"
 router.register("products", views.ProductViewSet, basename="product")
 router.register("categories", views.CategoryViewSet, basename="category")
 router.register("tag-groups", views.TagGroupViewSet, basename="taggroup")
