@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "mmsearch",
+    "mmsearch.web",
     "catalog",
     "qa",
     "workers",

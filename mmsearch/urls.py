@@ -9,7 +9,6 @@ from mmsearch import views
 from mmsearch.search import api as search_api
 
 urlpatterns = [
-    path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     # Search routes come before the catalog router so /products/<sku>/similar is not taken as a product action.
@@ -20,6 +19,8 @@ urlpatterns = [
     path("api/v1/auth/token", obtain_auth_token, name="api-token"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    # Shopper pages: home ("/"), search results, photo search, product pages.
+    path("", include("mmsearch.web.urls")),
 ]
 
 if settings.SERVE_MEDIA:

@@ -1,13 +1,5 @@
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
-
-from catalog.models import Product
-
-
-def home(request: HttpRequest) -> HttpResponse:
-    """Landing page with links to the API, its docs and the admin."""
-    return render(request, "mmsearch/home.html", {"product_count": Product.objects.count()})
+from django.http import HttpRequest, JsonResponse
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

@@ -1,0 +1,1 @@
+"""Server-rendered pages for shoppers: search (text, photo, filters, facets), product pages."""
