@@ -11,6 +11,9 @@ from catalog.models import Category, Product, ProductImage, ProductTag, Tag, Tag
 class ProductImageForm(forms.ModelForm):
     """Runs an uploaded file through the same checks as the API and stores it by content (sha256)."""
 
+    # A plain file field: catalog.images.check_image is the one judge of what is an acceptable image.
+    file = forms.FileField(help_text="JPEG, PNG or WebP")
+
     class Meta:
         model = ProductImage
         fields = ["file", "position"]
