@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/v1/search", search_api.SearchView.as_view(), name="search"),
     path("api/v1/search/image", search_api.ImageSearchView.as_view(), name="search-image"),
     path("api/v1/products/<str:sku>/similar", search_api.SimilarView.as_view(), name="product-similar"),
+    path("api/v1/", include("mmsearch.api")),  # index-jobs (staff only)
     path("api/v1/", include("catalog.api.urls")),
     path("api/v1/auth/token", obtain_auth_token, name="api-token"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
