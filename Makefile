@@ -7,7 +7,7 @@ DATA   ?= demo/grocery/products.jsonl
 ADDR   ?= 127.0.0.1:8000
 export DJANGO_SETTINGS_MODULE := mmsearch.settings
 
-.PHONY: install services services-stop migrate demo test train bench clean-var
+.PHONY: install services services-stop migrate demo test train bench clean-var browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ migrate: services
 demo: migrate
 	$(BIN)/python manage.py demo --data $(DATA) --addr $(ADDR)
 
-test: services
+# The browser tests (tests/web/test_e2e_browser.py) drive Debian's Chromium through Playwright; Playwright's
+# own browser download is never used. Installs it when missing (needs root, as in CI).
+export CHROMIUM ?= /usr/bin/chromium
+browser:
+	test -x $(CHROMIUM) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: services browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean-var: services-stop
