@@ -78,6 +78,7 @@ class IndexJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         return Response(IndexJobSerializer(cancel_job(self.get_object())).data)
 
 
-router = SimpleRouter(trailing_slash="/?")
+router = SimpleRouter()
+router.trailing_slash = "/?"  # like the catalog API: with or without the slash (the constructor only takes a bool)
 router.register("index-jobs", IndexJobViewSet, basename="indexjob")
 urlpatterns = router.urls
