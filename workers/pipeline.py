@@ -5,7 +5,8 @@ so a redelivered task (acks_late: the worker died before acking) splits them the
 batches already recorded in the job's ledger (IndexJobBatch). Each batch's vectors, failures, ledger row and
 job counters are written in one transaction: a batch counts once or not at all.
 
-Images are read and decoded in a thread pool: batch n+1 is decoding while the model runs batch n.
+Images are read and decoded in a thread pool, and batch-preprocessed (resize, normalise) in a second stage
+when the plugin offers `preprocess` + `embed_pixels`: batch n+1 is being prepared while the model runs batch n.
 """
 
 from __future__ import annotations
@@ -177,18 +178,24 @@ def decode_image(name: str, size_hint: int | None = None) -> Image.Image:
         raise PermanentItemError(f"image is corrupt or truncated: {name} ({exc})") from exc
 
 
-def _preparer(plugin) -> tuple[Callable[[Image.Image], Any], Callable[[list], Any]]:
-    """(per-image CPU step run in the decode threads, batched forward pass).
+@dataclass
+class _Prepared:
+    """One batch ready for the model: decoded images, and the plugin's preprocessed batch when it has one."""
 
-    A plugin may split its work with two optional methods, `preprocess_image(image) -> item` (thread-safe CPU
-    work such as resize and normalise) and `embed_preprocessed(items) -> array`; then that work also runs
-    in the pool, off the model's critical path. Otherwise the pool decodes and `embed_images` does the rest.
+    ids: list[int]
+    images: list[Image.Image]
+    pixels: Any
+    failures: dict[int, str]
+
+
+def _split_model(plugin) -> tuple[Callable | None, Callable | None]:
+    """(preprocess, embed_pixels) when the plugin splits CPU preprocessing from the forward pass, else (None, None).
+
+    OpenClipEmbedder and HFClipEmbedder do: `preprocess(images) -> batch` then runs in a pipeline thread, and
+    only `embed_pixels(batch)` stays on the model's critical path. Other embedders get `embed_images`.
     """
-    pre = getattr(plugin, "preprocess_image", None)
-    fwd = getattr(plugin, "embed_preprocessed", None)
-    if callable(pre) and callable(fwd):
-        return pre, fwd
-    return (lambda image: image), plugin.embed_images
+    pre, fwd = getattr(plugin, "preprocess", None), getattr(plugin, "embed_pixels", None)
+    return (pre, fwd) if callable(pre) and callable(fwd) else (None, None)
 
 
 def _size_hint(plugin) -> int | None:
@@ -221,6 +228,17 @@ def _forward_isolating(forward: Callable[[list], Any], items: list, ids: list[in
         return rows, failures
 
 
+def _embed_prepared(plugin, embed_pixels: Callable | None, batch: _Prepared) -> tuple[Any, dict[int, str]]:
+    if not batch.ids:
+        return [], {}
+    if batch.pixels is not None:
+        try:
+            return embed_pixels(batch.pixels), {}
+        except Exception:  # noqa: BLE001 - retried image by image below, which names the bad one
+            logger.warning("batch forward pass failed; retrying image by image", exc_info=True)
+    return _forward_isolating(plugin.embed_images, batch.images, batch.ids)
+
+
 def run_images(
     alias: str, model_key: str, image_ids: Sequence[int], *, job_id: int | None = None, chunk: int = 0,
     force: bool = False,
@@ -242,37 +260,48 @@ def run_images(
     recorded = _recorded_batches(job_id, chunk)
     batches = [(n, list(b)) for n, b in enumerate(chunks(ids, batch_size())) if n not in recorded]
     out.duplicate_batches = len(chunks(ids, batch_size())) - len(batches)
-    prepare, forward = _preparer(plugin)
+    preprocess, embed_pixels = _split_model(plugin)
     hint = _size_hint(plugin)
 
-    def load(row) -> Any:
-        return prepare(decode_image(row[2], hint))
+    def prepare(decoding: list[tuple[int, Future]]) -> _Prepared:
+        batch = _Prepared([], [], None, {})
+        for image_id, future in decoding:
+            try:
+                batch.images.append(future.result())
+                batch.ids.append(image_id)
+            except PermanentItemError as exc:
+                batch.failures[image_id] = str(exc)
+        if preprocess is not None and batch.images:
+            try:
+                batch.pixels = preprocess(batch.images)
+            except Exception:  # noqa: BLE001 - embed_images on the forward side isolates the bad image
+                logger.warning("batch preprocessing failed; embedding image by image", exc_info=True)
+        return batch
 
     threads = max(1, int(settings.MMSEARCH_DECODE_THREADS))
-    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+    # Two stages off the model's path: images decode in parallel; one thread then preprocesses the batch.
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="preprocess") as stage:
 
-        def submit(batch_ids: list[int]) -> list[tuple[int, Future]]:
-            return [(i, pool.submit(load, rows[i])) for i in batch_ids if i in rows and i not in have]
+        def submit(batch_ids: list[int]) -> Future:
+            decoding = [
+                (i, pool.submit(decode_image, rows[i][2], hint)) for i in batch_ids if i in rows and i not in have
+            ]
+            return stage.submit(prepare, decoding)
 
-        pending = submit(batches[0][1]) if batches else []
+        pending = submit(batches[0][1]) if batches else None
         for position, (number, batch_ids) in enumerate(batches):
-            futures = pending
             t0 = time.perf_counter()
-            items, item_ids, failures = [], [], {}
-            for image_id, future in futures:
-                try:
-                    items.append(future.result())
-                    item_ids.append(image_id)
-                except PermanentItemError as exc:
-                    failures[image_id] = str(exc)
+            prepared = pending.result()
             # Time the model waited for decoding (not hidden behind the previous forward pass).
             decode_s = time.perf_counter() - t0
             if position + 1 < len(batches):
                 pending = submit(batches[position + 1][1])
             t1 = time.perf_counter()
-            vecs, model_failures = _forward_isolating(forward, items, item_ids) if items else ([], {})
+            vecs, model_failures = _embed_prepared(plugin, embed_pixels, prepared)
             forward_s = time.perf_counter() - t1
-            failures.update(model_failures)
+            failures = {**prepared.failures, **model_failures}
+            item_ids = prepared.ids
             t2 = time.perf_counter()
             written = [
                 (image_id, rows[image_id][1], vec)

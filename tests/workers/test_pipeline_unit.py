@@ -176,3 +176,33 @@ def test_knn_uses_the_partial_hnsw_index(demo):
     assert name in plan
     with pytest.raises(ValueError, match="32 dimensions"):
         vectors.search_images("embedder", query[:32])
+
+
+def test_openclip_plugin_preprocesses_off_the_forward_path(demo, settings, tmp_path):
+    """A real open_clip model (tiny, saved locally): the pipeline's preprocess/embed_pixels split stores the
+    same vectors as the plugin's own embed_images."""
+    import torch
+    from PIL import Image
+
+    from tests.plugins.builders import save_openclip_folder
+
+    torch.set_num_threads(1)
+    folder = save_openclip_folder(tmp_path / "tiny-clip")
+    settings.MMSEARCH_MODELS = {"embedder": {
+        "BACKEND": "mmsearch.plugins.openclip.OpenClipEmbedder", "OPTIONS": {"model": f"local-dir:{folder}", "device": "cpu"},
+    }}
+    settings.MMSEARCH_EMBED_BATCH_SIZE = 5
+    from mmsearch import plugins
+
+    plugins.reset()
+    plugin = get_model("embedder")
+    out = pipeline.run_images("embedder", plugin.model_key, [i.pk for i in demo])
+    assert (out.done, out.failed, out.batches) == (12, 0, 3)
+    stored = {e.image_id: np.asarray(e.vector, dtype=float) for e in ImageEmbedding.objects.filter(model_key=plugin.model_key)}
+    decoded = []
+    for image in demo:
+        with default_storage.open(image.file.name) as fh:
+            decoded.append(Image.open(fh).convert("RGB"))
+    expected = plugin.embed_images(decoded)
+    assert np.allclose(np.stack([stored[i.pk] for i in demo]), expected, atol=1e-5)
+    plugins.reset()
