@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from mmsearch.plugins.runtime import CheapConstructor
+
 _COLOURS = {
     "red": (220, 30, 30), "green": (30, 160, 60), "blue": (30, 60, 220), "yellow": (230, 220, 40),
     "black": (10, 10, 10), "white": (245, 245, 245), "orange": (240, 140, 20), "purple": (130, 40, 160),
@@ -26,12 +28,12 @@ def _cell(rgb) -> int:
     return (r * _BINS + g) * _BINS + b
 
 
-class HashingEmbedder:
+class HashingEmbedder(CheapConstructor):
     """Deterministic colour-histogram / hashed-token embedder."""
 
     def __init__(self, dim: int = 64, seed: int = 0):
         if dim < 8:
-            raise ValueError("dim must be at least 8")
+            raise ValueError(f"dim={dim!r} must be at least 8")
         self._dim = dim
         self.seed = seed
         rng = np.random.default_rng(seed)

@@ -89,14 +89,12 @@ def empty(dim: int) -> np.ndarray:
     return np.zeros((0, dim), dtype=np.float32)
 
 
-class LazyModel:
-    """Base for plugins whose constructor only validates and stores options; weights load on first use.
+class CheapConstructor:
+    """For plugins whose constructor only validates and stores options (no weights, no heavy imports).
 
-    Subclasses implement `_load()`; `_ensure_loaded()` runs it once per instance, thread-safely.
-    Because construction is cheap, `check_options` (used by the system checks) simply constructs one.
+    The system checks call `check_options(options)` on a backend class when it has one; here it simply
+    constructs an instance, so the checks and first use report the same problems.
     """
-
-    _loaded: bool = False
 
     @classmethod
     def check_options(cls, options: dict) -> list[str]:
@@ -106,6 +104,15 @@ class LazyModel:
         except (ValueError, OSError) as exc:
             return [str(exc)]
         return []
+
+
+class LazyModel(CheapConstructor):
+    """Base for plugins whose weights load on first use.
+
+    Subclasses implement `_load()`; `_ensure_loaded()` runs it once per instance, thread-safely.
+    """
+
+    _loaded: bool = False
 
     def _ensure_loaded(self) -> None:
         if self._loaded:
