@@ -395,7 +395,9 @@ def knn_sql(kind: str, dim: int, model_key: str, qvec: np.ndarray, fsql: str, fp
     else:
         inner = (
             f"SELECT e.product_id, {image_col} AS image_id, {dist} AS distance FROM {table} e "
-            f"WHERE e.model_key = %s {not_self}AND e.product_id IN ({fsql}) ORDER BY distance LIMIT %s"
+            # `IN (...) IS TRUE` keeps the filter a hashed per-row test on the index scan: Postgres cannot turn
+            # it into a join the planner could drive from the filtered side, so the plan stays index-first.
+            f"WHERE e.model_key = %s {not_self}AND (e.product_id IN ({fsql})) IS TRUE ORDER BY distance LIMIT %s"
         )
         params = [literal, model_key, *extra, *fparams, fetch]
     sql = (
@@ -447,7 +449,8 @@ def _product_vector(kind: str, model_key: str, product_id: int) -> np.ndarray | 
     """The stored vector(s) of one product for model_key, averaged over its images and re-normalised."""
     table = vectors.TABLES[kind]
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT vector FROM {table} WHERE model_key = %s AND product_id = %s", [model_key, product_id])
+        # As real[]: a raw cursor has no pgvector type adapter, so the vector column would arrive as text.
+        cursor.execute(f"SELECT vector::real[] FROM {table} WHERE model_key = %s AND product_id = %s", [model_key, product_id])
         rows = [np.asarray(r[0], dtype=np.float32) for r in cursor.fetchall()]
     if not rows:
         return None
