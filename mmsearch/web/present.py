@@ -208,19 +208,20 @@ class Pagination:
     pages: int
     previous_url: str = ""
     next_url: str = ""
+    first_url: str = ""
     links: list[PageLink] = field(default_factory=list)
 
 
 def pagination(params: QueryDict, page: int, limit: int, total: int, window: int = 2) -> Pagination:
     pages = max(1, -(-int(total) // max(int(limit), 1)))
-    page = min(max(int(page), 1), pages)
+    page = max(int(page), 1)  # may be past the last page (an old link); the template says so
 
     def link(n: int) -> str:
         return url_with(params, set_={"page": None if n == 1 else str(n)}, keep_page=True)
 
-    nav = Pagination(page, pages)
+    nav = Pagination(page, pages, first_url=link(1))
     if page > 1:
-        nav.previous_url = link(page - 1)
+        nav.previous_url = link(min(page - 1, pages))
     if page < pages:
         nav.next_url = link(page + 1)
     shown = sorted({1, pages, *range(max(1, page - window), min(pages, page + window) + 1)})

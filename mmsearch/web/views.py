@@ -115,13 +115,22 @@ def _clear_filters_url(params: QueryDict) -> str:
     return f"{reverse('web-search')}?{q.urlencode()}"
 
 
+def category_label(path: str | None) -> str:
+    """'Fruit/Banana/Banana' -> 'Fruit › Banana' (a level named like its parent adds nothing)."""
+    parts: list[str] = []
+    for part in (path or "").split("/"):
+        if part and (not parts or part.lower() != parts[-1].lower()):
+            parts.append(part)
+    return " › ".join(parts)
+
+
 def _hit_view(hit) -> dict:
     return {
         "sku": hit.sku,
         "title": hit.title,
         "price": present.money(hit.price, hit.currency),
         "image_url": hit.image_url,
-        "category": (hit.category or "").replace("/", " › "),
+        "category": category_label(hit.category),
         "url": reverse("web-product", args=[hit.sku]),
     }
 
@@ -171,7 +180,11 @@ def product_page(request: HttpRequest, sku: str) -> HttpResponse:
         parts = product.category.path.split("/")
         for depth in range(1, len(parts) + 1):
             path = "/".join(parts[:depth])
-            breadcrumbs.append({"name": parts[depth - 1], "url": f"{reverse('web-search')}?{_qs(category=path)}"})
+            crumb = {"name": parts[depth - 1], "url": f"{reverse('web-search')}?{_qs(category=path)}"}
+            if breadcrumbs and breadcrumbs[-1]["name"].lower() == crumb["name"].lower():
+                breadcrumbs[-1] = crumb  # 'Banana › Banana': one crumb, pointing at the deeper level
+            else:
+                breadcrumbs.append(crumb)
     similar, similar_error = [], ""
     try:
         result = search(SearchQuery(similar_to=product.sku, limit=SIMILAR_COUNT))

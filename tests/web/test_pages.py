@@ -20,7 +20,8 @@ pytestmark = pytest.mark.django_db
 def links(body: str) -> dict[str, str]:
     """Visible link text -> href (facet links and chips included; tags inside the link removed)."""
     out = {}
-    for href, inner in re.findall(r'<a href="([^"]*)"[^>]*>(.*?)</a>', body, flags=re.S):
+    for attrs, inner in re.findall(r'<a\b([^>]*)>(.*?)</a>', body, flags=re.S):
+        href = re.search(r'href="([^"]*)"', attrs).group(1)
         text = " ".join(re.sub(r"<[^>]+>", " ", inner).split())
         out[html.unescape(text)] = html.unescape(href)
     return out

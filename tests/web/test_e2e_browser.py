@@ -1,0 +1,217 @@
+"""End to end in a real headless Chromium (Debian's, driven by Playwright): a shopper searches with words,
+narrows by a facet, searches with a photo and opens a product page; then the same pages at phone width.
+
+The catalog is a slice of demo/grocery (real product photos) imported with the catalog importer, indexed with
+the hashing models (no learned weights). Screenshots go to test-artifacts/ (git-ignored).
+
+The browser starts inside each test, after the database is filled, and stops before the database is flushed:
+Playwright's sync API runs an event loop in this thread, during which Django refuses synchronous ORM calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from PIL import Image
+from playwright.sync_api import Page, expect, sync_playwright
+
+from catalog.importer import CatalogImporter
+from catalog.models import Product
+from tests.search.conftest import index_products
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")  # `make browser` installs it
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DEMO = Path(settings.BASE_DIR) / "demo" / "grocery"
+ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
+# A slice of the demo catalog with prices added, so the price facet and prices show.
+SKUS = {
+    "grocery-golden-delicious": "0.45", "grocery-granny-smith": "0.49", "grocery-red-delicious": "0.55",
+    "grocery-banana": "0.25", "grocery-lime": "0.35", "grocery-red-bell-pepper": "0.99",
+    "grocery-yellow-bell-pepper": "0.99", "grocery-cucumber": "0.79", "grocery-carrots": "1.29",
+    "grocery-vine-tomato": "2.49", "grocery-arla-standard-milk": "1.15", "grocery-oatly-oat-milk": "1.89",
+}
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def grocery(tmp_path) -> dict[str, Product]:
+    """Import the slice with its real images through the catalog importer, then index it."""
+    rows = []
+    for line in (DEMO / "products.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["sku"] in SKUS:
+            row.update(price=SKUS[row["sku"]], currency="EUR",
+                       images=[str((DEMO / rel).resolve()) for rel in row["images"]])
+            rows.append(json.dumps(row))
+    path = tmp_path / "products.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    report = CatalogImporter(path).run()
+    assert report.created == len(SKUS) and not report.rejected
+    products = {p.sku: p for p in Product.objects.prefetch_related("images")}
+    index_products(products.values())
+    return products
+
+
+@pytest.fixture
+def shopper_photo(tmp_path) -> Path:
+    """A 'shopper photo' of the banana: cropped, tilted, resized and re-compressed catalogue image."""
+    with Image.open(DEMO / "images" / "Banana_Iconic.jpg") as img:
+        img = img.convert("RGB")
+        w, h = img.size
+        img = img.crop((int(w * 0.08), int(h * 0.1), int(w * 0.95), int(h * 0.92)))
+        img = img.resize((480, int(480 * img.height / img.width))).rotate(4, fillcolor=(250, 250, 250))
+    path = tmp_path / "my-banana.jpg"
+    img.save(path, format="JPEG", quality=80)
+    return path
+
+
+def launch(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def screenshot(page: Page, name: str) -> Path:
+    """Full-page screenshot in test-artifacts/, after every image (lazy ones too) has loaded."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.evaluate("document.querySelectorAll('img[loading=lazy]').forEach(i => i.loading = 'eager')")
+    page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def check_accessible(page: Page) -> None:
+    """Sanity checks a screen-reader user depends on: lang, one h1, a main landmark, alt texts, labels."""
+    problems = page.evaluate("""() => {
+        const out = [];
+        if (!document.documentElement.lang) out.push('html has no lang');
+        if (document.querySelectorAll('h1').length !== 1) out.push('not exactly one h1');
+        if (!document.querySelector('main')) out.push('no main landmark');
+        for (const img of document.querySelectorAll('img')) {
+            if (!img.hasAttribute('alt') || !img.alt.trim()) out.push('img without alt: ' + img.src);
+        }
+        for (const el of document.querySelectorAll('input, select, textarea')) {
+            if (el.type === 'hidden') continue;
+            const named = el.labels.length > 0 || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
+            if (!named) out.push('unlabelled ' + el.tagName + ' ' + (el.name || el.id));
+        }
+        for (const a of document.querySelectorAll('a')) {
+            if (!a.textContent.trim() && !a.querySelector('img[alt]')) out.push('link without text: ' + a.href);
+        }
+        return out;
+    }""")
+    assert problems == [], problems
+
+
+def images_loaded(page: Page) -> bool:
+    page.evaluate("document.querySelectorAll('img[loading=lazy]').forEach(i => i.loading = 'eager')")
+    page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+    return page.evaluate("Array.from(document.images).every(i => i.naturalWidth > 0)")
+
+
+def card_titles(page: Page) -> list[str]:
+    return page.locator("main .results .card-title").all_inner_texts()
+
+
+def test_shopper_searches_filters_uses_a_photo_and_opens_a_product(live_server, grocery, shopper_photo):
+    base = live_server.url
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        served = page.request.get(f"{base}/static/web/site.css")
+        assert served.status == 200 and "text/css" in served.headers["content-type"]
+
+        # Home: the stylesheet is applied, categories to browse, the search box is labelled.
+        page.goto(base + "/")
+        expect(page.get_by_role("heading", level=1)).to_have_text("Find it by words or by photo")
+        assert page.evaluate("getComputedStyle(document.querySelector('.brand span')).color") == "rgb(11, 92, 173)"
+        expect(page.get_by_role("link", name=re.compile(r"^Fruit 5 products"))).to_be_visible()
+        check_accessible(page)
+
+        # Type a query and see results.
+        page.get_by_label("Search products").fill("apple")
+        page.keyboard.press("Enter")
+        page.wait_for_url(re.compile(r"/search\?q=apple$"))
+        expect(page.get_by_role("heading", level=1)).to_have_text("Results for “apple”")
+        titles = card_titles(page)
+        assert titles[:3] and all("Apple" in t or "Granny" in t for t in titles[:3]), titles
+        expect(page.locator(".card-price").first).to_have_text(re.compile(r"^€\d+\.\d\d$"))
+        assert images_loaded(page), "product images are served to the browser"
+        check_accessible(page)
+
+        # Apply a facet: only fruit.
+        page.locator(".facets").get_by_role("link", name=re.compile(r"^Fruit \d+")).click()
+        page.wait_for_url(re.compile(r"category=Fruit"))
+        categories = page.locator("main .results .card-category").all_inner_texts()
+        assert categories and all(c.startswith("Fruit") for c in categories), categories
+        expect(page.get_by_role("link", name=re.compile(r"^Category: Fruit"))).to_be_visible()
+        expect(page.locator(".facet-link[aria-current=true]")).to_have_count(1)
+        check_accessible(page)
+        screenshot(page, "e2e-results.png")
+
+        # Search by photo: choosing the file starts the search (site.js); the banana comes first.
+        page.get_by_label("Search by photo").set_input_files(str(shopper_photo))
+        page.wait_for_url(re.compile(r"/search\?photo=[0-9a-f]{32}$"))
+        expect(page.get_by_role("heading", level=1)).to_have_text("Products like your photo")
+        expect(page.get_by_role("img", name="Your photo")).to_be_visible()
+        assert card_titles(page)[0] == "Banana Ecological Class 1"
+        assert images_loaded(page)
+        check_accessible(page)
+        screenshot(page, "e2e-photo-results.png")
+
+        # Open the product page.
+        page.locator("main .results .card a").first.click()
+        page.wait_for_url(re.compile(r"/p/grocery-banana$"))
+        expect(page.get_by_role("heading", level=1)).to_have_text("Banana Ecological Class 1")
+        expect(page.get_by_role("img", name="Banana Ecological Class 1")).to_be_visible()
+        expect(page.locator(".details .price")).to_have_text("€0.25")
+        expect(page.get_by_role("link", name="Fruit", exact=True)).to_have_attribute("href", "/search?category=Fruit")
+        # Category Fruit/Banana/Banana: the repeated level is shown once.
+        expect(page.locator(".breadcrumbs li")).to_have_text(["Home", "Fruit", "Banana"])
+        similar = page.locator(".similar .card-title").all_inner_texts()
+        assert similar and "Banana Ecological Class 1" not in similar
+        expect(page.get_by_text("Question answering is not enabled yet")).to_be_visible()
+        expect(page.get_by_label("Ask a question about this product")).to_be_disabled()
+        assert images_loaded(page)
+        check_accessible(page)
+        screenshot(page, "e2e-product.png")
+
+        # Keyboard: the first Tab reaches the skip link, which moves focus to the main content.
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.textContent.trim()") == "Skip to main content"
+        assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+        page.keyboard.press("Enter")
+        assert page.evaluate("document.activeElement.id") == "main"
+        browser.close()
+
+
+def test_phone_width_has_no_horizontal_scroll(live_server, grocery):
+    base = live_server.url
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                                has_touch=True)
+        for path, name in (("/", "phone-home.png"), ("/search?q=pepper", "phone-results.png"),
+                           ("/p/grocery-red-bell-pepper", "phone-product.png")):
+            page.goto(base + path)
+            assert images_loaded(page)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"{path} is {width}px wide at a 390px viewport"
+            check_accessible(page)
+            screenshot(page, name)
+        # On the results page the filters start folded away, and open on demand.
+        page.goto(base + "/search?q=pepper")
+        facets = page.locator("details[data-facets]")
+        expect(facets).not_to_have_attribute("open", "")
+        page.get_by_text("Filters", exact=True).click()
+        expect(facets).to_have_attribute("open", "")
+        expect(page.locator(".facets").get_by_role("link", name=re.compile(r"^Vegetables \d+"))).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        browser.close()
