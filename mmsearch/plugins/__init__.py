@@ -17,6 +17,8 @@ import threading
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from mmsearch.plugins.base import ROLE_PROTOCOLS
 from mmsearch.plugins.registry import PluginError, missing_members, reset_discovery, resolve
@@ -86,3 +88,10 @@ def reset(alias: str | None = None) -> None:
             reset_discovery()
         else:
             _instances.pop(alias, None)
+
+
+@receiver(setting_changed)
+def _models_setting_changed(setting: str, **kwargs) -> None:
+    # override_settings(MMSEARCH_MODELS=...) must not keep serving instances built from the old value.
+    if setting == "MMSEARCH_MODELS":
+        reset()
