@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -177,18 +178,30 @@ class CatalogImporter:
         """Import the whole file; `progress` (a tqdm-like object) is advanced per row."""
         started = time.monotonic()
         with open(self.path, encoding="utf-8") as fh, ThreadPoolExecutor(self.workers) as pool:
-            batch: list[tuple[int, str]] = []
-            for line_no, text in enumerate(fh, start=1):
-                if not text.strip():
-                    continue
-                batch.append((line_no, text))
-                if len(batch) >= self.batch_size:
-                    self._import_batch(batch, pool, progress)
-                    batch = []
-            if batch:
-                self._import_batch(batch, pool, progress)
+            # One batch of lookahead: the threads read and decode the next batch's images while this thread
+            # writes the current batch to the database.
+            pending: list[Future] | None = None
+            for batch in self._batches(fh):
+                submitted = [pool.submit(self._parse, item) for item in batch]
+                if pending is not None:
+                    self._import_batch([f.result() for f in pending], progress)
+                pending = submitted
+            if pending is not None:
+                self._import_batch([f.result() for f in pending], progress)
         self.report.seconds = time.monotonic() - started
         return self.report
+
+    def _batches(self, fh) -> Iterator[list[tuple[int, str]]]:
+        batch: list[tuple[int, str]] = []
+        for line_no, text in enumerate(fh, start=1):
+            if not text.strip():
+                continue
+            batch.append((line_no, text))
+            if len(batch) >= self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     def _parse(self, item: tuple[int, str]) -> ParsedRow | RowError:
         line_no, text = item
@@ -202,9 +215,9 @@ class CatalogImporter:
                 pass
             return RowError(line_no, sku if isinstance(sku, str) else None, str(exc))
 
-    def _import_batch(self, batch, pool, progress) -> None:
+    def _import_batch(self, results: list[ParsedRow | RowError], progress) -> None:
         rows: list[ParsedRow] = []
-        for result in pool.map(self._parse, batch):
+        for result in results:
             self.report.rows += 1
             if isinstance(result, RowError):
                 self.report.rejected.append(result)
@@ -219,7 +232,7 @@ class CatalogImporter:
             with transaction.atomic():
                 self._upsert(rows)
         if progress is not None:
-            progress.update(len(batch))
+            progress.update(len(results))
 
     def _category_id(self, path: str | None) -> int | None:
         if path is None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
+from django.core.files.storage import FileSystemStorage, default_storage
 from django.db.models import Max
 
 from catalog.images import CheckedImage
@@ -17,11 +21,31 @@ def image_name(checked: CheckedImage) -> str:
 def write_image_file(checked: CheckedImage) -> str:
     """Store the bytes once under their hash; return the storage name."""
     name = image_name(checked)
+    if isinstance(default_storage, FileSystemStorage):
+        _write_local(Path(default_storage.path(name)), checked.data)
+        return name
     if not default_storage.exists(name):
         saved = default_storage.save(name, ContentFile(checked.data))
         if saved != name:  # a concurrent writer won the race; keep the canonical copy
             default_storage.delete(saved)
     return name
+
+
+def _write_local(path: Path, data: bytes) -> None:
+    # The fast path for local media (imports write tens of thousands of files): write a temporary file and
+    # rename it into place, so a reader never sees half a file and concurrent writers of the same bytes agree.
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def add_image(product: Product, checked: CheckedImage, position: int | None = None) -> tuple[ProductImage, bool]:
