@@ -99,12 +99,9 @@ def _parse_query(params: QueryDict, photo_key: str) -> SearchQuery:
 
 
 def _sentence(message: str) -> str:
-    """Engine messages are lower-case fragments; show them as a sentence."""
+    """End a message with a full stop (engine messages are fragments that may start with a parameter name)."""
     message = message.strip()
-    if not message:
-        return message
-    message = message[0].upper() + message[1:]
-    return message if message.endswith((".", "!", "?")) else message + "."
+    return message if not message or message.endswith((".", "!", "?")) else message + "."
 
 
 def _clear_filters_url(params: QueryDict) -> str:
