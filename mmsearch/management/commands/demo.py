@@ -51,10 +51,13 @@ class Command(BaseCommand):
             subprocess.Popen(
                 [python, "-m", "celery", "-A", "mmsearch", "worker", "--loglevel", "INFO", "--concurrency", "1",
                  "-Q", "celery,embed,caption,tag,qa", "-n", "demo@%h"],
-                env=env, cwd=settings.BASE_DIR,
+                env=env, cwd=settings.BASE_DIR, start_new_session=True,
             ),
-            subprocess.Popen([python, "manage.py", "runserver", addr, "--noreload"], env=env, cwd=settings.BASE_DIR),
+            subprocess.Popen([python, "manage.py", "runserver", addr, "--noreload"], env=env, cwd=settings.BASE_DIR,
+                             start_new_session=True),
         ]
+        # Each child leads its own process group (so the worker's pool processes can be stopped with it), and
+        # this command decides how they stop: a terminal's Ctrl-C reaches only this process and make.
         base = f"http://{addr}"
         self.stdout.write(
             f"\nmmsearch demo ({Product.objects.count()} products)\n"
@@ -73,13 +76,32 @@ class Command(BaseCommand):
             while not stopping and all(c.poll() is None for c in children):
                 time.sleep(0.5)
         finally:
+            self.stdout.write("Stopping the worker (it finishes its current task) and the web server ...")
             for child in children:
                 if child.poll() is None:
-                    child.terminate()
+                    # The leader only: Celery's main process then stops its pool after the current task.
+                    child.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
             for child in children:
                 try:
-                    child.wait(timeout=20)
+                    child.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    child.kill()
+                    pass
+                _signal_group(child, signal.SIGKILL)  # whatever is left of its group, pool processes included
+                child.wait()
             self.stdout.write("Stopped the worker and the web server (the embedded services keep running; "
                               "`make services-stop` stops them).")
+        if not stopping:
+            died = [(name, c.returncode) for name, c in zip(("the Celery worker", "the web server"), children)
+                    if c.returncode not in (None, 0, -signal.SIGTERM, -signal.SIGKILL)]
+            if died:
+                name, code = died[0]
+                raise CommandError(f"{name} exited by itself (code {code}; is {addr} already in use?); stopped the rest")
+
+
+def _signal_group(child: subprocess.Popen, sig: int) -> None:
+    """Send `sig` to the child's process group (it leads one); a group that is gone already is fine."""
+    try:
+        os.killpg(child.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
