@@ -52,7 +52,7 @@ def _qs(**params: str) -> str:
 
 @require_GET
 def search_page(request: HttpRequest) -> HttpResponse:
-    """Results for a text query and/or a stored photo, narrowed by the filters in the query string."""
+    """Results for a text query or a stored photo (or, with only filters, a browse), from the query string."""
     params = request.GET.copy()
     photo_key = params.pop("photo", [""])[-1]
     if "q" in params and not params.get("q", "").strip():
