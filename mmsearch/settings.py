@@ -149,8 +149,27 @@ MMSEARCH_PRODUCT_MODEL = "catalog.Product"
 MMSEARCH_IMAGE_MODEL = "catalog.ProductImage"
 
 # Model plugins by role alias: {"BACKEND": dotted path, "OPTIONS": {...}} (see README "Plugins").
+# The embedder is the trained open_clip model folder (`manage.py train_embedder --out ...`); only while that
+# folder does not exist, the HashingEmbedder stands in, flagged by a WARNING (system check mmsearch.W001).
+MMSEARCH_EMBEDDER_PATH = Path(os.environ.get("MMSEARCH_EMBEDDER_PATH") or BASE_DIR / "models" / "embedder")
+if MMSEARCH_EMBEDDER_PATH.is_dir():
+    _EMBEDDER = {
+        "BACKEND": "mmsearch.plugins.openclip.OpenClipEmbedder",
+        "OPTIONS": {"pretrained": f"local-dir:{MMSEARCH_EMBEDDER_PATH}", "device": "auto"},
+    }
+else:
+    _EMBEDDER = {
+        "BACKEND": "mmsearch.plugins.hashing.HashingEmbedder",
+        "OPTIONS": {"dim": 64},
+        "WARNING": (
+            f"no trained embedder at {MMSEARCH_EMBEDDER_PATH}, so the HashingEmbedder (colour histograms and "
+            "hashed words, not a learned model) is used; train one with `manage.py train_embedder` or set "
+            "MMSEARCH_EMBEDDER_PATH to an open_clip model folder"
+        ),
+    }
 MMSEARCH_MODELS = {
-    "embedder": {"BACKEND": "mmsearch.plugins.hashing.HashingEmbedder", "OPTIONS": {"dim": 64}},
+    "embedder": _EMBEDDER,
+    "text_embedder": {"BACKEND": "mmsearch.plugins.sentence.SentenceEmbedder", "OPTIONS": {}},
 }
 
 # --- embedding pipeline (workers/) --------------------------------------------------------------------------
