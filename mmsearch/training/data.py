@@ -1,0 +1,217 @@
+"""Catalogs in the interchange format, read in memory for training and evaluation (no database).
+
+The importer (catalog.importer) validates rows for the database and stores image bytes; here we only need
+titles, categories, attributes and image paths, and we decode each image once into a small uint8 cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mmsearch.text import SKIPPED_ATTRIBUTES, product_text
+
+
+class DataError(ValueError):
+    """A catalog or photo file cannot be used; the message names the file, line and reason."""
+
+
+@dataclass(frozen=True)
+class Product:
+    sku: str
+    title: str
+    category: str
+    attributes: dict
+    images: tuple[Path, ...]
+
+    @property
+    def text(self) -> str:
+        """The product text every model sees (mmsearch.text.product_text)."""
+        return product_text(self.title, self.category, self.attributes)
+
+    def facets(self) -> list[tuple[str, str]]:
+        """(key, value) pairs a zero-shot prompt can name: attributes plus each category level ("category")."""
+        pairs = [
+            (k, str(v)) for k, v in self.attributes.items() if k not in SKIPPED_ATTRIBUTES and v not in ("", None)
+        ]
+        pairs += [("category", name) for name in self.category.split("/") if name]
+        return pairs
+
+
+@dataclass(frozen=True)
+class Photo:
+    image: Path
+    sku: str
+
+
+@dataclass
+class Catalog:
+    products: list[Product]
+    sources: list[Path] = field(default_factory=list)
+
+    def by_sku(self) -> dict[str, Product]:
+        return {p.sku: p for p in self.products}
+
+
+def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: bad JSON ({exc.msg} at column {exc.colno})") from exc
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_no}: a row must be a JSON object, not {type(row).__name__}")
+            yield line_no, row
+
+
+def load_products(path: Path | str, *, require_images: bool = True) -> list[Product]:
+    """Products of one products.jsonl; image paths resolved against the file's folder."""
+    path = Path(path)
+    base = path.resolve().parent
+    out: list[Product] = []
+    for line_no, row in _read_jsonl(path):
+        where = f"{path}:{line_no}"
+        sku, title = row.get("sku"), row.get("title")
+        if not isinstance(sku, str) or not sku.strip():
+            raise DataError(f"{where}: missing 'sku'")
+        if not isinstance(title, str) or not title.strip():
+            raise DataError(f"{where}: missing 'title'")
+        category = row.get("category") or ""
+        attributes = row.get("attributes") or {}
+        images = row.get("images") or []
+        if not isinstance(category, str):
+            raise DataError(f"{where}: 'category' must be a string path")
+        if not isinstance(attributes, dict):
+            raise DataError(f"{where}: 'attributes' must be an object")
+        if not isinstance(images, list) or not all(isinstance(i, str) and i for i in images):
+            raise DataError(f"{where}: 'images' must be a list of file paths")
+        paths = tuple(base / rel for rel in images)
+        for rel, p in zip(images, paths):
+            if not p.is_file():
+                raise DataError(f"{where}: image {rel} not found")
+        if require_images and not paths:
+            continue  # a product without an image cannot be an image-text pair
+        out.append(Product(sku.strip(), title.strip(), category.strip("/"), attributes, paths))
+    if not out:
+        raise DataError(f"{path}: no products with images")
+    return out
+
+
+def load_catalog(paths: Sequence[Path | str]) -> Catalog:
+    """Several products.jsonl files as one catalog (a sku seen twice keeps its first row)."""
+    seen: set[str] = set()
+    products: list[Product] = []
+    for path in paths:
+        for p in load_products(path):
+            if p.sku not in seen:
+                seen.add(p.sku)
+                products.append(p)
+    return Catalog(products, [Path(p) for p in paths])
+
+
+def load_photos(path: Path | str, skus: Iterable[str]) -> list[Photo]:
+    """Shopper photos of a photos-<split>.jsonl whose sku is in `skus`."""
+    path = Path(path)
+    base = path.resolve().parent
+    known = set(skus)
+    out: list[Photo] = []
+    for line_no, row in _read_jsonl(path):
+        image, sku = row.get("image"), row.get("sku")
+        if not isinstance(image, str) or not isinstance(sku, str):
+            raise DataError(f"{path}:{line_no}: a photo row needs 'image' and 'sku' strings")
+        if sku not in known:
+            raise DataError(f"{path}:{line_no}: sku {sku!r} is not in the given products")
+        full = base / image
+        if not full.is_file():
+            raise DataError(f"{path}:{line_no}: image {image} not found")
+        out.append(Photo(full, sku))
+    if not out:
+        raise DataError(f"{path}: no photos")
+    return out
+
+
+def facet_text(key: str, value: str) -> str:
+    """One attribute as the product text writes it ('colour: Red'): a training text and a zero-shot prompt."""
+    return product_text("", None, {key: value})
+
+
+def title_key(title: str) -> str:
+    """Titles compare case-insensitively (the retrieval protocol's notion of 'same product text')."""
+    return " ".join(title.lower().split())
+
+
+def is_held_out(title: str, fraction: float) -> bool:
+    """Stable split by title hash: every product sharing a title lands on the same side."""
+    h = int.from_bytes(hashlib.sha256(title_key(title).encode()).digest()[:8], "big")
+    return (h % 10_000) < fraction * 10_000
+
+
+def fingerprint(paths: Sequence[Path | str]) -> str:
+    """sha256 over the bytes of the given data files (rows only; images are named by the rows)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()
+
+
+def write_products(products: Sequence[Product], path: Path) -> None:
+    """Write products as interchange JSONL with absolute image paths (so the file works from any folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for p in products:
+            row = {"sku": p.sku, "title": p.title, "category": p.category, "attributes": p.attributes,
+                   "images": [str(i.resolve()) for i in p.images]}
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """Decode an image file as RGB; DataError names the file when it is not an image."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from exc
+
+
+def squash(image: Image.Image, size: int) -> np.ndarray:
+    """Resize to size x size ignoring aspect (open_clip resize_mode 'squash', bicubic) as uint8 HWC."""
+    return np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.uint8)
+
+
+def image_cache(paths: Sequence[Path], size: int, cache_dir: Path | None, *, progress: bool = True) -> np.ndarray:
+    """All images decoded once to a uint8 (N, size, size, 3) array, kept as .npy under cache_dir."""
+    key = hashlib.sha256(f"{size}\n".encode() + "\n".join(str(p.resolve()) for p in paths).encode()).hexdigest()[:16]
+    target = cache_dir / f"images-{size}-{key}.npy" if cache_dir else None
+    if target is not None and target.is_file():
+        arr = np.load(target, mmap_mode=None)
+        if arr.shape == (len(paths), size, size, 3):
+            return arr
+    from tqdm import tqdm
+
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+
+    def one(i: int) -> None:
+        out[i] = squash(open_rgb(paths[i]), size)
+
+    # PIL releases the GIL while decoding, so two threads use both cores.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(tqdm(pool.map(one, range(len(paths))), total=len(paths), desc=f"decode images {size}px",
+                  disable=not progress, mininterval=1.0))
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(target)
+    return out

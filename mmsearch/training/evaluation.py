@@ -1,0 +1,234 @@
+"""Evaluate any Embedder plugin on any catalog in the interchange format, in memory (no database).
+
+- text_to_image: every distinct title (case-insensitive) of the --data products is a query; relevant =
+  every product of data + corpus with that title; the corpus is every image of data + corpus (each image
+  file once). The protocol behind Marqo's published KAGL numbers.
+- zero_shot: for each attribute with 2..200 distinct values and each category level, the --data products'
+  first images are classified against one prompt per value (an average of PROMPT_TEMPLATES); logits are
+  ZERO_SHOT_SCALE x cosine, as in CLIP, for the calibration error.
+- photo_to_product: each shopper photo is a query against the products' images (a product scores its
+  best image); accuracy@1, accuracy@5, mrr.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mmsearch.training import data as D
+from mmsearch.training import metrics as M
+
+MAX_ZERO_SHOT_VALUES = 200
+ZERO_SHOT_SCALE = 100.0
+# "{key}: {value}" is how mmsearch.text.product_text writes an attribute (see data.facet_text).
+PROMPT_TEMPLATES = ("{facet}", "a photo of a {value} product", "{value}")
+RECALL_KS = (1, 2, 5, 10, 20, 50, 100)
+
+
+def load_embedder(spec: str):
+    """An Embedder from an MMSEARCH_MODELS alias or a trained model folder (through the OpenClipEmbedder plugin)."""
+    from mmsearch.plugins import get_model, model_settings
+
+    if spec in model_settings():
+        return get_model(spec)
+    path = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec).expanduser()
+    if path.is_dir():
+        from mmsearch.plugins.openclip import OpenClipEmbedder
+
+        return OpenClipEmbedder(pretrained=f"local-dir:{path.resolve()}")
+    raise D.DataError(
+        f"--model {spec!r} is neither an alias in MMSEARCH_MODELS ({', '.join(sorted(model_settings()))}) "
+        "nor a trained model folder"
+    )
+
+
+def embed_image_files(embedder, paths: Sequence[Path], progress: Callable | None, batch: int = 256) -> np.ndarray:
+    """Embed image files in batches (decoded here, preprocessed by the plugin)."""
+    out = []
+    for start in range(0, len(paths), batch):
+        out.append(np.asarray(embedder.embed_images([D.open_rgb(p) for p in paths[start:start + batch]]),
+                              dtype=np.float32))
+        if progress:
+            progress(min(start + batch, len(paths)))
+    return np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def prompt_embeddings(embedder, key: str, values: Sequence[str]) -> np.ndarray:
+    """One unit vector per value: the mean of the prompt templates' embeddings."""
+    texts = [t.format(facet=D.facet_text(key, v), value=v) for v in values for t in PROMPT_TEMPLATES]
+    emb = _unit(np.asarray(embedder.embed_texts(texts), dtype=np.float32))
+    return _unit(emb.reshape(len(values), len(PROMPT_TEMPLATES), -1).mean(axis=1))
+
+
+def zero_shot_tasks(products: Sequence[D.Product]) -> dict[str, tuple[str, list[str | None]]]:
+    """task name -> (prompt key, label per product or None): attributes with 2..200 values, category levels."""
+    tasks: dict[str, tuple[str, list[str | None]]] = {}
+    keys = sorted({k for p in products for k in p.attributes})
+    for key in keys:
+        labels = [str(p.attributes[key]) if p.attributes.get(key) not in (None, "") else None for p in products]
+        n = len({v for v in labels if v is not None})
+        if 2 <= n <= MAX_ZERO_SHOT_VALUES:
+            tasks[key] = (key, labels)
+    depth = max((len([x for x in p.category.split("/") if x]) for p in products), default=0)
+    for level in range(depth):
+        labels = []
+        for p in products:
+            parts = [x for x in p.category.split("/") if x]
+            labels.append(parts[level] if level < len(parts) else None)
+        n = len({v for v in labels if v is not None})
+        if 2 <= n <= MAX_ZERO_SHOT_VALUES:
+            tasks[f"category_level_{level + 1}"] = ("category", labels)
+    return tasks
+
+
+def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), photos: str | Path | None = None,
+             progress: bool = True, model_seconds: float = 0.0) -> dict:
+    """All metrics of one model on one catalog; returns the JSON-ready report."""
+    from tqdm import tqdm
+
+    t_start = time.time()
+    timings: dict[str, float] = {}
+    data_products = D.load_products(data)
+    corpus_products = D.load_catalog(corpus).products if corpus else []
+    data_skus = {p.sku for p in data_products}
+    everyone = data_products + [p for p in corpus_products if p.sku not in data_skus]
+
+    # Corpus images: each file once, with its product's title.
+    image_index: dict[Path, int] = {}
+    image_paths: list[Path] = []
+    image_title: list[str] = []
+    image_product: list[int] = []
+    for pi, p in enumerate(everyone):
+        for img in p.images:
+            key = img.resolve()
+            if key not in image_index:
+                image_index[key] = len(image_paths)
+                image_paths.append(img)
+                image_title.append(D.title_key(p.title))
+                image_product.append(pi)
+    photo_rows = D.load_photos(photos, (p.sku for p in everyone)) if photos else []
+
+    t = time.time()
+    bar = tqdm(total=len(image_paths) + len(photo_rows), desc="embed images", disable=not progress, mininterval=1.0)
+    done = [0]
+
+    def tick(n: int, offset: int = 0) -> None:
+        bar.update(offset + n - done[0])
+        done[0] = offset + n
+
+    images = _unit(embed_image_files(embedder, image_paths, tick))
+    photo_emb = _unit(embed_image_files(embedder, [ph.image for ph in photo_rows],
+                                        lambda n: tick(n, len(image_paths)))) if photo_rows else None
+    bar.close()
+    timings["embed_images"] = round(time.time() - t, 2)
+
+    # text -> image
+    t = time.time()
+    queries: dict[str, str] = {}
+    for p in data_products:
+        queries.setdefault(D.title_key(p.title), p.title)
+    by_title: dict[str, list[int]] = {}
+    for i, tk in enumerate(image_title):
+        by_title.setdefault(tk, []).append(i)
+    q_keys = list(queries)
+    q_emb = _unit(np.asarray(embedder.embed_texts([queries[k] for k in q_keys]), dtype=np.float32))
+    relevant = [np.array(by_title[k]) for k in q_keys]
+    ranks: list[np.ndarray] = []
+    for start in range(0, len(q_keys), 256):
+        ranks += M.ranks_of_relevant(q_emb[start:start + 256] @ images.T, relevant[start:start + 256])
+    t2i = M.summarise_ranks(ranks, len(image_paths), ks=(1, 10))
+    t2i["curve"] = {str(k): float(np.mean([(r <= k).sum() / len(r) for r in ranks])) for k in RECALL_KS}
+
+    # zero-shot
+    first_image = np.array([image_index[p.images[0].resolve()] for p in data_products])
+    zs: dict[str, dict] = {}
+    for task, (key, labels) in zero_shot_tasks(data_products).items():
+        values = sorted({v for v in labels if v is not None})
+        sel = np.array([i for i, v in enumerate(labels) if v is not None])
+        idx = {v: j for j, v in enumerate(values)}
+        y = np.array([idx[labels[i]] for i in sel])
+        logits = ZERO_SHOT_SCALE * images[first_image[sel]] @ prompt_embeddings(embedder, key, values).T
+        zs[task] = {"values": len(values), **M.zero_shot(logits, y)}
+    timings["text_and_scoring"] = round(time.time() - t, 2)
+
+    # photo -> product
+    p2p = None
+    if photo_rows:
+        sku_index = {p.sku: i for i, p in enumerate(everyone)}
+        prod_of_image = np.array(image_product)
+        scores = np.full((len(photo_rows), len(everyone)), -np.inf, dtype=np.float32)
+        sims = photo_emb @ images.T
+        for j in range(len(everyone)):
+            cols = np.flatnonzero(prod_of_image == j)
+            if len(cols):
+                scores[:, j] = sims[:, cols].max(axis=1)
+        targets = np.array([sku_index[ph.sku] for ph in photo_rows])
+        p2p = {"queries": len(photo_rows), "products": len(everyone), **M.accuracy_at(scores, targets, (1, 5))}
+        p_ranks = M.ranks_of_relevant(scores, [np.array([t]) for t in targets])
+        p2p["curve"] = {str(k): float(np.mean([r[0] <= k for r in p_ranks])) for k in (1, 2, 3, 5, 10, 20)}
+    timings["load_model"] = round(model_seconds, 2)
+    timings["total"] = round(time.time() - t_start + model_seconds, 2)
+    return {
+        "model_key": embedder.model_key,
+        "text_to_image": t2i,
+        "zero_shot": zs,
+        "photo_to_product": p2p,
+        "timings": timings,
+    }
+
+
+def write_plots(report: dict, folder: Path) -> list[Path]:
+    """PNG plots: recall@k (text->image, photo->product) and one reliability diagram per zero-shot task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    fig, ax = plt.subplots(figsize=(5, 4))
+    curve = report["text_to_image"]["curve"]
+    ax.plot([int(k) for k in curve], list(curve.values()), marker="o", label="text -> image recall@k")
+    if report.get("photo_to_product"):
+        pc = report["photo_to_product"]["curve"]
+        ax.plot([int(k) for k in pc], list(pc.values()), marker="s", label="photo -> product accuracy@k")
+    ax.set_xscale("log")
+    ax.set_xlabel("k")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(report["model_key"], fontsize=8)
+    fig.tight_layout()
+    path = folder / "recall_at_k.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+    tasks = report["zero_shot"]
+    if tasks:
+        cols = min(3, len(tasks))
+        rows = (len(tasks) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
+        for ax, (name, res) in zip(axes.flat, tasks.items()):
+            bins = [b for b in res["reliability"]]
+            centres = [(b["lo"] + b["hi"]) / 2 for b in bins]
+            ax.bar(centres, [b["accuracy"] for b in bins], width=0.09, alpha=0.7, label="accuracy")
+            ax.plot([0, 1], [0, 1], "k--", lw=1)
+            ax.set_title(f"{name}: acc {res['accuracy']:.2f}, ECE {res['ece']:.2f}", fontsize=9)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("confidence")
+        for ax in list(axes.flat)[len(tasks):]:
+            ax.axis("off")
+        fig.tight_layout()
+        path = folder / "reliability.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

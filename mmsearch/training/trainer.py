@@ -1,0 +1,538 @@
+"""Contrastive image-text training (the CLIP objective) on catalog products and shopper photos.
+
+- Loss: symmetric InfoNCE over the batch with open_clip's learnable logit_scale (temperature). Pairs that
+  are not real negatives are masked out of the softmax: products sharing a title (case-insensitive), and a
+  facet text such as "colour: Red" against every product that has that facet.
+- Texts: each step a product is paired with one of its texts, drawn at random: the full product text
+  (mmsearch.text.product_text), its title alone (the query form), or one facet text. With a locked
+  (LiT) text trunk the pooled outputs of every distinct text are computed once and cached.
+- Images: decoded once into a uint8 cache at the model's input size; light augmentation (random resized
+  crop, horizontal flip; no colour jitter, since colour is an attribute to learn).
+- Resumable: the state after every epoch is in OUT/train_state.pt and the model folder is rewritten, so
+  a killed run continues from its last epoch; the schedule and the data order derive from (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmsearch.training import data as D
+from mmsearch.training import metrics as M
+from mmsearch.training.model import ARCHS, Built, build_from_init, build_new, save_model
+
+STATE_NAME = "train_state.pt"
+HELDOUT_NAME = "heldout.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (hashed to decide whether a run can be resumed)."""
+
+    data: list[str]
+    out: str
+    photos: list[str] = field(default_factory=list)
+    init: str | None = None
+    arch: str = "lcnet050-64"
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.05  # share of all steps
+    seed: int = 0
+    holdout: float = 0.1
+    # probabilities of pairing a product with its full text, its title alone, or one facet text
+    text_mix: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    photo_repeat: int = 1  # how often each shopper photo appears per epoch
+    max_steps: int | None = None  # stop early (tests, smoke runs)
+    device: str = "auto"
+    cache_dir: str | None = None
+
+    def run_key(self) -> str:
+        """Identity of the run for resuming: everything but the output folder, device and step cap."""
+        d = asdict(self)
+        for k in ("out", "device", "cache_dir", "max_steps"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Item:
+    """One training pair source: an image (catalog image or shopper photo) of product `product`."""
+
+    image: int  # row in the image cache
+    product: int
+
+
+class TrainingError(RuntimeError):
+    """The run cannot start or continue; the message says why."""
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> cuda when present, else cpu."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"--device {device} but torch sees no CUDA device")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# --- text features -------------------------------------------------------------------------------------------
+def trunk_identity(built: Built) -> str:
+    """sha256 prefix over the locked text trunk's weights (keys the pooled-feature cache)."""
+    h = hashlib.sha256()
+    for name, t in built.net.text.transformer.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def pooled_text_features(built: Built, texts: list[str], cache_dir: Path | None, progress: bool = True,
+                         device: str = "cpu") -> np.ndarray:
+    """Pooled outputs of the locked HF text trunk for every text (before the trainable projection).
+
+    The trunk is the costly part on a CPU (~tens of texts a second on 2 busy cores), so outputs are kept in
+    an incremental cache per (trunk weights, context length): later runs compute only texts not seen yet.
+    """
+    from tqdm import tqdm
+
+    tok = built.tokenizer
+    text = built.net.text
+    dim = text.config.hidden_size
+    stem = f"textfeat-{trunk_identity(built)}-{tok.context_length}"
+    known: dict[str, int] = {}
+    feats = np.zeros((0, dim), dtype=np.float32)
+    if cache_dir is not None and (cache_dir / f"{stem}.json").is_file():
+        try:
+            names = json.loads((cache_dir / f"{stem}.json").read_text())
+            arr = np.load(cache_dir / f"{stem}.npy")
+            if arr.shape == (len(names), dim):
+                known, feats = {t: i for i, t in enumerate(names)}, arr
+        except (OSError, ValueError):
+            pass
+    missing = sorted({t for t in texts if t not in known}, key=len)
+    if missing:
+        text.eval()
+        pad = text.config.pad_token_id
+        new = np.empty((len(missing), dim), dtype=np.float32)
+        bs = 128
+        # Sorted by length so a batch pads little; masked mean pooling makes padding irrelevant to the result.
+        for start in tqdm(range(0, len(missing), bs), desc=f"text features ({len(missing)} texts, locked tower)",
+                          disable=not progress, mininterval=2.0):
+            ids = tok(missing[start:start + bs])
+            mask = ids != pad
+            width = int(mask.sum(1).max())
+            ids, mask = ids[:, :width].to(device), mask[:, :width].long().to(device)
+            hidden = text.transformer(input_ids=ids, attention_mask=mask)
+            new[start:start + len(ids)] = text.pooler(hidden, mask).float().cpu().numpy()
+        for t in missing:
+            known[t] = len(known)
+        feats = np.concatenate([feats, new])
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            names = [None] * len(known)
+            for t, i in known.items():
+                names[i] = t
+            np.save(cache_dir / f"{stem}.tmp.npy", feats)
+            (cache_dir / f"{stem}.tmp.json").write_text(json.dumps(names))
+            (cache_dir / f"{stem}.tmp.npy").replace(cache_dir / f"{stem}.npy")
+            (cache_dir / f"{stem}.tmp.json").replace(cache_dir / f"{stem}.json")
+    return feats[[known[t] for t in texts]]
+
+
+class TextBank:
+    """Distinct training texts with ids, and per product the ids of its text variants."""
+
+    def __init__(self):
+        self.texts: list[str] = []
+        self.ids: dict[str, int] = {}
+
+    def add(self, text: str) -> int:
+        i = self.ids.get(text)
+        if i is None:
+            i = self.ids[text] = len(self.texts)
+            self.texts.append(text)
+        return i
+
+
+# --- augmentation ----------------------------------------------------------------------------------------------
+def augment(batch: torch.Tensor, gen: torch.Generator, min_scale: float = 0.6) -> torch.Tensor:
+    """Random resized crop (area min_scale..1, aspect 3/4..4/3) and horizontal flip, one grid_sample."""
+    n = batch.shape[0]
+    area = min_scale + (1 - min_scale) * torch.rand(n, generator=gen)
+    log_r = (torch.rand(n, generator=gen) * 2 - 1) * math.log(4 / 3)
+    ratio = torch.exp(log_r)
+    sx = torch.sqrt(area * ratio).clamp(max=1.0)
+    sy = torch.sqrt(area / ratio).clamp(max=1.0)
+    tx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sx)
+    ty = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sy)
+    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = sx * flip
+    theta[:, 0, 2] = tx
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = ty
+    grid = F.affine_grid(theta.to(batch.device), list(batch.shape), align_corners=False)
+    return F.grid_sample(batch, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def to_pixels(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor, device: str) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW on device."""
+    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255)
+    return (x - mean) / std
+
+
+# --- loss --------------------------------------------------------------------------------------------------------
+def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
+              not_negative: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE (open_clip ClipLoss) with pairs[i, j] (i != j) masked when not_negative[i, j].
+
+    not_negative[i, j]: text j is also a true description of image i (so it is no negative of i).
+    """
+    image_emb = F.normalize(image_emb.float(), dim=-1)
+    text_emb = F.normalize(text_emb.float(), dim=-1)
+    logits = logit_scale.exp() * image_emb @ text_emb.t()
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    if not_negative is not None:
+        mask = not_negative.clone()
+        mask.fill_diagonal_(False)
+        logits = logits.masked_fill(mask, float("-inf"))
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warmup then cosine decay to 0."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# --- the run --------------------------------------------------------------------------------------------------
+class Trainer:
+    """Prepares data and model from a TrainConfig and runs (or resumes) the training."""
+
+    def __init__(self, cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True):
+        self.cfg = cfg
+        self.log = log
+        self.progress = progress
+        self.out = Path(cfg.out)
+        self.device = resolve_device(cfg.device)
+        self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+
+    # ---- preparation
+    def prepare(self) -> None:
+        cfg = self.cfg
+        if cfg.epochs < 1:
+            raise TrainingError("--epochs must be at least 1")
+        if cfg.init is None and cfg.arch not in ARCHS:
+            raise TrainingError(f"unknown architecture {cfg.arch!r}; choose one of {', '.join(ARCHS)}")
+        if abs(sum(cfg.text_mix) - 1) > 1e-6 or min(cfg.text_mix) < 0:
+            raise TrainingError(f"text_mix {cfg.text_mix} must be three non-negative shares summing to 1")
+        catalog = D.load_catalog(cfg.data)
+        photos: list[D.Photo] = []
+        for path in cfg.photos:
+            photos += D.load_photos(path, (p.sku for p in catalog.products))
+        with_photos = {ph.sku for ph in photos}
+        # Products with shopper photos stay in training: photo search is evaluated on a separate photo split.
+        val = [p for p in catalog.products if p.sku not in with_photos and D.is_held_out(p.title, cfg.holdout)]
+        val_skus = {p.sku for p in val}
+        train = [p for p in catalog.products if p.sku not in val_skus]
+        if not train:
+            raise TrainingError("no training products left after the held-out split; lower --holdout")
+        self.train_products, self.val_products, self.photos = train, val, photos
+        self.fingerprint = D.fingerprint([*cfg.data, *cfg.photos])
+
+        self.built = self._build()
+        size = int(self.built.preprocess_cfg["size"] if isinstance(self.built.preprocess_cfg["size"], int)
+                   else self.built.preprocess_cfg["size"][0])
+        self.image_size = size
+        # One image cache for train images, photos and validation images.
+        paths: list[Path] = []
+        self.items: list[Item] = []
+        for pi, p in enumerate(train):
+            for img in p.images:
+                self.items.append(Item(len(paths), pi))
+                paths.append(img)
+        sku_index = {p.sku: i for i, p in enumerate(train)}
+        photo_items = []
+        for ph in photos:
+            photo_items.append(Item(len(paths), sku_index[ph.sku]))
+            paths.append(ph.image)
+        self.items += photo_items * max(1, cfg.photo_repeat)
+        self.val_images: list[int] = []
+        for p in val:
+            self.val_images.append(len(paths))  # first image of each held-out product
+            paths.append(p.images[0])
+        self.log(f"data: {len(train)} train products, {len(photos)} photos, {len(val)} held-out products "
+                 f"({len(self.items)} pairs an epoch); fingerprint {self.fingerprint[:12]}")
+        self.pixels = D.image_cache(paths, size, self.cache_dir, progress=self.progress)
+
+        # Texts: full product text, title, and facet texts for every training product.
+        bank = TextBank()
+        self.variants: list[tuple[int, int, list[int]]] = []
+        facet_ids: dict[tuple[str, str], int] = {}
+        self.product_facets: list[list[int]] = []
+        for p in train:
+            facets = p.facets()
+            fids = [facet_ids.setdefault((k, v), len(facet_ids)) for k, v in facets]
+            self.product_facets.append(fids)
+            full = bank.add(p.text) if cfg.text_mix[0] > 0 else -1
+            self.variants.append((full, bank.add(p.title), [bank.add(D.facet_text(k, v)) for k, v in facets]))
+        self.facet_of_text: dict[int, int] = {}
+        for (k, v), fid in facet_ids.items():
+            self.facet_of_text[bank.ids[D.facet_text(k, v)]] = fid
+        titles = {}
+        self.title_ids = np.array([titles.setdefault(D.title_key(p.title), len(titles)) for p in train])
+        # Validation texts: held-out titles (queries) and prompts for two attributes.
+        self.val_queries = sorted({D.title_key(p.title): p.title for p in val}.values())
+        self.val_attrs = {}
+        for key in ("article_type", "colour"):
+            values = sorted({str(p.attributes[key]) for p in val if p.attributes.get(key) not in (None, "")})
+            if len(values) > 1:
+                self.val_attrs[key] = values
+        for q in self.val_queries:
+            bank.add(q)
+        for key, values in self.val_attrs.items():
+            for v in values:
+                bank.add(D.facet_text(key, v))
+        self.bank = bank
+        if self.built.lit:
+            self.text_feats = torch.from_numpy(
+                pooled_text_features(self.built, bank.texts, self.cache_dir, self.progress, self.device))
+        self.facet_matrix = self._facet_matrix()
+
+    def _build(self) -> Built:
+        try:
+            if self.cfg.init:
+                return build_from_init(self.cfg.init)
+            return build_new(ARCHS[self.cfg.arch])
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise TrainingError(str(exc).splitlines()[0]) from exc
+
+    def _facet_matrix(self) -> torch.Tensor:
+        """(products, max facets) facet ids, -2 padded (never equal to a text's facet id or -1)."""
+        width = max((len(f) for f in self.product_facets), default=1) or 1
+        m = torch.full((len(self.product_facets), width), -2, dtype=torch.long)
+        for i, f in enumerate(self.product_facets):
+            if f:
+                m[i, :len(f)] = torch.tensor(f)
+        return m
+
+    # ---- batches
+    def _choose_texts(self, products: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        full, title, facet = self.cfg.text_mix
+        kinds = rng.choice(3, size=len(products), p=[full, title, facet])
+        out = np.empty(len(products), dtype=np.int64)
+        for j, (pi, kind) in enumerate(zip(products, kinds)):
+            t_full, t_title, t_facets = self.variants[pi]
+            if kind == 2 and t_facets:
+                out[j] = t_facets[rng.integers(len(t_facets))]
+            elif kind == 1 or t_full < 0:
+                out[j] = t_title
+            else:
+                out[j] = t_full
+        return out
+
+    def not_negative(self, products: np.ndarray, text_ids: np.ndarray) -> torch.Tensor:
+        """[i, j] True when text j also describes image i: same title, same text, or j's facet is i's."""
+        p = torch.from_numpy(products)
+        t = torch.from_numpy(text_ids)
+        titles = torch.from_numpy(self.title_ids[products])
+        same = (titles[:, None] == titles[None, :]) | (t[:, None] == t[None, :])
+        facet = torch.tensor([self.facet_of_text.get(int(x), -1) for x in text_ids])
+        has = (self.facet_matrix[p][:, :, None] == facet[None, None, :]).any(dim=1)  # (images, texts)
+        return (same | has).to(self.device)
+
+    def encode_texts(self, text_ids: np.ndarray | list[int]) -> torch.Tensor:
+        net = self.built.net
+        if self.built.lit:
+            return net.text.proj(self.text_feats[torch.as_tensor(text_ids)].to(self.device))
+        tokens = self.built.tokenizer([self.bank.texts[i] for i in text_ids]).to(self.device)
+        return net.encode_text(tokens)
+
+    # ---- validation
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Held-out retrieval (titles -> held-out images) and zero-shot accuracy on two attributes."""
+        if not self.val_products:
+            return {}
+        net = self.built.net
+        net.eval()
+        emb = []
+        for start in range(0, len(self.val_images), 512):
+            rows = self.val_images[start:start + 512]
+            x = to_pixels(self.pixels[rows], self.mean, self.std, self.device)
+            with self._autocast():
+                emb.append(F.normalize(net.encode_image(x).float(), dim=-1).cpu())
+        img = torch.cat(emb).numpy()
+        q = F.normalize(self.encode_texts([self.bank.ids[t] for t in self.val_queries]).float(), dim=-1).cpu().numpy()
+        qkey = [D.title_key(t) for t in self.val_queries]
+        by_title: dict[str, list[int]] = {}
+        for i, p in enumerate(self.val_products):
+            by_title.setdefault(D.title_key(p.title), []).append(i)
+        rel = [np.array(by_title[k]) for k in qkey]
+        out = M.retrieval_metrics(q @ img.T, rel, ks=(1, 10))
+        res = {"recall@1": out["recall@1"], "recall@10": out["recall@10"], "mrr": out["mrr"]}
+        for key, values in self.val_attrs.items():
+            prompts = F.normalize(self.encode_texts([self.bank.ids[D.facet_text(key, v)] for v in values]).float(),
+                                  dim=-1).cpu().numpy()
+            idx = {v: i for i, v in enumerate(values)}
+            sel = [i for i, p in enumerate(self.val_products) if str(p.attributes.get(key, "")) in idx]
+            labels = np.array([idx[str(self.val_products[i].attributes[key])] for i in sel])
+            res[f"zero_shot_{key}"] = float(((img[sel] @ prompts.T).argmax(1) == labels).mean())
+        net.train()
+        if self.built.lit:
+            net.text.transformer.eval()
+        return res
+
+    def _autocast(self):
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    # ---- main loop
+    def run(self) -> dict:
+        """Train (resuming from OUT/train_state.pt when it matches this config); returns the model card."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        self.prepare()
+        net = self.built.net.to(self.device)
+        self.mean = torch.tensor(self.built.preprocess_cfg["mean"], device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.built.preprocess_cfg["std"], device=self.device).view(1, 3, 1, 1)
+        params = [p for p in net.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]  # biases, norms, logit_scale
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        bs = min(cfg.batch_size, len(self.items))
+        steps_per_epoch = max(1, len(self.items) // bs)
+        total = cfg.epochs * steps_per_epoch
+        warmup = max(1, int(cfg.warmup * total))
+        start_epoch, history, seconds = 0, [], 0.0
+        state_path = self.out / STATE_NAME
+        if state_path.is_file():
+            state = torch.load(state_path, map_location="cpu", weights_only=False)
+            if state.get("run_key") != cfg.run_key():
+                raise TrainingError(
+                    f"{self.out} holds a different training run (other data or hyperparameters); "
+                    "give a new --out or delete that folder"
+                )
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start_epoch, history, seconds = state["epoch"], state["history"], state["seconds"]
+            self.log(f"resuming {self.out} after epoch {start_epoch}/{cfg.epochs}")
+        n_train = sum(p.numel() for p in params)
+        self.log(f"model: {self.built.arch} ({n_train / 1e6:.2f}M trainable parameters, "
+                 f"{'locked text tower, ' if self.built.lit else ''}{self.image_size}px) on {self.device}; "
+                 f"{cfg.epochs} epochs x {steps_per_epoch} steps of {bs}")
+        step = start_epoch * steps_per_epoch
+        net.train()
+        if self.built.lit:
+            net.text.transformer.eval()
+        stop = False
+        for epoch in range(start_epoch, cfg.epochs):
+            # The data order and augmentation of an epoch depend only on (seed, epoch): resumable, deterministic.
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+            rng = np.random.default_rng([cfg.seed, epoch])
+            order = torch.randperm(len(self.items), generator=gen).numpy()
+            t0 = time.time()
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress,
+                       mininterval=2.0, file=sys.stderr)
+            seen, loss_sum, n_steps = 0, 0.0, 0
+            for b in bar:
+                if cfg.max_steps is not None and step >= cfg.max_steps:
+                    stop = True
+                    break
+                rows = order[b * bs:(b + 1) * bs]
+                products = np.array([self.items[r].product for r in rows])
+                images = np.array([self.items[r].image for r in rows])
+                text_ids = self._choose_texts(products, rng)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, total, cfg.lr, warmup)
+                x = augment(to_pixels(self.pixels[images], self.mean, self.std, self.device), gen)
+                with self._autocast():
+                    img_emb = net.encode_image(x)
+                    txt_emb = self.encode_texts(text_ids)
+                    loss = clip_loss(img_emb, txt_emb, net.logit_scale, self.not_negative(products, text_ids))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    net.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the inverse temperature
+                step += 1
+                seen += len(rows)
+                loss_sum += loss.item()
+                n_steps += 1
+                bar.set_postfix(loss=f"{loss.item():.3f}", temp=f"{1 / net.logit_scale.exp().item():.4f}",
+                                img_s=f"{seen / max(1e-6, time.time() - t0):.0f}", refresh=False)
+            bar.close()
+            seconds += time.time() - t0
+            if stop and seen < steps_per_epoch * bs:
+                # Stopped inside an epoch: the model folder gets the current weights, while the resumable
+                # state stays at the last finished epoch (a resumed run redoes this epoch from its start).
+                card = self.save(history, seconds, finished=False)
+                break
+            metrics = self.validate()
+            record = {"epoch": epoch + 1, "steps": step, "loss": round(loss_sum / max(1, n_steps), 4),
+                      "temperature": float(1 / net.logit_scale.exp().item()), "seconds": round(seconds, 1), **metrics}
+            history.append(record)
+            self.log("epoch {epoch}: loss {loss:.3f}, temperature {temperature:.4f}".format(**record) + "".join(
+                f", {k} {v:.3f}" for k, v in metrics.items()))
+            self.out.mkdir(parents=True, exist_ok=True)
+            card = self.save(history, seconds, finished=epoch + 1 == cfg.epochs)
+            torch.save({"run_key": cfg.run_key(), "model": net.state_dict(), "optimizer": opt.state_dict(),
+                        "epoch": epoch + 1, "history": history, "seconds": seconds}, state_path)
+            if stop:
+                break
+        else:
+            if start_epoch >= cfg.epochs:
+                self.log(f"{self.out} is already trained ({cfg.epochs} epochs); nothing to do")
+            card = self.save(history, seconds, finished=True)
+        return card
+
+    def save(self, history: list[dict], seconds: float, finished: bool) -> dict:
+        """Write the model folder and card for the current weights."""
+        if self.val_products:
+            D.write_products(self.val_products, self.out / HELDOUT_NAME)
+        n_params = sum(p.numel() for p in self.built.net.parameters())
+        card = {
+            "name": self.out.name,
+            "architecture": {"name": self.built.arch, "model_cfg": self.built.model_cfg,
+                             "preprocess_cfg": self.built.preprocess_cfg, "parameters": n_params,
+                             "text_tower_locked": self.built.lit},
+            "data": {"files": [str(p) for p in [*self.cfg.data, *self.cfg.photos]], "fingerprint": self.fingerprint,
+                     "train_products": len(self.train_products), "photos": len(self.photos),
+                     "held_out_products": len(self.val_products),
+                     "held_out_file": HELDOUT_NAME if self.val_products else None,
+                     "split": f"held out by sha256 of the lowercased title < {self.cfg.holdout}"},
+            "hyperparameters": {k: v for k, v in asdict(self.cfg).items() if k not in ("out", "cache_dir")},
+            "training": {"finished": finished, "epochs_done": len(history), "seconds": round(seconds, 1),
+                         "device": self.device, "torch": torch.__version__, "python": platform.python_version()},
+            "metrics": {"per_epoch": history},
+        }
+        return save_model(self.built, self.out, card)

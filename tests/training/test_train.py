@@ -1,0 +1,131 @@
+"""train_embedder: a tiny model trained for a few steps on a fixture catalog, saved, loaded via the plugin."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+
+from mmsearch import plugins
+from mmsearch.training import data as D
+from mmsearch.training.model import MINILM, build_from_init
+from mmsearch.training.trainer import pooled_text_features, to_pixels
+
+COLOURS = {"Red": (220, 20, 20), "Green": (20, 200, 40), "Blue": (30, 40, 220)}
+
+
+@pytest.fixture
+def shop(colour_catalog):
+    """9 products (3 colours x 3 types, one title shared by two products) and 3 shopper photos."""
+    c = colour_catalog
+    rows = []
+    for colour, rgb in COLOURS.items():
+        for kind, size in (("Shirt", (12, 16)), ("Shoe", (16, 12)), ("Cap", (14, 14))):
+            sku = f"{colour}-{kind}".lower()
+            rows.append({"sku": sku, "title": f"Acme {colour} {kind}", "category": f"Apparel/{kind}s",
+                         "attributes": {"colour": colour, "article_type": kind, "year": 2012},
+                         "images": [c.png(f"{sku}.png", rgb, size)]})
+    rows[1]["title"] = rows[0]["title"]  # identical titles: never negatives of each other
+    products = c.products("products.jsonl", rows)
+    (c.root / "photos").mkdir()
+    lines = []
+    for i, (colour, rgb) in enumerate(COLOURS.items()):
+        from PIL import Image
+
+        Image.new("RGB", (40, 40), tuple(max(0, v - 15) for v in rgb)).save(c.root / "photos" / f"{i}.png")
+        lines.append(json.dumps({"image": f"photos/{i}.png", "sku": f"{colour.lower()}-cap"}))
+    photos = c.root / "photos-train.jsonl"
+    photos.write_text("\n".join(lines) + "\n")
+    return products, photos
+
+
+def train(products, photos, out, cache, *extra):
+    call_command("train_embedder", "--data", str(products), "--photos", str(photos), "--out", str(out),
+                 "--preset", "tiny", "--batch-size", "4", "--holdout", "0.5", "--cache-dir", str(cache),
+                 "--no-progress", *extra)
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_trained_folder_loads_through_the_plugin(shop, tmp_path):
+    products, photos = shop
+    out = tmp_path / "models" / "shop"
+    train(products, photos, out, tmp_path / "cache", "--epochs", "2")
+
+    config = json.loads((out / "open_clip_config.json").read_text())
+    assert config["model_cfg"]["text_cfg"]["hf_model_name"] == MINILM
+    assert config["preprocess_cfg"]["resize_mode"] == "squash"
+    assert (out / "tokenizer.json").is_file()
+    card = json.loads((out / "model_card.json").read_text())
+    weights = out / "open_clip_model.safetensors"
+    assert card["weights"]["sha256"] == sha256(weights)
+    assert card["data"]["fingerprint"] == hashlib.sha256(products.read_bytes() + photos.read_bytes()).hexdigest()
+    assert card["training"]["finished"] is True
+    assert [e["epoch"] for e in card["metrics"]["per_epoch"]] == [1, 2]
+    assert card["hyperparameters"]["arch"] == "rn-tiny-32"
+    held_out = D.load_products(out / "heldout.jsonl")
+    train_titles = {D.title_key(p.title) for p in D.load_products(products)} - {
+        D.title_key(p.title) for p in held_out}
+    assert card["data"]["held_out_products"] == len(held_out) > 0
+    assert not train_titles & {D.title_key(p.title) for p in held_out}
+    assert all(p.sku.endswith("cap") is False for p in held_out)  # products with photos stay in training
+
+    models = {"embedder": {"BACKEND": "mmsearch.plugins.openclip.OpenClipEmbedder",
+                           "OPTIONS": {"pretrained": f"local-dir:{out}", "device": "cpu"}}}
+    plugins.reset()
+    try:
+        with override_settings(MMSEARCH_MODELS=models):
+            embedder = plugins.get_model("embedder")
+            assert embedder.model_key == f"openclip:shop:{card['weights']['sha256'][:12]}"
+            assert embedder.dim == 64
+            paths = [p.images[0] for p in D.load_products(products)]
+            images = [D.open_rgb(p) for p in paths]
+            vecs = embedder.embed_images(images)
+            assert vecs.shape == (9, 64)
+            assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+            # Training reads a uint8 cache: the same squash resize as the plugin's preprocessing.
+            cached = np.stack([D.squash(im, 32) for im in images])
+            built = build_from_init(str(out))
+            mean = torch.tensor(built.preprocess_cfg["mean"]).view(1, 3, 1, 1)
+            std = torch.tensor(built.preprocess_cfg["std"]).view(1, 3, 1, 1)
+            assert np.allclose(embedder.embed_pixels(to_pixels(cached, mean, std, "cpu")), vecs, atol=1e-4)
+            # ... and the cached text-trunk outputs + projection equal the plugin's text embedding.
+            titles = ["Acme Red Shirt", "colour: Blue"]
+            with torch.no_grad():
+                proj = built.net.eval().text.proj(torch.from_numpy(pooled_text_features(built, titles, None, False)))
+            ours = torch.nn.functional.normalize(proj, dim=-1).numpy()
+            assert np.allclose(embedder.embed_texts(titles), ours, atol=1e-4)
+    finally:
+        plugins.reset()
+
+
+def test_resumed_run_equals_uninterrupted_run(shop, tmp_path):
+    products, photos = shop
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(products, photos, whole, tmp_path / "cache", "--epochs", "2", "--seed", "3")
+    # 2 steps an epoch: --max-steps 3 stops inside epoch 2; the state stays at epoch 1.
+    train(products, photos, split, tmp_path / "cache", "--epochs", "2", "--seed", "3", "--max-steps", "3")
+    state = torch.load(split / "train_state.pt", weights_only=False)
+    assert state["epoch"] == 1
+    assert json.loads((split / "model_card.json").read_text())["training"]["finished"] is False
+    train(products, photos, split, tmp_path / "cache", "--epochs", "2", "--seed", "3")
+    assert sha256(split / "open_clip_model.safetensors") == sha256(whole / "open_clip_model.safetensors")
+
+
+def test_train_errors_are_one_line(shop, tmp_path):
+    products, photos = shop
+    with pytest.raises(CommandError, match="no such file"):
+        train(tmp_path / "nope.jsonl", photos, tmp_path / "o", tmp_path / "cache")
+    with pytest.raises(CommandError, match="unknown architecture"):
+        train(products, photos, tmp_path / "o", tmp_path / "cache", "--arch", "resnet-9000")
+    train(products, photos, tmp_path / "o", tmp_path / "cache", "--max-steps", "2")
+    with pytest.raises(CommandError, match="different training run") as exc:
+        train(products, photos, tmp_path / "o", tmp_path / "cache", "--lr", "0.5")
+    assert "\n" not in str(exc.value)
