@@ -212,6 +212,13 @@ def crud_cycle(client: APIClient) -> None:
     assert not Product.objects.filter(sku="hat-1").exists()
 
 
+def test_trailing_slash_is_optional(staff_client, catalog):
+    assert staff_client.get("/api/v1/products/tee-red").json()["sku"] == "tee-red"
+    created = staff_client.post("/api/v1/products", {"sku": "no-slash", "title": "No slash"}, format="json")
+    assert created.status_code == 201
+    assert staff_client.patch("/api/v1/products/no-slash", {"title": "Still none"}, format="json").status_code == 200
+
+
 def test_staff_crud_with_session_login(catalog, django_user_model):
     django_user_model.objects.create_user("editor", password="s3cret-pw", is_staff=True)
     client = APIClient()

@@ -215,3 +215,30 @@ def test_demo_catalog_imports_cleanly():
     original = (GROCERY.parent / "images" / "Banana_Iconic.jpg").read_bytes()
     assert banana.sha256 == hashlib.sha256(original).hexdigest()  # the catalogue's bytes, not a re-encoding
     assert Category.objects.filter(path="Fruit").exists()
+
+
+def test_catalog_changed_is_sent_after_commit_with_ids_only(catalog_writer, django_capture_on_commit_callbacks):
+    from catalog.changes import catalog_changed
+
+    received = []
+
+    def listener(sender, product_ids, image_ids, **kwargs):
+        received.append((sorted(product_ids), sorted(image_ids)))
+
+    catalog_changed.connect(listener)
+    try:
+        cw = catalog_writer
+        cw.add({"sku": "n1", "title": "One", "images": [cw.image("n1.jpg")]})
+        cw.add({"sku": "n2", "title": "Two"})
+        path = cw.write()
+        with django_capture_on_commit_callbacks(execute=True):
+            run_import(path)
+        products = sorted(Product.objects.values_list("pk", flat=True))
+        assert received == [(products, [ProductImage.objects.get().pk])]
+
+        received.clear()
+        with django_capture_on_commit_callbacks(execute=True):
+            run_import(path)
+        assert received == []  # nothing changed, nothing to re-index
+    finally:
+        catalog_changed.disconnect(listener)
