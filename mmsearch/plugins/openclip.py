@@ -380,8 +380,10 @@ class OpenClipEmbedder(runtime.LazyModel):
                 data = json.loads(card.read_text())
             except (OSError, json.JSONDecodeError):
                 data = {}
-            if isinstance(data, dict) and data.get("name"):
-                info["model_card"] = str(data["name"])
+            if isinstance(data, dict):
+                arch = data.get("architecture")
+                name = data.get("name") or (arch.get("name") if isinstance(arch, dict) else arch)
+                info["model_card"] = f"{card} ({name})" if name else str(card)
         return info
 
     def __repr__(self) -> str:

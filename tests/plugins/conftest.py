@@ -39,6 +39,11 @@ class TinyModels:
     def openclip_folder(self, seed: int = 0):
         return self._once(f"openclip-{seed}", lambda p: builders.save_openclip_folder(p, seed=seed))
 
+    def openclip_timm_folder(self, seed: int = 0):
+        """A timm ConvNet vision tower with squash resizing, as train_embedder writes."""
+        return self._once(f"openclip-timm-{seed}", lambda p: builders.save_openclip_folder(
+            p, builders.TIMM_OPENCLIP_CFG, seed=seed, preprocess_cfg=builders.SQUASH_PREPROCESS_CFG))
+
     def openclip_checkpoint(self, seed: int = 0):
         """(checkpoint file, JSON architecture)."""
         return self._once(

@@ -164,6 +164,17 @@ class TestOpenClipLocalDir(EmbedderContract):
         return {"BACKEND": OPENCLIP, "OPTIONS": {"pretrained": f"local-dir:{tiny_models.openclip_folder(1)}"}}
 
 
+class TestOpenClipTimmVisionTower(EmbedderContract):
+    key_prefix = "openclip:openclip-timm-0:"
+
+    def conf(self, tiny_models):
+        return {"BACKEND": OPENCLIP, "OPTIONS": {
+            "pretrained": f"local-dir:{tiny_models.openclip_timm_folder(0)}", "batch_size": 2}}
+
+    def other_conf(self, tiny_models):
+        return {"BACKEND": OPENCLIP, "OPTIONS": {"pretrained": f"local-dir:{tiny_models.openclip_timm_folder(1)}"}}
+
+
 class TestOpenClipCheckpointFile(EmbedderContract):
     key_prefix = "openclip:tiny-clip-0.pt:"
 

@@ -127,3 +127,11 @@ def test_device_auto_uses_cuda_only_when_present(tiny_models):
     else:
         with pytest.raises(ValueError, match="no CUDA device"):
             explicit.embed_texts(["x"])
+
+
+def test_describe_shows_the_model_card(tiny_models, tmp_path):
+    folder = shutil.copytree(tiny_models.openclip_folder(0), tmp_path / "trained")
+    (folder / "model_card.json").write_text(json.dumps({"architecture": {"name": "rn-tiny-32"}}))
+    info = OpenClipEmbedder(pretrained=str(folder)).describe()
+    assert info["source"] == "folder" and info["weights"].endswith("open_clip_model.safetensors")
+    assert info["model_card"] == f"{folder / 'model_card.json'} (rn-tiny-32)"
