@@ -11,6 +11,7 @@ Construction only validates and stores options; sentence-transformers is importe
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,7 +74,11 @@ class SentenceEmbedder(runtime.LazyModel):
 
     @property
     def dim(self) -> int:
-        """Length of every vector (the model's sentence-embedding dimension)."""
+        """Length of every vector (the model's sentence-embedding dimension), from the folder when it can."""
+        if not self._loaded and self.folder is not None:
+            cheap = folder_dim(self.folder)
+            if cheap is not None:
+                return cheap
         self._ensure_loaded()
         getter = getattr(self._st, "get_embedding_dimension", None) or self._st.get_sentence_embedding_dimension
         return int(getter())
@@ -97,9 +102,9 @@ class SentenceEmbedder(runtime.LazyModel):
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts; (len(texts), dim) L2-normalised float32 rows."""
-        self._ensure_loaded()
         if len(texts) == 0:
             return runtime.empty(self.dim)
+        self._ensure_loaded()
         with self._torch.inference_mode(), runtime.autocast(self._device, self._dtype):
             rows = self._st.encode(
                 list(texts), batch_size=self.batch_size, convert_to_tensor=True,
@@ -115,3 +120,25 @@ class SentenceEmbedder(runtime.LazyModel):
 
     def __repr__(self) -> str:
         return f"SentenceEmbedder(model={self.model!r}, device={self.device!r})"
+
+
+def folder_dim(folder: Path) -> int | None:
+    """The output size of a Transformer + Pooling (+ Normalize) folder read from its configs, else None.
+
+    Other module stacks (dense layers, several pooling modes) are left to the loaded model to answer.
+    """
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+        kinds = [module["type"].rsplit(".", 1)[-1] for module in modules]
+        if any(kind not in ("Transformer", "Pooling", "Normalize") for kind in kinds) or kinds.count("Pooling") != 1:
+            return None
+        pooling = modules[kinds.index("Pooling")]
+        config = json.loads((folder / pooling["path"] / "config.json").read_text())
+        size = config.get("embedding_dimension") or config.get("word_embedding_dimension")
+        if "pooling_mode" in config:  # sentence-transformers >= 5 names the modes
+            modes = [config["pooling_mode"]] if isinstance(config["pooling_mode"], str) else config["pooling_mode"]
+        else:
+            modes = [key for key, on in config.items() if key.startswith("pooling_mode_") and on is True]
+        return int(size) if size and len(modes) == 1 else None
+    except (OSError, KeyError, ValueError, TypeError):
+        return None

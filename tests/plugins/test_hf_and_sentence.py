@@ -106,3 +106,10 @@ def test_find_weights_names_what_it_expected(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(FileNotFoundError, match=r"expected one of a\.bin, b\.bin; found notes\.txt"):
         files.find_weights(Path(tmp_path), ("a.bin", "b.bin"))
+
+
+def test_sentence_dim_from_folder_configs_without_loading(tiny_models):
+    minilm, tiny = SentenceEmbedder(), SentenceEmbedder(str(tiny_models.sentence_folder(0)))
+    assert (minilm.dim, tiny.dim) == (384, 32)
+    assert not minilm.loaded and not tiny.loaded
+    assert tiny.embed_texts(["x"]).shape == (1, 32)
