@@ -282,10 +282,19 @@ def filtered_products(filters: dict[str, list[str]]):
     return _attribute_filter(queryset, filters)
 
 
+def _all_active_sql() -> str:
+    return f"SELECT id FROM {tables().product} WHERE active"
+
+
+def product_condition(alias: str, fsql: str) -> str:
+    """`alias.id IN (fsql)`, or just `alias.active` when fsql is every active product (no semi-join needed)."""
+    return f"{alias}.active" if fsql == _all_active_sql() else f"{alias}.id IN ({fsql})"
+
+
 def filter_sql(filters: dict[str, list[str]]) -> tuple[str, list]:
     """SQL selecting the ids of the filtered products, and its parameters, for use in `id IN (...)`."""
     if not filters:
-        return f"SELECT id FROM {tables().product} WHERE active", []
+        return _all_active_sql(), []
     sql, params = filtered_products(filters).values("id").query.sql_with_params()
     return sql, list(params)
 
@@ -332,40 +341,104 @@ def encode_text(encoder: Encoder, text: str) -> np.ndarray:
 
 # --- signals ------------------------------------------------------------------------------------------------
 
-def _relaxed_text(text: str) -> str | None:
-    """The query as 'any of its words' in websearch syntax; None when it uses quotes or negation."""
-    if '"' in text or re.search(r"(^|\s)-\w", text):
-        return None
-    words = _WORD.findall(text)
-    return " or ".join(words) if words else None
+@dataclass
+class QueryWords:
+    """The query's words as the full-text configuration sees them."""
+
+    lexemes: list[str]  # tsquery literals of the words that are not stop words, e.g. "'kurta'"
+    known: list[str]  # those that occur in some active product's full-text vector
+    unknown: list[str]  # words (as typed) that occur nowhere: likely typos, left to the trigram signal
+    plain: bool  # no quotes or negation: the query may be relaxed to some of its words
 
 
-def lexical_candidates(text: str, fsql: str, fparams: list, k: int) -> list[Candidate]:
-    """Full-text matches ranked by ts_rank_cd; products with all the words come before those with some."""
+def analyse_words(text: str) -> QueryWords:
+    """One round trip: each word's lexeme and whether any active product has it (a GIN lookup per word)."""
+    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
+    plain = '"' not in text and not re.search(r"(^|\s)-\w", text)
+    if not words:
+        return QueryWords([], [], [], plain)
     cfg = settings.MMSEARCH_FTS_CONFIG
-    relaxed = _relaxed_text(text)
-    match = "r.q" if relaxed else "s.q"
-    sql = (
-        f"SELECT p.id, ts_rank_cd(p.search_vector, {match}) "
-        "+ CASE WHEN p.search_vector @@ s.q THEN 1.0 ELSE 0.0 END AS score "
-        f"FROM {tables().product} p, websearch_to_tsquery(%s::regconfig, %s) s(q), "
-        "websearch_to_tsquery(%s::regconfig, %s) r(q) "
-        f"WHERE p.search_vector @@ {match} AND p.id IN ({fsql}) ORDER BY score DESC, p.id LIMIT %s"
-    )
-    params = [cfg, text, cfg, relaxed or text, *fparams, k]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return [Candidate(pid, float(score)) for pid, score in cursor.fetchall()]
+        cursor.execute(
+            "SELECT w, q::text, (q::text <> '' AND EXISTS (SELECT 1 FROM "
+            f"{tables().product} p WHERE p.search_vector @@ q AND p.active)) "
+            "FROM unnest(%s::text[]) WITH ORDINALITY AS u(w, n), plainto_tsquery(%s::regconfig, w) AS q ORDER BY n",
+            [words, cfg],
+        )
+        rows = cursor.fetchall()
+    lexemes = [lx for _, lx, _ in rows if lx]
+    known = list(dict.fromkeys(lx for _, lx, found in rows if found))
+    unknown = [w for w, lx, found in rows if lx and not found and len(w) >= 3 and not w.isdigit()]
+    return QueryWords(lexemes, known, unknown, plain)
 
 
-def trigram_candidates(text: str, fsql: str, fparams: list, k: int, threshold: float) -> list[Candidate]:
-    """Titles similar to the query word by word (pg_trgm <%, GIN index product_title_trgm), for typos."""
+def _some_of(lexemes: list[str]) -> str:
+    """A tsquery matching at least two of the lexemes (any one when there are fewer than three)."""
+    if len(lexemes) < 3:
+        return " | ".join(f"({lx})" for lx in lexemes)
+    pairs = [f"(({a}) & ({b}))" for i, a in enumerate(lexemes) for b in lexemes[i + 1:]]
+    return " | ".join(pairs)
+
+
+def lexical_candidates(text: str, fsql: str, fparams: list, k: int, words: QueryWords | None = None,
+                       need: int | None = None) -> list[Candidate]:
+    """Full-text matches ranked by ts_rank_cd: products with all the words (websearch syntax) first; when those
+    do not fill the `need` results asked for, products with at least two of the words (one for short queries).
+
+    The relaxed stages rank every row they match (thousands for common words), so they run only when the
+    strict matches leave the page short."""
+    need = min(k, need or k)
+    cfg = settings.MMSEARCH_FTS_CONFIG
+    words = words or analyse_words(text)
+    product = tables().product
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT p.id, 1.0 + ts_rank_cd(p.search_vector, s.q) AS score "
+            f"FROM {product} p, websearch_to_tsquery(%s::regconfig, %s) s(q) "
+            f"WHERE p.search_vector @@ s.q AND {product_condition('p', fsql)} ORDER BY score DESC, p.id LIMIT %s",
+            [cfg, text, *fparams, k],
+        )
+        found = [Candidate(pid, float(score)) for pid, score in cursor.fetchall()]
+        if len(found) < need and words.plain and words.known and len(words.lexemes) > 1:
+            relaxed = _some_of(words.known[:8])
+            cursor.execute(
+                f"SELECT p.id, ts_rank_cd(p.search_vector, r.q) AS score "
+                f"FROM {product} p, (SELECT %s::tsquery AS q) r, websearch_to_tsquery(%s::regconfig, %s) s(q) "
+                f"WHERE p.search_vector @@ r.q AND NOT p.search_vector @@ s.q AND {product_condition('p', fsql)} "
+                "ORDER BY score DESC, p.id LIMIT %s",
+                [relaxed, cfg, text, *fparams, k - len(found)],
+            )
+            found += [Candidate(pid, float(score)) for pid, score in cursor.fetchall()]
+        if len(found) < 10 and words.plain and len(words.known) >= 3:
+            # Still (almost) nothing: any one of the words, so the shopper sees the nearest matches.
+            seen = [c.item_id for c in found]
+            cursor.execute(
+                f"SELECT p.id, ts_rank_cd(p.search_vector, r.q) AS score "
+                f"FROM {product} p, (SELECT %s::tsquery AS q) r "
+                f"WHERE p.search_vector @@ r.q AND NOT p.id = ANY(%s) AND {product_condition('p', fsql)} "
+                "ORDER BY score DESC, p.id LIMIT %s",
+                [" | ".join(f"({lx})" for lx in words.known[:8]), seen, *fparams, k - len(found)],
+            )
+            found += [Candidate(pid, float(score)) for pid, score in cursor.fetchall()]
+    return found
+
+
+def trigram_candidates(text: str, fsql: str, fparams: list, k: int, threshold: float,
+                       words: QueryWords | None = None) -> list[Candidate]:
+    """Titles containing something like the query's unknown words (pg_trgm <%, GIN index product_title_trgm).
+
+    Only words that match no product are looked up: they are the likely typos, and a short trigram query
+    keeps the index lookup cheap."""
+    words = words or analyse_words(text)
+    if not words.unknown:
+        return []
+    typed = " ".join(words.unknown)
     with connection.cursor() as cursor:
         cursor.execute("SELECT set_config('pg_trgm.word_similarity_threshold', %s, true)", [str(threshold)])
         cursor.execute(
             f"SELECT p.id, word_similarity(%s, p.title) AS score FROM {tables().product} p "
-            f"WHERE %s <%% p.title AND p.id IN ({fsql}) ORDER BY score DESC, p.id LIMIT %s",
-            [text, text, *fparams, k],
+            f"WHERE %s <%% p.title AND {product_condition('p', fsql)} ORDER BY score DESC, p.id LIMIT %s",
+            [typed, typed, *fparams, k],
         )
         return [Candidate(pid, float(score)) for pid, score in cursor.fetchall()]
 
@@ -513,8 +586,9 @@ def search(query: SearchQuery) -> SearchResult:
         if query.text is not None:
             text = check_text(query.text)
             if mode in ("hybrid", "lexical"):
-                run("lexical", lexical_candidates, text, fsql, fparams, k)
-                run("trigram", trigram_candidates, text, fsql, fparams, k, float(conf["TRIGRAM_THRESHOLD"]))
+                words = analyse_words(text)
+                run("lexical", lexical_candidates, text, fsql, fparams, k, words, query.page * query.limit)
+                run("trigram", trigram_candidates, text, fsql, fparams, k, float(conf["TRIGRAM_THRESHOLD"]), words)
             if mode in ("hybrid", "semantic"):
                 encoders = [(kind, active_encoder(role)) for kind, role in (("product", "text_embedder"), ("image", "embedder"))]
                 encoders = [(kind, enc) for kind, enc in encoders if enc is not None]
