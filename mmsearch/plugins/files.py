@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import os
 import threading
 from pathlib import Path
@@ -38,8 +39,18 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def sha12(path: str | os.PathLike) -> str:
-    """The first 12 hex digits of a file's sha256 (the weights identity inside a model_key)."""
-    return sha256_of(path)[:12]
+    """The first 12 hex digits of a weights file's sha256 (the weights identity inside a model_key).
+
+    For a sharded checkpoint's `*.index.json`, the digest covers every shard's bytes, not just the index.
+    """
+    path = Path(path)
+    if not path.name.endswith(".index.json"):
+        return sha256_of(path)[:12]
+    shards = sorted(set(json.loads(path.read_text()).get("weight_map", {}).values()))
+    digest = hashlib.sha256()
+    for shard in shards:
+        digest.update(f"{shard}:{sha256_of(path.parent / shard)}\n".encode())
+    return digest.hexdigest()[:12]
 
 
 def find_weights(folder: Path, names: tuple[str, ...]) -> Path:

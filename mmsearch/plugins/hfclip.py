@@ -20,9 +20,10 @@ from PIL import Image
 
 from mmsearch.plugins import files, runtime
 
-# save_pretrained's single-file names, then the index of a sharded checkpoint (whose hash covers the shard
-# names and sizes; shards themselves are content-addressed by the index's weight map only loosely).
-WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+# save_pretrained's single-file names, then the index of a sharded checkpoint (files.sha12 hashes its shards).
+WEIGHTS_NAMES = (
+    "model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json",
+)
 # Model types trained with fixed-length text padding (their text pooling reads the last position).
 _PAD_TO_MAX = ("siglip", "siglip2")
 
@@ -97,7 +98,9 @@ class HFClipEmbedder(runtime.LazyModel):
         net = AutoModel.from_pretrained(self.model)
         for name in ("get_image_features", "get_text_features"):
             if not callable(getattr(net, name, None)):
-                raise ValueError(f"{self.model} loads as {type(net).__name__}, which has no {name} (not a CLIP-style model)")
+                raise ValueError(
+                    f"{self.model} loads as {type(net).__name__}, which has no {name} (not a CLIP-style model)"
+                )
         if self.text_only and hasattr(net, "vision_model"):
             net.vision_model = None  # frees the image tower; get_text_features never touches it
         net.eval().requires_grad_(False)

@@ -35,7 +35,9 @@ class DummyEmbedder:
         return [] if isinstance(dim, int) and dim >= 2 else [f"dim={dim!r} must be at least 2"]
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return np.stack([_unit(self.salt + t, self.dim) for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([_unit(self.salt + t, self.dim) for t in texts])
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         keys = [repr(np.asarray(im.convert("RGB")).mean(axis=(0, 1)).round(1).tolist()) for im in images]

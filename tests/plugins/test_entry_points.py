@@ -101,7 +101,8 @@ def test_manage_py_plugins_lists_aliases_and_entry_points(fake_distribution):
     assert "model_key: hashing:16:0" in text and "WARNING:   a stand-in, not a learned model" in text
     assert "error:" in text and "mmsearch.plugins.nope.Nope" in text  # one broken alias does not hide the rest
     assert "vendorclip = fake_mmsearch_vendor:VendorEmbedder  [fake-mmsearch-vendor 1.2] configured as embedder" in text
-    assert "brokenclip = fake_mmsearch_vendor_broken:Nothing  [fake-mmsearch-vendor 1.2] installed, not configured" in text
+    assert ("brokenclip = fake_mmsearch_vendor_broken:Nothing  [fake-mmsearch-vendor 1.2] "
+            "installed, not configured") in text
 
 
 def test_manage_py_plugins_load_reports_sizes():

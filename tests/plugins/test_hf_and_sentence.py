@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -113,3 +114,13 @@ def test_sentence_dim_from_folder_configs_without_loading(tiny_models):
     assert (minilm.dim, tiny.dim) == (384, 32)
     assert not minilm.loaded and not tiny.loaded
     assert tiny.embed_texts(["x"]).shape == (1, 32)
+
+
+def test_sharded_checkpoint_identity_covers_the_shards(tmp_path):
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}}))
+    (tmp_path / "model-1.safetensors").write_bytes(b"one")
+    (tmp_path / "model-2.safetensors").write_bytes(b"two")
+    before = files.sha12(index)
+    (tmp_path / "model-2.safetensors").write_bytes(b"TWO!")
+    assert files.sha12(index) != before and len(before) == 12

@@ -23,7 +23,8 @@ def test_plain_folder_and_local_dir_are_the_same_model(tiny_models):
     folder = tiny_models.openclip_folder(0)
     a, b = OpenClipEmbedder(pretrained=str(folder)), OpenClipEmbedder(pretrained=f"local-dir:{folder}")
     c = OpenClipEmbedder(model=f"local-dir:{folder}")
-    assert a.model_key == b.model_key == c.model_key == f"openclip:openclip-0:{files.sha12(folder / 'open_clip_model.safetensors')}"
+    expected = f"openclip:openclip-0:{files.sha12(folder / 'open_clip_model.safetensors')}"
+    assert a.model_key == b.model_key == c.model_key == expected
     np.testing.assert_allclose(a.embed_texts(TEXTS), b.embed_texts(TEXTS), atol=1e-6)
 
 
