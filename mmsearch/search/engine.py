@@ -286,11 +286,6 @@ def _all_active_sql() -> str:
     return f"SELECT id FROM {tables().product} WHERE active"
 
 
-def product_condition(alias: str, fsql: str) -> str:
-    """`alias.id IN (fsql)`, or just `alias.active` when fsql is every active product (no semi-join needed)."""
-    return f"{alias}.active" if fsql == _all_active_sql() else f"{alias}.id IN ({fsql})"
-
-
 def filter_sql(filters: dict[str, list[str]]) -> tuple[str, list]:
     """SQL selecting the ids of the filtered products, and its parameters, for use in `id IN (...)`."""
     if not filters:
@@ -380,7 +375,27 @@ def _some_of(lexemes: list[str]) -> str:
     return " | ".join(pairs)
 
 
-def lexical_candidates(text: str, fsql: str, fparams: list, k: int, words: QueryWords | None = None,
+def _ranked(filters: dict[str, list[str]], score: tuple[str, list], match: tuple[str, list], k: int,
+            exclude: list[int] | None = None) -> list[Candidate]:
+    """The k filtered products with the highest `score` among those where `match` holds.
+
+    Built on the filtered queryset itself, so the filter is a condition on the same rows the GIN index finds
+    (no semi-join that would read every product to evaluate the filter first)."""
+    from django.db.models import BooleanField, FloatField
+    from django.db.models.expressions import RawSQL
+
+    queryset = filtered_products(filters) if filters else _product_model().objects.filter(active=True)
+    queryset = queryset.filter(RawSQL(match[0], match[1], output_field=BooleanField()))
+    if exclude:
+        queryset = queryset.exclude(id__in=exclude)
+    rows = (
+        queryset.annotate(_score=RawSQL(score[0], score[1], output_field=FloatField()))
+        .order_by("-_score", "id").values_list("id", "_score")[:k]
+    )
+    return [Candidate(pid, float(value)) for pid, value in rows]
+
+
+def lexical_candidates(text: str, filters: dict[str, list[str]], k: int, words: QueryWords | None = None,
                        need: int | None = None) -> list[Candidate]:
     """Full-text matches ranked by ts_rank_cd: products with all the words (websearch syntax) first; when those
     do not fill the `need` results asked for, products with at least two of the words (one for short queries).
@@ -390,40 +405,26 @@ def lexical_candidates(text: str, fsql: str, fparams: list, k: int, words: Query
     need = min(k, need or k)
     cfg = settings.MMSEARCH_FTS_CONFIG
     words = words or analyse_words(text)
-    product = tables().product
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT p.id, 1.0 + ts_rank_cd(p.search_vector, s.q) AS score "
-            f"FROM {product} p, websearch_to_tsquery(%s::regconfig, %s) s(q) "
-            f"WHERE p.search_vector @@ s.q AND {product_condition('p', fsql)} ORDER BY score DESC, p.id LIMIT %s",
-            [cfg, text, *fparams, k],
-        )
-        found = [Candidate(pid, float(score)) for pid, score in cursor.fetchall()]
-        if len(found) < need and words.plain and words.known and len(words.lexemes) > 1:
-            relaxed = _some_of(words.known[:8])
-            cursor.execute(
-                f"SELECT p.id, ts_rank_cd(p.search_vector, r.q) AS score "
-                f"FROM {product} p, (SELECT %s::tsquery AS q) r, websearch_to_tsquery(%s::regconfig, %s) s(q) "
-                f"WHERE p.search_vector @@ r.q AND NOT p.search_vector @@ s.q AND {product_condition('p', fsql)} "
-                "ORDER BY score DESC, p.id LIMIT %s",
-                [relaxed, cfg, text, *fparams, k - len(found)],
-            )
-            found += [Candidate(pid, float(score)) for pid, score in cursor.fetchall()]
-        if len(found) < 10 and words.plain and len(words.known) >= 3:
+    sv = f'"{tables().product}"."search_vector"'
+    strict = (f"{sv} @@ websearch_to_tsquery(%s::regconfig, %s)", [cfg, text])
+    found = _ranked(filters, (f"1.0 + ts_rank_cd({sv}, websearch_to_tsquery(%s::regconfig, %s))", [cfg, text]), strict, k)
+    stages = []
+    if words.plain and words.known and len(words.lexemes) > 1:
+        stages.append((need, _some_of(words.known[:8])))
+        if len(words.known) >= 3:
             # Still (almost) nothing: any one of the words, so the shopper sees the nearest matches.
-            seen = [c.item_id for c in found]
-            cursor.execute(
-                f"SELECT p.id, ts_rank_cd(p.search_vector, r.q) AS score "
-                f"FROM {product} p, (SELECT %s::tsquery AS q) r "
-                f"WHERE p.search_vector @@ r.q AND NOT p.id = ANY(%s) AND {product_condition('p', fsql)} "
-                "ORDER BY score DESC, p.id LIMIT %s",
-                [" | ".join(f"({lx})" for lx in words.known[:8]), seen, *fparams, k - len(found)],
-            )
-            found += [Candidate(pid, float(score)) for pid, score in cursor.fetchall()]
+            stages.append((10, " | ".join(f"({lx})" for lx in words.known[:8])))
+    for wanted, tsquery in stages:
+        if len(found) >= wanted:
+            break
+        found += _ranked(
+            filters, (f"ts_rank_cd({sv}, %s::tsquery)", [tsquery]), (f"{sv} @@ %s::tsquery", [tsquery]),
+            k - len(found), exclude=[c.item_id for c in found],
+        )
     return found
 
 
-def trigram_candidates(text: str, fsql: str, fparams: list, k: int, threshold: float,
+def trigram_candidates(text: str, filters: dict[str, list[str]], k: int, threshold: float,
                        words: QueryWords | None = None) -> list[Candidate]:
     """Titles containing something like the query's unknown words (pg_trgm <%, GIN index product_title_trgm).
 
@@ -433,14 +434,10 @@ def trigram_candidates(text: str, fsql: str, fparams: list, k: int, threshold: f
     if not words.unknown:
         return []
     typed = " ".join(words.unknown)
+    title = f'"{tables().product}"."title"'
     with connection.cursor() as cursor:
         cursor.execute("SELECT set_config('pg_trgm.word_similarity_threshold', %s, true)", [str(threshold)])
-        cursor.execute(
-            f"SELECT p.id, word_similarity(%s, p.title) AS score FROM {tables().product} p "
-            f"WHERE %s <%% p.title AND {product_condition('p', fsql)} ORDER BY score DESC, p.id LIMIT %s",
-            [typed, typed, *fparams, k],
-        )
-        return [Candidate(pid, float(score)) for pid, score in cursor.fetchall()]
+    return _ranked(filters, (f"word_similarity(%s, {title})", [typed]), (f"%s <%% {title}", [typed]), k)
 
 
 def knn_sql(kind: str, dim: int, model_key: str, qvec: np.ndarray, fsql: str, fparams: list, k: int,
@@ -587,8 +584,8 @@ def search(query: SearchQuery) -> SearchResult:
             text = check_text(query.text)
             if mode in ("hybrid", "lexical"):
                 words = analyse_words(text)
-                run("lexical", lexical_candidates, text, fsql, fparams, k, words, query.page * query.limit)
-                run("trigram", trigram_candidates, text, fsql, fparams, k, float(conf["TRIGRAM_THRESHOLD"]), words)
+                run("lexical", lexical_candidates, text, query.filters, k, words, query.page * query.limit)
+                run("trigram", trigram_candidates, text, query.filters, k, float(conf["TRIGRAM_THRESHOLD"]), words)
             if mode in ("hybrid", "semantic"):
                 encoders = [(kind, active_encoder(role)) for kind, role in (("product", "text_embedder"), ("image", "embedder"))]
                 encoders = [(kind, enc) for kind, enc in encoders if enc is not None]
@@ -622,7 +619,7 @@ def search(query: SearchQuery) -> SearchResult:
             if not ranked:
                 # No vectors yet: fall back to products whose text is like this product's title.
                 mode = "lexical"
-                run("lexical", lexical_candidates, product.title, f"{fsql}", fparams, k + 1)
+                run("lexical", lexical_candidates, product.title, query.filters, k + 1)
                 ranked["lexical"] = [c for c in ranked["lexical"] if c.item_id != product.id]
 
     fused = rrf(ranked, conf["WEIGHTS"], float(conf["RRF_K"]))
