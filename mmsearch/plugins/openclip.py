@@ -383,7 +383,7 @@ class OpenClipEmbedder(runtime.LazyModel):
             if isinstance(data, dict):
                 arch = data.get("architecture")
                 name = data.get("name") or (arch.get("name") if isinstance(arch, dict) else arch)
-                info["model_card"] = f"{card} ({name})" if name else str(card)
+                info["card"] = f"{card} ({name})" if name else str(card)
         return info
 
     def __repr__(self) -> str:

@@ -135,4 +135,4 @@ def test_describe_shows_the_model_card(tiny_models, tmp_path):
     (folder / "model_card.json").write_text(json.dumps({"architecture": {"name": "rn-tiny-32"}}))
     info = OpenClipEmbedder(pretrained=str(folder)).describe()
     assert info["source"] == "folder" and info["weights"].endswith("open_clip_model.safetensors")
-    assert info["model_card"] == f"{folder / 'model_card.json'} (rn-tiny-32)"
+    assert info["card"] == f"{folder / 'model_card.json'} (rn-tiny-32)"
