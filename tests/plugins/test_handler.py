@@ -119,3 +119,29 @@ def test_build_does_not_load_weights(tiny_models):
     assert not model.loaded  # identity and size come from files, not from the network
     model.embed_texts(["x"])
     assert model.loaded
+
+
+def test_concurrent_first_use_builds_and_loads_once(tiny_models):
+    """Worker and web threads racing on the first request get one instance with one set of weights."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mmsearch.plugins.openclip import OpenClipEmbedder
+
+    class CountingEmbedder(OpenClipEmbedder):
+        loads = 0
+
+        def _load(self):
+            type(self).loads += 1
+            super()._load()
+
+    before = DummyEmbedder.built
+    with override_settings(MMSEARCH_MODELS={"embedder": {"BACKEND": DUMMY}}):
+        with ThreadPoolExecutor(8) as pool:
+            instances = list(pool.map(lambda _: plugins.get_model("embedder"), range(16)))
+    assert len({id(i) for i in instances}) == 1 and DummyEmbedder.built == before + 1
+
+    model = CountingEmbedder(pretrained=str(tiny_models.openclip_folder(0)))
+    with ThreadPoolExecutor(4) as pool:
+        rows = list(pool.map(lambda text: model.embed_texts([text]), ["a", "b", "a", "b"]))
+    assert CountingEmbedder.loads == 1
+    np.testing.assert_allclose(rows[0], rows[2], atol=1e-6)
