@@ -38,5 +38,24 @@ browser:
 test: services browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Embedding pipeline images/s vs the raw forward pass (bench/pipeline.py; BENCH_ARGS="--images 128" etc.).
+bench: services
+	$(BIN)/python bench/pipeline.py $(BENCH_ARGS)
+
 clean-var: services-stop
 	rm -rf var
+
+# The default product embedder (README "Training and evaluation"): trained on ../shared/datasets (fashion
+# products, grocery products + train photos) into models/embedder, where the default settings find it, then
+# evaluated on the held-out fashion titles (corpus: the whole fashion folder) and the grocery val photos.
+# Resumable: rerunning continues an interrupted run. TRAIN_ARGS adds flags (e.g. --epochs 2).
+SHARED_DATA ?= ../shared/datasets
+EMBEDDER    ?= models/embedder
+train: install
+	$(BIN)/python manage.py train_embedder --data $(SHARED_DATA)/fashion/products.jsonl \
+	  --data $(SHARED_DATA)/grocery/products.jsonl --photos $(SHARED_DATA)/grocery/photos-train.jsonl \
+	  --out $(EMBEDDER) $(TRAIN_ARGS)
+	$(BIN)/python manage.py evaluate --model $(EMBEDDER) --data $(EMBEDDER)/heldout.jsonl \
+	  --corpus $(SHARED_DATA)/fashion/products.jsonl --json $(EMBEDDER)/eval-fashion.json --plots $(EMBEDDER)/plots-fashion
+	$(BIN)/python manage.py evaluate --model $(EMBEDDER) --data $(SHARED_DATA)/grocery/products.jsonl \
+	  --photos $(SHARED_DATA)/grocery/photos-val.jsonl --json $(EMBEDDER)/eval-grocery.json --plots $(EMBEDDER)/plots-grocery
