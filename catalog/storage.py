@@ -14,8 +14,13 @@ from catalog.images import CheckedImage
 from catalog.models import Product, ProductImage
 
 
+# The storage folder of product images; nothing else is written below it (see the prune_images command).
+IMAGE_PREFIX = "images"
+
+
 def image_name(checked: CheckedImage) -> str:
-    return f"images/{checked.sha256[:2]}/{checked.sha256}.{checked.extension}"
+    """images/ab/abcd....jpg: the storage name of these bytes."""
+    return f"{IMAGE_PREFIX}/{checked.sha256[:2]}/{checked.sha256}.{checked.extension}"
 
 
 def write_image_file(checked: CheckedImage) -> str:

@@ -242,3 +242,23 @@ def test_catalog_changed_is_sent_after_commit_with_ids_only(catalog_writer, djan
         assert received == []  # nothing changed, nothing to re-index
     finally:
         catalog_changed.disconnect(listener)
+
+
+def test_prune_images_deletes_only_unused_files(catalog_writer, media_root):
+    cw = catalog_writer
+    shared = cw.image("shared.jpg", color=(5, 5, 5))
+    cw.add({"sku": "p1", "title": "One", "images": [shared, cw.image("own1.jpg", color=(50, 0, 0))]})
+    cw.add({"sku": "p2", "title": "Two", "images": [shared]})
+    run_import(cw.write())
+    files = lambda: sorted(p.relative_to(media_root).as_posix() for p in media_root.rglob("*") if p.is_file())  # noqa: E731
+    assert len(files()) == 2
+
+    Product.objects.get(sku="p1").delete()  # its own image is now unused; the shared one is still p2's
+    out = io.StringIO()
+    call_command("prune_images", "--min-age", "0", "--dry-run", stdout=out)
+    assert "would delete 1 unused files" in out.getvalue() and len(files()) == 2
+    call_command("prune_images", "--min-age", "3600", stdout=out)  # too new: an import may still need it
+    assert len(files()) == 2
+    call_command("prune_images", "--min-age", "0", stdout=out)
+    assert "deleted 1 unused files" in out.getvalue()
+    assert files() == [ProductImage.objects.get().file.name]
