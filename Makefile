@@ -39,8 +39,12 @@ test: services browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Embedding pipeline images/s vs the raw forward pass (bench/pipeline.py; BENCH_ARGS="--images 128" etc.).
+# Search latency (API vs SQL vs encoding) and quality (P@10 per mode, grocery photo accuracy) on the fashion
+# catalog of the database named by MMSEARCH_DB_NAME (README "Search").
 bench: services
 	$(BIN)/python bench/pipeline.py $(BENCH_ARGS)
+	$(BIN)/python bench/search_latency.py
+	$(BIN)/python bench/search_quality.py --grocery
 
 clean-var: services-stop
 	rm -rf var
