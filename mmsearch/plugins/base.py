@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -30,6 +30,21 @@ class Embedder(Protocol):
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts; returns an array of shape (len(texts), dim)."""
+
+
+@runtime_checkable
+class PixelEmbedder(Protocol):
+    """Optional extra of an Embedder: CPU preprocessing split from the forward pass.
+
+    A pipeline runs `preprocess` in loader threads and keeps only `embed_pixels` on the model's critical path;
+    `embed_pixels(preprocess(images))` equals `embed_images(images)`. OpenClipEmbedder and HFClipEmbedder have it.
+    """
+
+    def preprocess(self, images: Sequence[Image.Image]) -> Any:
+        """Decoded images -> one batch in the model's input format (a CPU tensor)."""
+
+    def embed_pixels(self, pixels: Any) -> np.ndarray:
+        """Embed a batch from `preprocess`; returns an array of shape (len(batch), dim), L2-normalised."""
 
 
 @runtime_checkable

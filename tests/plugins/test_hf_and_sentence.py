@@ -124,3 +124,13 @@ def test_sharded_checkpoint_identity_covers_the_shards(tmp_path):
     before = files.sha12(index)
     (tmp_path / "model-2.safetensors").write_bytes(b"TWO!")
     assert files.sha12(index) != before and len(before) == 12
+
+
+def test_clip_backends_offer_the_pixel_split(tiny_models):
+    from mmsearch.plugins.base import PixelEmbedder
+    from mmsearch.plugins.hashing import HashingEmbedder
+    from mmsearch.plugins.openclip import OpenClipEmbedder
+
+    assert isinstance(HFClipEmbedder(str(tiny_models.hf_clip(0))), PixelEmbedder)
+    assert isinstance(OpenClipEmbedder(pretrained=str(tiny_models.openclip_folder(0))), PixelEmbedder)
+    assert not isinstance(HashingEmbedder(), PixelEmbedder)
