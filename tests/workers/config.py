@@ -4,5 +4,5 @@ TEST_MODELS = {
     "embedder": {"BACKEND": "mmsearch.plugins.hashing.HashingEmbedder", "OPTIONS": {"dim": 64, "seed": 0}},
     # The green side of a blue/green swap: another model for the same role.
     "embedder_v2": {"ROLE": "embedder", "BACKEND": "mmsearch.plugins.hashing.HashingEmbedder", "OPTIONS": {"dim": 32, "seed": 1}},
-    "slow": {"ROLE": "embedder", "BACKEND": "tests.workers.plugins.SlowEmbedder", "OPTIONS": {"dim": 16, "delay": 0.6}},
+    "slow": {"ROLE": "embedder", "BACKEND": "tests.workers.plugins.SlowEmbedder", "OPTIONS": {"dim": 16, "delay": 0.8}},
 }

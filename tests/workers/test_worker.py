@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 import numpy as np
 import pytest
@@ -75,17 +76,19 @@ def test_worker_killed_mid_batch_every_item_embedded_exactly_once(worker_factory
     settings.MMSEARCH_EMBED_BATCHES_PER_TASK = 3  # tasks of 24 images; 81 images -> 4 tasks, 11 batches
     import_demo()
     # A short visibility timeout so the restarted worker gets the killed worker's unacked task back quickly.
-    env = {"TEST_VISIBILITY_TIMEOUT": "4"}
+    env = {"TEST_VISIBILITY_TIMEOUT": "6"}
     worker = worker_factory(**env)
     job = jobs.start_job("slow", kind="images")
     assert (job.total, job.batches) == (81, 11)
 
-    # The first batch is committed, so the worker is inside the second batch's forward pass (0.6 s): kill it.
+    # A batch is committed, so the worker is inside a later batch's forward pass (0.8 s): kill it there.
     wait_for(lambda: IndexJobBatch.objects.filter(job=job).exists(), 60, interval=0.02, what="the first batch", log=worker.log)
     worker.kill()
     job.refresh_from_db()
-    assert job.status == "running" and job.done == 8
-    assert ImageEmbedding.objects.filter(model_key=SLOW_KEY).count() == 8
+    recorded = IndexJobBatch.objects.filter(job=job).count()
+    assert job.status == "running" and 1 <= recorded < 11
+    # The partial state is consistent: vectors, ledger and counters agree batch for batch.
+    assert ImageEmbedding.objects.filter(model_key=SLOW_KEY).count() == job.done == 8 * recorded
 
     worker = worker_factory(**env)
     job = wait_job(job.pk, 90, log=worker.log)
@@ -94,8 +97,8 @@ def test_worker_killed_mid_batch_every_item_embedded_exactly_once(worker_factory
     rows = ImageEmbedding.objects.filter(model_key=SLOW_KEY)
     assert rows.count() == 81
     assert rows.values("image_id").distinct().count() == 81
-    # The redelivered task skipped the batch its first delivery had committed.
-    assert "'duplicate_batches': 1" in worker.log()
+    # The redelivered task skipped the batches its first delivery had committed.
+    assert any(int(n) >= 1 for n in re.findall(r"'duplicate_batches': (\d+)", worker.log())), worker.log()
 
 
 def test_corrupt_image_fails_alone_in_its_batch(worker_factory):
