@@ -227,6 +227,34 @@ def _photo(photos_file: Path, row: dict, times: list[float]):
     return [h.sku for h in result.hits]
 
 
+def restrict_to_embedded() -> tuple[int, int]:
+    """Make exactly the fashion products with a vector of the active text_embedder the active ones.
+
+    For a copy database whose indexing is still under way: every mode is then measured on the same, fully
+    indexed sub-catalog. Returns (active, inactive)."""
+    from django.apps import apps
+    from django.conf import settings
+    from django.db import connection
+
+    from mmsearch.search import vectors
+
+    if settings.DATABASES["default"]["NAME"] == "mmsearch":
+        raise SystemExit("--only-embedded changes which products are active; use it on a copy database, not 'mmsearch'")
+    active = vectors.active_model("text_embedder")
+    if active is None:
+        raise SystemExit("--only-embedded needs an active text_embedder (manage.py activate_model text_embedder)")
+    table = apps.get_model(settings.MMSEARCH_PRODUCT_MODEL)._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} p SET active = EXISTS (SELECT 1 FROM {vectors.TABLES['product']} e "
+            "WHERE e.product_id = p.id AND e.model_key = %s) WHERE p.sku LIKE 'fashion-%%'",
+            [active.model_key],
+        )
+        cursor.execute(f"SELECT active, count(*) FROM {table} WHERE sku LIKE 'fashion-%%' GROUP BY active")
+        counts = dict(cursor.fetchall())
+    return counts.get(True, 0), counts.get(False, 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=180, help="size of the labelled set (at least 150)")
@@ -234,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grocery", action="store_true", help="also measure search by photo on the grocery val photos")
     parser.add_argument("--photos", type=Path, default=ROOT.parent / "shared/datasets/grocery/photos-val.jsonl")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/search_quality.json")
+    parser.add_argument("--only-embedded", action="store_true",
+                        help="(copy databases only) measure on the fashion products that have a text vector")
     args = parser.parse_args(argv)
     import django
 
@@ -241,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     from django.conf import settings
 
     from mmsearch.search import vectors
+
+    if args.only_embedded:
+        kept, left = restrict_to_embedded()
+        print(f"--only-embedded: {kept} fashion products with a text vector are active, {left} without are not", flush=True)
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = set(configs) - set(CONFIGS)
@@ -254,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(products)} active fashion products, {len(queries)} queries; active models: {active}", flush=True)
     report = {
         "database": settings.DATABASES["default"]["NAME"], "products": len(products), "active_models": active,
+        "only_embedded": args.only_embedded,
         "weights": (getattr(settings, "MMSEARCH_SEARCH", {}) or {}).get("WEIGHTS"),
         "results": evaluate(queries, products, configs), "queries": queries,
     }

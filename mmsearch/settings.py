@@ -195,7 +195,7 @@ MMSEARCH_INDEX_ALIASES = None
 # Weighted reciprocal rank fusion of the lexical, trigram and vector signals; RRF_K is the fusion constant.
 MMSEARCH_SEARCH = {
     "RRF_K": 60,
-    "WEIGHTS": {"lexical": 1.0, "trigram": 0.3, "text_vector": 1.0, "image_vector": 0.5},
+    "WEIGHTS": {"lexical": 1.0, "lexical_partial": 0.3, "trigram": 0.3, "text_vector": 1.0, "image_vector": 0.5},
     "MAX_LIMIT": 100,
     "MAX_QUERY_CHARS": 200,
 }

@@ -41,7 +41,8 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULTS: dict[str, Any] = {
     # Reciprocal rank fusion: score = sum(weight / (RRF_K + rank)) over the signals that found the product.
     "RRF_K": 60,
-    "WEIGHTS": {"lexical": 1.0, "trigram": 0.3, "text_vector": 1.0, "image_vector": 0.5},
+    # lexical_partial: products with only some of the query's words (weak evidence, e.g. a synonym missed).
+    "WEIGHTS": {"lexical": 1.0, "lexical_partial": 0.3, "trigram": 0.3, "text_vector": 1.0, "image_vector": 0.5},
     # Candidates each signal contributes before fusion (at least page * limit).
     "CANDIDATES": 200,
     "MAX_LIMIT": 100,
@@ -417,10 +418,13 @@ def lexical_candidates(text: str, filters: dict[str, list[str]], k: int, words: 
     for wanted, tsquery in stages:
         if len(found) >= wanted:
             break
-        found += _ranked(
+        partial = _ranked(
             filters, (f"ts_rank_cd({sv}, %s::tsquery)", [tsquery]), (f"{sv} @@ %s::tsquery", [tsquery]),
             k - len(found), exclude=[c.item_id for c in found],
         )
+        for cand in partial:
+            cand.extra["partial"] = True
+        found += partial
     return found
 
 
@@ -585,6 +589,9 @@ def search(query: SearchQuery) -> SearchResult:
             if mode in ("hybrid", "lexical"):
                 words = analyse_words(text)
                 run("lexical", lexical_candidates, text, query.filters, k, words, query.page * query.limit)
+                # Partial matches rank as their own, lighter signal (WEIGHTS["lexical_partial"]).
+                ranked["lexical_partial"] = [c for c in ranked["lexical"] if c.extra.pop("partial", False)]
+                ranked["lexical"] = [c for c in ranked["lexical"] if c not in ranked["lexical_partial"]]
                 run("trigram", trigram_candidates, text, query.filters, k, float(conf["TRIGRAM_THRESHOLD"]), words)
             if mode in ("hybrid", "semantic"):
                 encoders = [(kind, active_encoder(role)) for kind, role in (("product", "text_embedder"), ("image", "embedder"))]

@@ -185,3 +185,12 @@ def test_parse_params_builds_the_query(shop):
     assert (query.text, query.mode, query.page, query.limit) == ("red kurta", "lexical", 2, 5)
     assert query.filters == {"category": ["Apparel"], "attr.colour": ["Red,Blue"], "tag": ["festive"]}
     assert search(query).page == 2
+
+
+def test_products_with_only_some_words_rank_as_a_lighter_partial_signal(shop):
+    result = search(SearchQuery(text="red cotton kurta jeans", mode="lexical"))  # no product has all four words
+    assert result.hits and all("lexical" not in h.parts for h in result.hits)
+    assert skus(result)[0] == "kurta-red"  # three of the four words
+    assert result.hits[0].parts["lexical_partial"]["rank"] == 1
+    strict = search(SearchQuery(text="red cotton kurta", mode="lexical"))
+    assert "lexical" in strict.hits[0].parts and strict.hits[0].score > result.hits[0].score
