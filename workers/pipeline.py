@@ -249,6 +249,9 @@ def run_images(
     plugin = _check_model(alias, model_key, job_id)
     out = Outcome()
     job = _job_for_task(job_id)
+    if job_id is not None and job is None:
+        out.status = "job deleted"
+        return out
     if job is not None and job.finished:
         out.status = f"job {job.status}"
         return out
@@ -364,6 +367,9 @@ def run_products(
     plugin = _check_model(alias, model_key, job_id)
     out = Outcome()
     job = _job_for_task(job_id)
+    if job_id is not None and job is None:
+        out.status = "job deleted"
+        return out
     if job is not None and job.finished:
         out.status = f"job {job.status}"
         return out

@@ -6,7 +6,7 @@ Transient infrastructure errors retry with exponential backoff; a wrong model_ke
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.db import InterfaceError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -14,45 +14,36 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from workers import pipeline
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
-RETRY = {
-    "autoretry_for": TRANSIENT_ERRORS,
-    "retry_backoff": 2,  # 2, 4, 8 ... seconds
-    "retry_backoff_max": 300,
-    "retry_jitter": True,
-    "max_retries": 8,
-    "acks_late": True,
-}
 
 
-@shared_task(name="workers.tasks.embed_images", **RETRY)
+class EmbedTask(Task):
+    """Retries transient errors with backoff; a task that fails for good fails its job, saying why."""
+
+    autoretry_for = TRANSIENT_ERRORS
+    retry_backoff = 2  # 2, 4, 8 ... seconds
+    retry_backoff_max = 300
+    retry_jitter = True
+    max_retries = 8
+    acks_late = True
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        # Called once retries are exhausted or the error is not retried; a job must not stay "running" forever.
+        chunk = kwargs.get("chunk", 0)
+        pipeline.fail_job(kwargs.get("job_id"), f"{self.name} chunk {chunk}: {exc.__class__.__name__}: {exc}")
+
+
+@shared_task(name="workers.tasks.embed_images", base=EmbedTask)
 def embed_images(
     alias: str, model_key: str, image_ids: list[int], job_id: int | None = None, chunk: int = 0, force: bool = False
 ) -> dict:
     """Embed images with the plugin for `alias`, refusing to write unless its model_key matches."""
-    try:
-        return pipeline.run_images(alias, model_key, image_ids, job_id=job_id, chunk=chunk, force=force).as_dict()
-    except TRANSIENT_ERRORS:
-        raise
-    except pipeline.ModelKeyMismatch:
-        raise
-    except Exception as exc:
-        # Not transient and not per-item: the job cannot finish, so say why on the job.
-        pipeline.fail_job(job_id, f"embed_images chunk {chunk}: {exc.__class__.__name__}: {exc}")
-        raise
+    return pipeline.run_images(alias, model_key, image_ids, job_id=job_id, chunk=chunk, force=force).as_dict()
 
 
-@shared_task(name="workers.tasks.embed_products", **RETRY)
+@shared_task(name="workers.tasks.embed_products", base=EmbedTask)
 def embed_products(
     alias: str, model_key: str, product_ids: list[int], job_id: int | None = None, chunk: int = 0,
     force: bool = False,
 ) -> dict:
     """Embed product texts with the plugin for `alias`, skipping unchanged texts."""
-    try:
-        return pipeline.run_products(alias, model_key, product_ids, job_id=job_id, chunk=chunk, force=force).as_dict()
-    except TRANSIENT_ERRORS:
-        raise
-    except pipeline.ModelKeyMismatch:
-        raise
-    except Exception as exc:
-        pipeline.fail_job(job_id, f"embed_products chunk {chunk}: {exc.__class__.__name__}: {exc}")
-        raise
+    return pipeline.run_products(alias, model_key, product_ids, job_id=job_id, chunk=chunk, force=force).as_dict()

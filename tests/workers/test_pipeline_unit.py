@@ -206,3 +206,15 @@ def test_openclip_plugin_preprocesses_off_the_forward_path(demo, settings, tmp_p
     expected = plugin.embed_images(decoded)
     assert np.allclose(np.stack([stored[i.pk] for i in demo]), expected, atol=1e-5)
     plugins.reset()
+
+
+def test_a_task_that_fails_for_good_fails_its_job(demo):
+    """Eager run of the task itself (unit test of the task wrapper): a non-transient error fails the job."""
+    from workers import tasks
+
+    job = IndexJob.objects.create(alias="gone", model_key=KEY, kind="images", total=12)
+    result = tasks.embed_images.apply(args=("gone", KEY, [i.pk for i in demo]), kwargs={"job_id": job.pk, "chunk": 3})
+    assert result.failed()
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert job.error.startswith("workers.tasks.embed_images chunk 3: PluginError: MMSEARCH_MODELS has no alias 'gone'")
