@@ -125,6 +125,7 @@ CONFIGS = {
     "image_vector": ("semantic", {"text_vector": 0.0}),
     "semantic": ("semantic", {}),
     "hybrid": ("hybrid", {}),
+    "hybrid_no_image": ("hybrid", {"image_vector": 0.0}),
 }
 
 

@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_LIMIT": 100,
     "DEFAULT_LIMIT": 24,
     "MAX_PAGE": 100,
+    # page * limit may not go past this: each signal fetches that many candidates.
+    "MAX_RESULTS": 1000,
     "MAX_QUERY_CHARS": 200,
     # HNSW search breadth (pgvector hnsw.ef_search, at most 1000) and the iterative-scan budget for filtered
     # searches (hnsw.max_scan_tuples); beyond it the exact search over the filtered rows takes over.
@@ -565,6 +567,8 @@ def search(query: SearchQuery) -> SearchResult:
         raise SearchError(f"limit must be between 1 and {conf['MAX_LIMIT']}, not {query.limit}")
     if not 1 <= query.page <= conf["MAX_PAGE"]:
         raise SearchError(f"page must be between 1 and {conf['MAX_PAGE']}, not {query.page}")
+    if query.page * query.limit > conf["MAX_RESULTS"]:
+        raise SearchError(f"only the first {conf['MAX_RESULTS']} results can be paged through; narrow the search")
     given = [n for n, v in (("text", query.text), ("image", query.image), ("similar_to", query.similar_to)) if v is not None]
     if not given:
         raise SearchError("the query is empty; type what you are looking for or upload a photo")

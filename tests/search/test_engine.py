@@ -194,3 +194,8 @@ def test_products_with_only_some_words_rank_as_a_lighter_partial_signal(shop):
     assert result.hits[0].parts["lexical_partial"]["rank"] == 1
     strict = search(SearchQuery(text="red cotton kurta", mode="lexical"))
     assert "lexical" in strict.hits[0].parts and strict.hits[0].score > result.hits[0].score
+
+
+def test_paging_past_the_result_cap_is_refused(shop):
+    with pytest.raises(SearchError, match="first 1000 results"):
+        search(SearchQuery(text="red", page=11, limit=100))
