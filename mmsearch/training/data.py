@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -147,6 +148,16 @@ def facet_text(key: str, value: str) -> str:
     return product_text("", None, {key: value})
 
 
+# The ways one facet is put into words, in training (a product is sometimes paired with one of these) and in
+# zero-shot evaluation (the prompt for a value is the mean of all of them).
+FACET_TEMPLATES = ("{facet}", "a photo of a {value} product", "{value}")
+
+
+def facet_texts(key: str, value: str) -> list[str]:
+    """Every FACET_TEMPLATES wording of one facet."""
+    return [t.format(facet=facet_text(key, value), value=value) for t in FACET_TEMPLATES]
+
+
 def title_key(title: str) -> str:
     """Titles compare case-insensitively (the retrieval protocol's notion of 'same product text')."""
     return " ".join(title.lower().split())
@@ -191,27 +202,48 @@ def squash(image: Image.Image, size: int) -> np.ndarray:
 
 
 def image_cache(paths: Sequence[Path], size: int, cache_dir: Path | None, *, progress: bool = True) -> np.ndarray:
-    """All images decoded once to a uint8 (N, size, size, 3) array, kept as .npy under cache_dir."""
-    key = hashlib.sha256(f"{size}\n".encode() + "\n".join(str(p.resolve()) for p in paths).encode()).hexdigest()[:16]
-    target = cache_dir / f"images-{size}-{key}.npy" if cache_dir else None
-    if target is not None and target.is_file():
-        arr = np.load(target, mmap_mode=None)
-        if arr.shape == (len(paths), size, size, 3):
-            return arr
+    """All images decoded once to a uint8 (N, size, size, 3) array.
+
+    Decoding is the slow part of a small-image epoch, so decoded images are kept in an incremental cache
+    under cache_dir (images-<size>.npy + .json listing the files): any later run, whatever its split or
+    data files, decodes only the images not seen yet.
+    """
     from tqdm import tqdm
 
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    keys = [str(p.resolve()) for p in paths]
+    stem = f"images-{size}"
+    known: dict[str, int] = {}
+    cached = np.zeros((0, size, size, 3), dtype=np.uint8)
+    if cache_dir is not None and (cache_dir / f"{stem}.json").is_file():
+        try:
+            names = json.loads((cache_dir / f"{stem}.json").read_text())
+            arr = np.load(cache_dir / f"{stem}.npy", mmap_mode="r")
+            if arr.shape == (len(names), size, size, 3):
+                known, cached = {n: i for i, n in enumerate(names)}, arr
+        except (OSError, ValueError):
+            pass
+    missing = list(dict.fromkeys(k for k in keys if k not in known))
+    if missing:
+        new = np.empty((len(missing), size, size, 3), dtype=np.uint8)
 
-    def one(i: int) -> None:
-        out[i] = squash(open_rgb(paths[i]), size)
+        def one(i: int) -> None:
+            new[i] = squash(open_rgb(Path(missing[i])), size)
 
-    # PIL releases the GIL while decoding, so two threads use both cores.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        list(tqdm(pool.map(one, range(len(paths))), total=len(paths), desc=f"decode images {size}px",
-                  disable=not progress, mininterval=1.0))
-    if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(target)
-    return out
+        # PIL releases the GIL while decoding, so two threads use both cores.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(tqdm(pool.map(one, range(len(missing))), total=len(missing), desc=f"decode images {size}px",
+                      disable=not progress, mininterval=1.0))
+        for k in missing:
+            known[k] = len(known)
+        cached = np.concatenate([np.asarray(cached), new])
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            names = [""] * len(known)
+            for k, i in known.items():
+                names[i] = k
+            tmp = f"{stem}.{os.getpid()}.tmp"  # two runs sharing a cache never write the same file
+            np.save(cache_dir / f"{tmp}.npy", cached)
+            (cache_dir / f"{tmp}.json").write_text(json.dumps(names))
+            (cache_dir / f"{tmp}.npy").replace(cache_dir / f"{stem}.npy")
+            (cache_dir / f"{tmp}.json").replace(cache_dir / f"{stem}.json")
+    return np.ascontiguousarray(cached[[known[k] for k in keys]])

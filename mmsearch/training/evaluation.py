@@ -4,7 +4,7 @@
   every product of data + corpus with that title; the corpus is every image of data + corpus (each image
   file once). The protocol behind Marqo's published KAGL numbers.
 - zero_shot: for each attribute with 2..200 distinct values and each category level, the --data products'
-  first images are classified against one prompt per value (an average of PROMPT_TEMPLATES); logits are
+  first images are classified against one prompt per value (the mean of data.FACET_TEMPLATES); logits are
   ZERO_SHOT_SCALE x cosine, as in CLIP, for the calibration error.
 - photo_to_product: each shopper photo is a query against the products' images (a product scores its
   best image); accuracy@1, accuracy@5, mrr.
@@ -23,8 +23,6 @@ from mmsearch.training import metrics as M
 
 MAX_ZERO_SHOT_VALUES = 200
 ZERO_SHOT_SCALE = 100.0
-# "{key}: {value}" is how mmsearch.text.product_text writes an attribute (see data.facet_text).
-PROMPT_TEMPLATES = ("{facet}", "a photo of a {value} product", "{value}")
 RECALL_KS = (1, 2, 5, 10, 20, 50, 100)
 
 
@@ -61,10 +59,10 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def prompt_embeddings(embedder, key: str, values: Sequence[str]) -> np.ndarray:
-    """One unit vector per value: the mean of the prompt templates' embeddings."""
-    texts = [t.format(facet=D.facet_text(key, v), value=v) for v in values for t in PROMPT_TEMPLATES]
+    """One unit vector per value: the mean of its FACET_TEMPLATES embeddings."""
+    texts = [t for v in values for t in D.facet_texts(key, v)]
     emb = _unit(np.asarray(embedder.embed_texts(texts), dtype=np.float32))
-    return _unit(emb.reshape(len(values), len(PROMPT_TEMPLATES), -1).mean(axis=1))
+    return _unit(emb.reshape(len(values), len(D.FACET_TEMPLATES), -1).mean(axis=1))
 
 
 def zero_shot_tasks(products: Sequence[D.Product]) -> dict[str, tuple[str, list[str | None]]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import random
 import sys
@@ -56,14 +57,18 @@ class TrainConfig:
     # probabilities of pairing a product with its full text, its title alone, or one facet text
     text_mix: tuple[float, float, float] = (0.5, 0.25, 0.25)
     photo_repeat: int = 1  # how often each shopper photo appears per epoch
+    # Batches drawn from one data file at a time, so e.g. grocery photos meet grocery negatives (hard ones)
+    # rather than fashion images they are trivially told apart from.
+    batch_by_source: bool = True
     max_steps: int | None = None  # stop early (tests, smoke runs)
+    checkpoint_every_s: float = 60.0  # resumable state + model folder at most this often (and at the end)
     device: str = "auto"
     cache_dir: str | None = None
 
     def run_key(self) -> str:
         """Identity of the run for resuming: everything but the output folder, device and step cap."""
         d = asdict(self)
-        for k in ("out", "device", "cache_dir", "max_steps"):
+        for k in ("out", "device", "cache_dir", "max_steps", "checkpoint_every_s"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -74,6 +79,7 @@ class Item:
 
     image: int  # row in the image cache
     product: int
+    source: int = 0  # which --data file the product came from
 
 
 class TrainingError(RuntimeError):
@@ -153,10 +159,11 @@ def pooled_text_features(built: Built, texts: list[str], cache_dir: Path | None,
             names = [None] * len(known)
             for t, i in known.items():
                 names[i] = t
-            np.save(cache_dir / f"{stem}.tmp.npy", feats)
-            (cache_dir / f"{stem}.tmp.json").write_text(json.dumps(names))
-            (cache_dir / f"{stem}.tmp.npy").replace(cache_dir / f"{stem}.npy")
-            (cache_dir / f"{stem}.tmp.json").replace(cache_dir / f"{stem}.json")
+            tmp = f"{stem}.{os.getpid()}.tmp"  # two runs sharing a cache never write the same file
+            np.save(cache_dir / f"{tmp}.npy", feats)
+            (cache_dir / f"{tmp}.json").write_text(json.dumps(names))
+            (cache_dir / f"{tmp}.npy").replace(cache_dir / f"{stem}.npy")
+            (cache_dir / f"{tmp}.json").replace(cache_dir / f"{stem}.json")
     return feats[[known[t] for t in texts]]
 
 
@@ -232,8 +239,10 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 class Trainer:
     """Prepares data and model from a TrainConfig and runs (or resumes) the training."""
 
-    def __init__(self, cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True,
+                 replace: bool = False):
         self.cfg = cfg
+        self.replace = replace  # a different run in the output folder is replaced instead of being an error
         self.log = log
         self.progress = progress
         self.out = Path(cfg.out)
@@ -250,6 +259,10 @@ class Trainer:
         if abs(sum(cfg.text_mix) - 1) > 1e-6 or min(cfg.text_mix) < 0:
             raise TrainingError(f"text_mix {cfg.text_mix} must be three non-negative shares summing to 1")
         catalog = D.load_catalog(cfg.data)
+        source_of = {}
+        for i, path in enumerate(cfg.data):
+            for p in D.load_products(path):
+                source_of.setdefault(p.sku, i)
         photos: list[D.Photo] = []
         for path in cfg.photos:
             photos += D.load_photos(path, (p.sku for p in catalog.products))
@@ -272,12 +285,12 @@ class Trainer:
         self.items: list[Item] = []
         for pi, p in enumerate(train):
             for img in p.images:
-                self.items.append(Item(len(paths), pi))
+                self.items.append(Item(len(paths), pi, source_of[p.sku]))
                 paths.append(img)
         sku_index = {p.sku: i for i, p in enumerate(train)}
         photo_items = []
         for ph in photos:
-            photo_items.append(Item(len(paths), sku_index[ph.sku]))
+            photo_items.append(Item(len(paths), sku_index[ph.sku], source_of[ph.sku]))
             paths.append(ph.image)
         self.items += photo_items * max(1, cfg.photo_repeat)
         self.val_images: list[int] = []
@@ -298,10 +311,11 @@ class Trainer:
             fids = [facet_ids.setdefault((k, v), len(facet_ids)) for k, v in facets]
             self.product_facets.append(fids)
             full = bank.add(p.text) if cfg.text_mix[0] > 0 else -1
-            self.variants.append((full, bank.add(p.title), [bank.add(D.facet_text(k, v)) for k, v in facets]))
+            self.variants.append((full, bank.add(p.title), [[bank.add(t) for t in D.facet_texts(k, v)] for k, v in facets]))
         self.facet_of_text: dict[int, int] = {}
         for (k, v), fid in facet_ids.items():
-            self.facet_of_text[bank.ids[D.facet_text(k, v)]] = fid
+            for t in D.facet_texts(k, v):
+                self.facet_of_text.setdefault(bank.ids[t], fid)
         titles = {}
         self.title_ids = np.array([titles.setdefault(D.title_key(p.title), len(titles)) for p in train])
         # Validation texts: held-out titles (queries) and prompts for two attributes.
@@ -315,7 +329,8 @@ class Trainer:
             bank.add(q)
         for key, values in self.val_attrs.items():
             for v in values:
-                bank.add(D.facet_text(key, v))
+                for t in D.facet_texts(key, v):
+                    bank.add(t)
         self.bank = bank
         if self.built.lit:
             self.text_feats = torch.from_numpy(
@@ -340,6 +355,22 @@ class Trainer:
         return m
 
     # ---- batches
+    def epoch_batches(self, gen: torch.Generator, bs: int) -> list[np.ndarray]:
+        """Item rows of every batch of an epoch (full batches only, in random order)."""
+        if self.cfg.batch_by_source:
+            groups = [np.array([i for i, it in enumerate(self.items) if it.source == s])
+                      for s in sorted({it.source for it in self.items})]
+        else:
+            groups = [np.arange(len(self.items))]
+        batches = []
+        for g in groups:
+            g = g[torch.randperm(len(g), generator=gen).numpy()]
+            if len(g) < 2:
+                continue
+            n = max(1, len(g) // bs)
+            batches += [g[b * bs:(b + 1) * bs] if len(g) >= bs else g for b in range(n)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
     def _choose_texts(self, products: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         full, title, facet = self.cfg.text_mix
         kinds = rng.choice(3, size=len(products), p=[full, title, facet])
@@ -347,7 +378,8 @@ class Trainer:
         for j, (pi, kind) in enumerate(zip(products, kinds)):
             t_full, t_title, t_facets = self.variants[pi]
             if kind == 2 and t_facets:
-                out[j] = t_facets[rng.integers(len(t_facets))]
+                wordings = t_facets[rng.integers(len(t_facets))]
+                out[j] = wordings[rng.integers(len(wordings))]
             elif kind == 1 or t_full < 0:
                 out[j] = t_title
             else:
@@ -395,8 +427,9 @@ class Trainer:
         out = M.retrieval_metrics(q @ img.T, rel, ks=(1, 10))
         res = {"recall@1": out["recall@1"], "recall@10": out["recall@10"], "mrr": out["mrr"]}
         for key, values in self.val_attrs.items():
-            prompts = F.normalize(self.encode_texts([self.bank.ids[D.facet_text(key, v)] for v in values]).float(),
-                                  dim=-1).cpu().numpy()
+            ids = [self.bank.ids[t] for v in values for t in D.facet_texts(key, v)]
+            prompts = F.normalize(self.encode_texts(ids).float(), dim=-1).view(len(values), -1, img.shape[1])
+            prompts = F.normalize(prompts.mean(1), dim=-1).cpu().numpy()
             idx = {v: i for i, v in enumerate(values)}
             sel = [i for i, p in enumerate(self.val_products) if str(p.attributes.get(key, "")) in idx]
             labels = np.array([idx[str(self.val_products[i].attributes[key])] for i in sel])
@@ -430,13 +463,16 @@ class Trainer:
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
         bs = min(cfg.batch_size, len(self.items))
-        steps_per_epoch = max(1, len(self.items) // bs)
+        steps_per_epoch = len(self.epoch_batches(torch.Generator().manual_seed(0), bs))
         total = cfg.epochs * steps_per_epoch
         warmup = max(1, int(cfg.warmup * total))
         start_epoch, history, seconds = 0, [], 0.0
         state_path = self.out / STATE_NAME
-        if state_path.is_file():
-            state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.is_file() else None
+        if state is not None and state.get("run_key") != cfg.run_key() and self.replace:
+            self.log(f"{self.out} holds another training run: replacing it")
+            state = None
+        if state is not None:
             if state.get("run_key") != cfg.run_key():
                 raise TrainingError(
                     f"{self.out} holds a different training run (other data or hyperparameters); "
@@ -454,12 +490,12 @@ class Trainer:
         net.train()
         if self.built.lit:
             net.text.transformer.eval()
-        stop = False
+        stop, last_save = False, time.time()
         for epoch in range(start_epoch, cfg.epochs):
             # The data order and augmentation of an epoch depend only on (seed, epoch): resumable, deterministic.
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
             rng = np.random.default_rng([cfg.seed, epoch])
-            order = torch.randperm(len(self.items), generator=gen).numpy()
+            batches = self.epoch_batches(gen, bs)
             t0 = time.time()
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress,
                        mininterval=2.0, file=sys.stderr)
@@ -468,7 +504,7 @@ class Trainer:
                 if cfg.max_steps is not None and step >= cfg.max_steps:
                     stop = True
                     break
-                rows = order[b * bs:(b + 1) * bs]
+                rows = batches[b]
                 products = np.array([self.items[r].product for r in rows])
                 images = np.array([self.items[r].image for r in rows])
                 text_ids = self._choose_texts(products, rng)
@@ -492,7 +528,7 @@ class Trainer:
                                 img_s=f"{seen / max(1e-6, time.time() - t0):.0f}", refresh=False)
             bar.close()
             seconds += time.time() - t0
-            if stop and seen < steps_per_epoch * bs:
+            if stop and n_steps < steps_per_epoch:
                 # Stopped inside an epoch: the model folder gets the current weights, while the resumable
                 # state stays at the last finished epoch (a resumed run redoes this epoch from its start).
                 card = self.save(history, seconds, finished=False)
@@ -503,8 +539,12 @@ class Trainer:
             history.append(record)
             self.log("epoch {epoch}: loss {loss:.3f}, temperature {temperature:.4f}".format(**record) + "".join(
                 f", {k} {v:.3f}" for k, v in metrics.items()))
+            last = epoch + 1 == cfg.epochs
+            if not (last or stop or time.time() - last_save >= cfg.checkpoint_every_s):
+                continue  # short epochs (small catalogs): checkpoint at most every checkpoint_every_s
+            last_save = time.time()
             self.out.mkdir(parents=True, exist_ok=True)
-            card = self.save(history, seconds, finished=epoch + 1 == cfg.epochs)
+            card = self.save(history, seconds, finished=last)
             torch.save({"run_key": cfg.run_key(), "model": net.state_dict(), "optimizer": opt.state_dict(),
                         "epoch": epoch + 1, "history": history, "seconds": seconds}, state_path)
             if stop:

@@ -47,7 +47,7 @@ def shop(colour_catalog):
 def train(products, photos, out, cache, *extra):
     call_command("train_embedder", "--data", str(products), "--photos", str(photos), "--out", str(out),
                  "--preset", "tiny", "--batch-size", "4", "--holdout", "0.5", "--cache-dir", str(cache),
-                 "--no-progress", *extra)
+                 "--checkpoint-every", "0", "--no-progress", *extra)
 
 
 def sha256(path) -> str:

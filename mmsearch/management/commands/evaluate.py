@@ -22,11 +22,15 @@ class Command(BaseCommand):
         parser.add_argument("--model", default="embedder", help="MMSEARCH_MODELS alias or model folder")
         parser.add_argument("--json", required=True, type=Path, dest="json_out", help="write the report here")
         parser.add_argument("--plots", type=Path, help="folder for PNG plots")
+        parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (see train_embedder --threads)")
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args, data: Path, corpus: list[Path], photos: Path | None, model: str, json_out: Path,
-               plots: Path | None, no_progress: bool, **options):
+               plots: Path | None, no_progress: bool, threads: int, **options):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+
+        torch.set_num_threads(max(1, threads))
         from mmsearch.plugins import PluginError
         from mmsearch.training.data import DataError
         from mmsearch.training.evaluation import evaluate, load_embedder, write_plots
