@@ -24,10 +24,14 @@ class Command(BaseCommand):
         parser.add_argument("--data", type=Path, default=Path("demo/grocery/products.jsonl"))
         parser.add_argument("--addr", default="127.0.0.1:8000")
         parser.add_argument("--no-serve", action="store_true", help="load and index, then exit (for scripts)")
+        parser.add_argument("--no-train", action="store_true",
+                            help="do not train a small embedder on --data when no trained one exists")
 
-    def handle(self, *args, data: Path, addr: str, no_serve: bool, **options):
+    def handle(self, *args, data: Path, addr: str, no_serve: bool, no_train: bool = False, **options):
         if not data.is_file():
             raise CommandError(f"{data}: no such file (give DATA=path/to/products.jsonl)")
+        if not no_serve and not no_train:
+            self._ensure_embedder(data)
         self.stdout.write(f"Importing {data} ...")
         try:
             call_command("import_catalog", str(data), stdout=self.stdout, stderr=self.stderr)
@@ -37,6 +41,24 @@ class Command(BaseCommand):
         if no_serve:
             return
         self._serve(addr)
+
+    def _ensure_embedder(self, data: Path) -> None:
+        """No trained embedder yet (a fresh machine): train a small one on --data (minutes; resumable).
+
+        The worker and web server started afterwards are new processes, so their settings find the model.
+        """
+        import json
+
+        folder = Path(settings.MMSEARCH_EMBEDDER_PATH)
+        card = folder / "model_card.json"
+        if folder.is_dir() and not card.is_file() and any(folder.iterdir()):
+            return  # someone's own model folder: leave it alone
+        if card.is_file() and json.loads(card.read_text()).get("training", {}).get("finished"):
+            return
+        self.stdout.write(f"No trained embedder at {folder}: training a small one on {data} "
+                          "(train_embedder --preset demo; `make train` trains the full models) ...")
+        call_command("train_embedder", "--data", str(data), "--out", str(folder), "--preset", "demo",
+                     stdout=self.stdout, stderr=self.stderr)
 
     def _ensure_admin(self) -> None:
         User = get_user_model()
