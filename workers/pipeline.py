@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 from PIL import Image, UnidentifiedImageError
@@ -154,6 +154,28 @@ def _write_failures(kind: str, model_key: str, failures: dict[int, str]) -> None
 def _clear_failures(kind: str, model_key: str, item_ids: Sequence[int]) -> None:
     if item_ids:
         EmbeddingFailure.objects.filter(kind=kind, model_key=model_key, item_id__in=list(item_ids)).delete()
+
+
+def bootstrap_activation(alias: str) -> None:
+    """Make the role's own alias (e.g. `embedder`) active once it covers the catalog, if nothing is active yet.
+
+    Only the first model of a slot activates itself (a fresh install then searches without a manual step);
+    every later switch is an explicit blue/green `activate_model`.
+    """
+    from mmsearch.models import ActiveModel
+    from mmsearch.plugins import alias_role
+    from workers.jobs import JobError, activate
+
+    try:
+        if alias != alias_role(alias) or ActiveModel.objects.filter(alias=alias).exists():
+            return
+        with transaction.atomic():  # a savepoint: a lost race or refusal leaves the caller's transaction usable
+            result = activate(alias)
+        logger.info("activated %s for %s: %s", result.model_key, alias, "; ".join(map(str, result.coverage)))
+    except JobError:
+        return  # not fully indexed yet
+    except DatabaseError:
+        logger.info("activation of %s skipped (another worker is activating it)", alias, exc_info=True)
 
 
 # --- images -------------------------------------------------------------------------------------------------
@@ -331,6 +353,8 @@ def run_images(
             out.batches += 1
     for image_id, reason in out.failures.items():
         logger.warning("image %s not embedded for %s: %s", image_id, model_key, reason)
+    if out.batches:
+        bootstrap_activation(alias)
     return out
 
 
@@ -404,4 +428,6 @@ def run_products(
         out.done += len(batch_ids)
         out.skipped += skipped
         out.batches += 1
+    if out.batches:
+        bootstrap_activation(alias)
     return out

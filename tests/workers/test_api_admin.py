@@ -18,6 +18,7 @@ from workers import pipeline
 pytestmark = pytest.mark.django_db(transaction=True)
 
 KEY = "hashing:64:0"
+KEY_V2 = "hashing:32:1"
 
 
 def queued() -> int:
@@ -81,10 +82,11 @@ def test_bad_job_requests_are_400(small_catalog, staff_client, payload, message)
 
 def test_admin_progress_and_switch_action(small_catalog, admin_client):
     ids = list(ProductImage.objects.values_list("pk", flat=True))
-    job = IndexJob.objects.create(alias="embedder", model_key=KEY, kind="images", total=10, done=4)
+    # The green alias of a swap: it never activates itself, only the role's own alias does (when none is active).
+    job = IndexJob.objects.create(alias="embedder_v2", model_key=KEY_V2, kind="all", total=20, done=8)
     page = admin_client.get("/admin/mmsearch/indexjob/")
     assert page.status_code == 200
-    assert b'<progress value="4" max="10"' in page.content and b"4/10 (40%)" in page.content
+    assert b'<progress value="8" max="20"' in page.content and b"8/20 (40%)" in page.content
 
     # Coverage incomplete: the action refuses and says why.
     resp = admin_client.post(
@@ -93,15 +95,29 @@ def test_admin_progress_and_switch_action(small_catalog, admin_client):
     assert b"is not fully indexed" in resp.content
     assert not ActiveModel.objects.exists()
 
-    pipeline.run_images("embedder", KEY, ids)
-    pipeline.run_products("embedder", KEY, list(ProductImage.objects.values_list("product_id", flat=True)))
+    pipeline.run_images("embedder_v2", KEY_V2, ids)
+    pipeline.run_products("embedder_v2", KEY_V2, list(ProductImage.objects.values_list("product_id", flat=True)))
+    assert not ActiveModel.objects.exists()
     resp = admin_client.post(
         "/admin/mmsearch/indexjob/", {"action": "activate_model", "_selected_action": [job.pk]}, follow=True
     )
-    assert b"Embedder: (none) -&gt; hashing:64:0" in resp.content  # the admin capitalises messages
-    assert ActiveModel.objects.get(alias="embedder").model_key == KEY
+    assert b"Embedder: (none) -&gt; hashing:32:1" in resp.content  # the admin capitalises messages
+    assert ActiveModel.objects.get(alias="embedder").model_key == KEY_V2
     page = admin_client.get("/admin/mmsearch/activemodel/")
     assert b"images: 10/10 embedded, 0 failed, 0 missing" in page.content
+
+
+def test_first_model_of_a_slot_activates_itself(small_catalog):
+    ids = list(ProductImage.objects.values_list("pk", flat=True))
+    pipeline.run_images("embedder", KEY, ids)
+    assert not ActiveModel.objects.exists()  # product texts are still missing
+    pipeline.run_products("embedder", KEY, list(ProductImage.objects.values_list("product_id", flat=True)))
+    active = ActiveModel.objects.get(alias="embedder")
+    assert (active.model_key, active.dim) == (KEY, 64)
+    # Later models never take over by themselves.
+    pipeline.run_images("embedder_v2", KEY_V2, ids, force=True)
+    pipeline.run_products("embedder_v2", KEY_V2, list(ProductImage.objects.values_list("product_id", flat=True)))
+    assert ActiveModel.objects.get(alias="embedder").model_key == KEY
 
 
 def test_product_save_without_a_broker_succeeds(transactional_db, tmp_path):
