@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mmsearch.models import EmbeddingFailure, IndexJob, IndexJobBatch
 from mmsearch.plugins import get_model
+from mmsearch.plugins.base import PixelEmbedder
 from mmsearch.search import vectors
 from mmsearch.text import product_text
 
@@ -211,13 +212,14 @@ class _Prepared:
 
 
 def _split_model(plugin) -> tuple[Callable | None, Callable | None]:
-    """(preprocess, embed_pixels) when the plugin splits CPU preprocessing from the forward pass, else (None, None).
+    """(preprocess, embed_pixels) when the plugin is a PixelEmbedder (open_clip, HF CLIP), else (None, None).
 
-    OpenClipEmbedder and HFClipEmbedder do: `preprocess(images) -> batch` then runs in a pipeline thread, and
-    only `embed_pixels(batch)` stays on the model's critical path. Other embedders get `embed_images`.
+    `preprocess(images) -> batch` then runs in a pipeline thread and only `embed_pixels(batch)` stays on the
+    model's critical path. Other embedders get `embed_images`.
     """
-    pre, fwd = getattr(plugin, "preprocess", None), getattr(plugin, "embed_pixels", None)
-    return (pre, fwd) if callable(pre) and callable(fwd) else (None, None)
+    if isinstance(plugin, PixelEmbedder):
+        return plugin.preprocess, plugin.embed_pixels
+    return None, None
 
 
 def _size_hint(plugin) -> int | None:

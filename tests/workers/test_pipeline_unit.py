@@ -196,6 +196,7 @@ def test_openclip_plugin_preprocesses_off_the_forward_path(demo, settings, tmp_p
 
     plugins.reset()
     plugin = get_model("embedder")
+    assert pipeline._split_model(plugin) == (plugin.preprocess, plugin.embed_pixels)  # the split path is taken
     out = pipeline.run_images("embedder", plugin.model_key, [i.pk for i in demo])
     assert (out.done, out.failed, out.batches) == (12, 0, 3)
     stored = {e.image_id: np.asarray(e.vector, dtype=float) for e in ImageEmbedding.objects.filter(model_key=plugin.model_key)}
