@@ -439,6 +439,36 @@ class Trainer:
             net.text.transformer.eval()
         return res
 
+    @torch.no_grad()
+    def recalibrate_bn(self, batches: int = 32) -> None:
+        """"Precise BN": batch-norm statistics recomputed over training batches drawn from all data files.
+
+        Training batches come from one data file at a time, so the running averages of the last steps
+        describe whichever files came last, not the mix the model serves (measured on the held-out fashion
+        split: zero-shot article_type 0.14 with the running averages, 0.46 after recomputing them).
+        """
+        net = self.built.net
+        bns = [m for m in net.visual.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        gen = torch.Generator().manual_seed(self.cfg.seed + 99_991)
+        bs = min(self.cfg.batch_size, len(self.items))
+        order = torch.randperm(len(self.items), generator=gen).numpy()
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches below
+        was_training = net.visual.training
+        net.visual.train()
+        for b in range(min(batches, max(1, len(order) // bs))):
+            rows = order[b * bs:(b + 1) * bs]
+            x = to_pixels(self.pixels[[self.items[r].image for r in rows]], self.mean, self.std, self.device)
+            with self._autocast():
+                net.visual(x)
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        net.visual.train(was_training)
+
     def _autocast(self):
         if self.device.startswith("cuda"):
             return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
@@ -533,6 +563,7 @@ class Trainer:
                 # state stays at the last finished epoch (a resumed run redoes this epoch from its start).
                 card = self.save(history, seconds, finished=False)
                 break
+            self.recalibrate_bn()
             metrics = self.validate()
             record = {"epoch": epoch + 1, "steps": step, "loss": round(loss_sum / max(1, n_steps), 4),
                       "temperature": float(1 / net.logit_scale.exp().item()), "seconds": round(seconds, 1), **metrics}
@@ -551,7 +582,8 @@ class Trainer:
                 break
         else:
             if start_epoch >= cfg.epochs:
-                self.log(f"{self.out} is already trained ({cfg.epochs} epochs); nothing to do")
+                self.log(f"{self.out} is already trained ({cfg.epochs} epochs); recomputing batch-norm statistics")
+                self.recalibrate_bn()
             card = self.save(history, seconds, finished=True)
         return card
 
