@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -34,6 +35,8 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int)
         parser.add_argument("--lr", type=float)
         parser.add_argument("--holdout", type=float, help="share of titles held out for validation (default 0.1)")
+        parser.add_argument("--batch-by-source", action=argparse.BooleanOptionalAction, default=None,
+                            help="draw each batch from one data file (default of the preset) or mix the files")
         parser.add_argument("--photo-repeat", type=int, help="times each shopper photo is seen per epoch")
         parser.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
         parser.add_argument("--checkpoint-every", type=float, default=60.0,
@@ -59,7 +62,7 @@ class Command(BaseCommand):
 
             torch.set_num_threads(o["threads"])
         preset = dict(PRESETS[o["preset"]])
-        for key in ("arch", "epochs", "batch_size", "lr", "holdout", "photo_repeat"):
+        for key in ("arch", "epochs", "batch_size", "lr", "holdout", "photo_repeat", "batch_by_source"):
             if o.get(key) is not None:
                 preset[key] = o[key]
         cache = o["cache_dir"] or Path(settings.BASE_DIR) / "models" / "cache"
