@@ -33,10 +33,16 @@ class Command(BaseCommand):
         if not no_serve and not no_train:
             self._ensure_embedder(data)
         self.stdout.write(f"Importing {data} ...")
-        try:
-            call_command("import_catalog", str(data), stdout=self.stdout, stderr=self.stderr)
-        except CommandError as exc:
-            self.stderr.write(f"warning: {exc}")
+        # A new process, so the embedding work it queues is keyed by the model that exists now (this process
+        # read its settings before _ensure_embedder may have trained one).
+        result = subprocess.run([sys.executable, "manage.py", "import_catalog", str(data)], cwd=settings.BASE_DIR)
+        if result.returncode != 0:
+            self.stderr.write(f"warning: import_catalog exited with {result.returncode}; the good rows were imported")
+        # Whatever an earlier run or another model left unembedded is queued too (cheap when nothing is missing).
+        for alias in ("embedder", "text_embedder"):
+            if alias in settings.MMSEARCH_MODELS:
+                subprocess.run([sys.executable, "manage.py", "reindex", "--alias", alias, "--only-missing"],
+                               cwd=settings.BASE_DIR, check=False)
         self._ensure_admin()
         if no_serve:
             return
