@@ -10,12 +10,18 @@ from catalog.models import Category, Product, ProductImage, ProductTag, Tag
 from catalog.search_text import refresh_search_vectors
 
 
+def text_changed(product_ids) -> None:
+    """The text of these products changed: refresh their full-text vector and have them re-embedded."""
+    ids = list(product_ids)
+    refresh_search_vectors(ids)
+    notify_changed(product_ids=ids)
+
+
 @receiver(post_save, sender=Product)
 def product_saved(sender, instance: Product, raw=False, **kwargs):
     if raw:
         return
-    refresh_search_vectors([instance.pk])
-    notify_changed(product_ids=[instance.pk])
+    text_changed([instance.pk])
 
 
 @receiver(post_save, sender=ProductImage)
@@ -29,15 +35,14 @@ def image_saved(sender, instance: ProductImage, created: bool, raw=False, **kwar
 def product_tag_changed(sender, instance: ProductTag, raw=False, **kwargs):
     if raw:
         return
-    refresh_search_vectors([instance.product_id])
+    text_changed([instance.product_id])  # accepted tags are part of the product's text
 
 
 @receiver(post_save, sender=Tag)
 def tag_saved(sender, instance: Tag, raw=False, **kwargs):
     if raw:
         return
-    ids = list(ProductTag.objects.filter(tag=instance).values_list("product_id", flat=True))
-    refresh_search_vectors(ids)
+    text_changed(ProductTag.objects.filter(tag=instance).values_list("product_id", flat=True))
 
 
 @receiver(post_save, sender=Category)
@@ -47,5 +52,4 @@ def category_saved(sender, instance: Category, created: bool, raw=False, **kwarg
     # A rename or move changes the paths below it and the text of every product in the subtree.
     for child in instance.children.all():
         child.save()
-    ids = list(Product.objects.filter(category=instance).values_list("pk", flat=True))
-    refresh_search_vectors(ids)
+    text_changed(Product.objects.filter(category=instance).values_list("pk", flat=True))

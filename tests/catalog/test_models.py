@@ -186,3 +186,37 @@ def test_image_bytes_are_kept_unless_orientation_applies(image_bytes):
     assert (checked.width, checked.height, checked.format) == (32, 24, "PNG")
     rotated = check_image(image_bytes(exif_orientation=6))
     assert (rotated.width, rotated.height) == (24, 32)
+
+
+def test_tag_and_category_changes_queue_re_embedding(db, django_capture_on_commit_callbacks):
+    """A product's text includes its accepted tags and category path, so changing them re-indexes it."""
+    from catalog.changes import catalog_changed
+    from catalog.models import Category, Product, ProductTag, Tag, TagGroup
+
+    received: list[list[int]] = []
+
+    def listener(sender, product_ids, image_ids, **kwargs):
+        received.append(sorted(product_ids))
+
+    product = Product.objects.create(sku="t1", title="Plain shirt", category=Category.objects.get_or_create_path("Apparel/Shirts"))
+    other = Product.objects.create(sku="t2", title="Other")
+    tag = Tag.objects.create(group=TagGroup.objects.create(name="pattern"), name="striped")
+    catalog_changed.connect(listener)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            ProductTag.objects.create(product=product, tag=tag)
+        assert received == [[product.pk]]
+        received.clear()
+        with django_capture_on_commit_callbacks(execute=True):
+            tag.name = "pinstriped"
+            tag.save()
+        assert received == [[product.pk]]
+        received.clear()
+        with django_capture_on_commit_callbacks(execute=True):
+            shirts = Category.objects.get(path="Apparel/Shirts")
+            shirts.name = "Shirts & tops"
+            shirts.save()
+        assert received == [[product.pk]]
+        assert other.pk not in sum(received, [])
+    finally:
+        catalog_changed.disconnect(listener)
