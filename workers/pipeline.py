@@ -263,6 +263,17 @@ def _embed_prepared(plugin, embed_pixels: Callable | None, batch: _Prepared) -> 
     return _forward_isolating(plugin.embed_images, batch.images, batch.ids)
 
 
+def _outcome_for_job(job_id: int | None) -> Outcome:
+    """A fresh Outcome; its status is not "ok" when the task's job is gone or finished (nothing to do)."""
+    out = Outcome()
+    job = _job_for_task(job_id)
+    if job_id is not None and job is None:
+        out.status = "job deleted"
+    elif job is not None and job.finished:
+        out.status = f"job {job.status}"
+    return out
+
+
 def run_images(
     alias: str, model_key: str, image_ids: Sequence[int], *, job_id: int | None = None, chunk: int = 0,
     force: bool = False,
@@ -271,13 +282,8 @@ def run_images(
     from catalog.models import ProductImage
 
     plugin = _check_model(alias, model_key, job_id)
-    out = Outcome()
-    job = _job_for_task(job_id)
-    if job_id is not None and job is None:
-        out.status = "job deleted"
-        return out
-    if job is not None and job.finished:
-        out.status = f"job {job.status}"
+    out = _outcome_for_job(job_id)
+    if out.status != "ok":
         return out
     ids = sorted(set(int(i) for i in image_ids))
     rows = {
@@ -391,13 +397,8 @@ def run_products(
 ) -> Outcome:
     """Embed these products' texts with `alias`, skipping unchanged texts (the embed_products task body)."""
     plugin = _check_model(alias, model_key, job_id)
-    out = Outcome()
-    job = _job_for_task(job_id)
-    if job_id is not None and job is None:
-        out.status = "job deleted"
-        return out
-    if job is not None and job.finished:
-        out.status = f"job {job.status}"
+    out = _outcome_for_job(job_id)
+    if out.status != "ok":
         return out
     ids = sorted(set(int(i) for i in product_ids))
     texts = product_texts(ids)
