@@ -37,7 +37,7 @@ def _features(output: Any) -> Any:
     return output
 
 
-class HFClipEmbedder(runtime.LazyModel):
+class HFClipEmbedder(runtime.PixelModel):
     """Images and texts into one space with a transformers CLIPModel / SiglipModel; normalised float32 rows."""
 
     def __init__(
@@ -143,14 +143,6 @@ class HFClipEmbedder(runtime.LazyModel):
         with self._torch.inference_mode(), runtime.autocast(self._device, self._dtype):
             out = self._net.get_image_features(pixel_values=pixels.to(self._device, non_blocking=True))
         return runtime.to_unit_rows(_features(out))
-
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Embed decoded images; (len(images), dim) L2-normalised float32 rows."""
-        if len(images) == 0:
-            return runtime.empty(self.dim)
-        return np.concatenate(
-            [self.embed_pixels(self.preprocess(chunk)) for chunk in runtime.batches(images, self.batch_size)]
-        )
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts; (len(texts), dim) L2-normalised float32 rows."""

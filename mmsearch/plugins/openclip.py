@@ -182,7 +182,7 @@ def _register_arch(config_path: str) -> tuple[str, dict]:
     return name, raw.get("preprocess_cfg") or {}
 
 
-class OpenClipEmbedder(runtime.LazyModel):
+class OpenClipEmbedder(runtime.PixelModel):
     """Images and texts into one space with an open_clip model; L2-normalised float32 rows."""
 
     def __init__(
@@ -349,14 +349,6 @@ class OpenClipEmbedder(runtime.LazyModel):
         with torch.inference_mode(), runtime.autocast(self._device, self._dtype):
             features = self._net.encode_image(pixels.to(self._device, non_blocking=True))
         return runtime.to_unit_rows(features)
-
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Embed decoded images; (len(images), dim) L2-normalised float32 rows."""
-        if len(images) == 0:
-            return runtime.empty(self.dim)
-        return np.concatenate(
-            [self.embed_pixels(self.preprocess(chunk)) for chunk in runtime.batches(images, self.batch_size)]
-        )
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts; (len(texts), dim) L2-normalised float32 rows."""

@@ -132,6 +132,18 @@ class LazyModel(CheapConstructor):
         return self._loaded
 
 
+class PixelModel(LazyModel):
+    """A lazily loaded image-text model whose subclasses provide `preprocess` and `embed_pixels`."""
+
+    batch_size: int
+
+    def embed_images(self, images: Sequence) -> np.ndarray:
+        """Embed decoded images; (len(images), dim) L2-normalised float32 rows."""
+        if len(images) == 0:
+            return empty(self.dim)
+        return np.concatenate([self.embed_pixels(self.preprocess(chunk)) for chunk in batches(images, self.batch_size)])
+
+
 def _new_lock():
     import threading
 
