@@ -33,16 +33,15 @@ class Command(BaseCommand):
         if not no_serve and not no_train:
             self._ensure_embedder(data)
         self.stdout.write(f"Importing {data} ...")
-        # A new process, so the embedding work it queues is keyed by the model that exists now (this process
-        # read its settings before _ensure_embedder may have trained one).
-        result = subprocess.run([sys.executable, "manage.py", "import_catalog", str(data)], cwd=settings.BASE_DIR)
-        if result.returncode != 0:
-            self.stderr.write(f"warning: import_catalog exited with {result.returncode}; the good rows were imported")
-        # Whatever an earlier run or another model left unembedded is queued too (cheap when nothing is missing).
-        for alias in ("embedder", "text_embedder"):
-            if alias in settings.MMSEARCH_MODELS:
-                subprocess.run([sys.executable, "manage.py", "reindex", "--alias", alias, "--only-missing"],
-                               cwd=settings.BASE_DIR, check=False)
+        try:
+            call_command("import_catalog", str(data), stdout=self.stdout, stderr=self.stderr)
+        except CommandError as exc:
+            self.stderr.write(f"warning: {exc}")
+        if not no_serve:
+            # Whatever an earlier run or another model left unembedded is queued too (cheap when nothing is).
+            for alias in ("embedder", "text_embedder"):
+                if alias in settings.MMSEARCH_MODELS:
+                    call_command("reindex", "--alias", alias, "--only-missing", stdout=self.stdout, stderr=self.stderr)
         self._ensure_admin()
         if no_serve:
             return
@@ -61,10 +60,18 @@ class Command(BaseCommand):
             return  # someone's own model folder: leave it alone
         if card.is_file() and json.loads(card.read_text()).get("training", {}).get("finished"):
             return
+        if os.environ.get("MMSEARCH_DEMO_RESTARTED"):
+            raise CommandError(f"the demo embedder trained into {folder} did not finish; see the output above")
         self.stdout.write(f"No trained embedder at {folder}: training a small one on {data} "
                           "(train_embedder --preset demo; `make train` trains the full models) ...")
         call_command("train_embedder", "--data", str(data), "--out", str(folder), "--preset", "demo",
                      stdout=self.stdout, stderr=self.stderr)
+        # This process chose its models when it read the settings, before the model existed: start afresh so
+        # the import, the index jobs and the children all use the trained model.
+        self.stdout.write("Restarting the demo with the trained embedder ...")
+        self.stdout.flush()
+        os.environ["MMSEARCH_DEMO_RESTARTED"] = "1"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
 
     def _ensure_admin(self) -> None:
         User = get_user_model()
