@@ -12,8 +12,8 @@ from django.core.management.base import BaseCommand, CommandError
 # Presets fill in what the flags leave unset. "default" is the recipe `make train` uses (see README,
 # "Training and evaluation"); "demo" trains in a few minutes on the bundled 81-product grocery catalog.
 PRESETS: dict[str, dict] = {
-    "default": {"arch": "lcnet050-64", "epochs": 5, "batch_size": 128, "lr": 2e-3, "text_mix": (0.0, 0.7, 0.3),
-                "photo_repeat": 3},
+    "default": {"arch": "lcnet050-64", "epochs": 7, "batch_size": 128, "lr": 2e-3, "text_mix": (0.0, 0.7, 0.3),
+                "photo_repeat": 3, "batch_by_source": False},
     "demo": {"arch": "lcnet050-64", "epochs": 150, "batch_size": 64, "lr": 2e-3, "holdout": 0.0,
              "text_mix": (0.4, 0.3, 0.3)},
     "tiny": {"arch": "rn-tiny-32", "epochs": 1, "batch_size": 8, "lr": 1e-3},
