@@ -11,12 +11,9 @@ from catalog.models import Category, Product, ProductTag, Tag, TagGroup
 from catalog.storage import add_image
 from mmsearch import plugins
 from tests.conftest import make_image
-from tests.search.conftest import MODELS, index_products
+from tests.search.conftest import COLOURS, MODELS, index_products
 
-COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 160, 60), "black": (10, 10, 10),
-           "yellow": (230, 220, 40), "white": (245, 245, 245)}
-
-# (sku, title, category, attributes, price, image colours)
+# (sku, title, category, attributes, price, image colours); the shoes' first photo is green here, unlike search's
 PRODUCTS = [
     ("kurta-red", "Red Cotton Kurta", "Apparel/Topwear/Kurtas", {"gender": "Women", "colour": "Red"}, "20.00", ["red"]),
     ("jeans-blue", "Blue Denim Jeans", "Apparel/Bottomwear/Jeans", {"gender": "Men", "colour": "Blue"}, "45.00", ["blue"]),
@@ -26,7 +23,6 @@ PRODUCTS = [
     ("shirt-white", "White Cotton Shirt", "Apparel/Topwear/Shirts", {"gender": "Men", "colour": "White"}, "25.00", ["white"]),
     ("tee-red", "Red Graphic Tshirt", "Apparel/Topwear/Tshirts", {"gender": "Men", "colour": "Red"}, "15.00", ["red"]),
 ]
-
 
 @pytest.fixture(autouse=True)
 def web_models(settings):
@@ -38,7 +34,6 @@ def web_models(settings):
     cache.clear()
     yield settings
     plugins.reset()
-
 
 @pytest.fixture
 def shop(db):
