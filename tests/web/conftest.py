@@ -24,6 +24,7 @@ PRODUCTS = [
     ("tee-red", "Red Graphic Tshirt", "Apparel/Topwear/Tshirts", {"gender": "Men", "colour": "Red"}, "15.00", ["red"]),
 ]
 
+
 @pytest.fixture(autouse=True)
 def web_models(settings):
     """Hashing models for both embedder roles (no learned weights), fresh plugin instances and query cache."""
@@ -34,6 +35,7 @@ def web_models(settings):
     cache.clear()
     yield settings
     plugins.reset()
+
 
 @pytest.fixture
 def shop(db):
