@@ -57,9 +57,17 @@ class TrainConfig:
     # probabilities of pairing a product with its full text, its title alone, or one facet text
     text_mix: tuple[float, float, float] = (0.5, 0.25, 0.25)
     photo_repeat: int = 1  # how often each shopper photo appears per epoch
+    # Smallest image area a random resized crop keeps (1.0: no zoom, only the aspect jitter and flips). Catalog photos are always framed the
+    # same way, so cropping them only hides what a title names; shopper photos (and the catalog images of the
+    # products they show) are framed anew each time, so they are cropped.
+    min_crop: float = 1.0
+    photo_min_crop: float = 0.6
+    init_temperature: float = 0.07  # softmax temperature at the start (learned from there; CLIP's 0.07)
     # Batches drawn from one data file at a time, so e.g. grocery photos meet grocery negatives (hard ones)
     # rather than fashion images they are trivially told apart from.
     batch_by_source: bool = True
+    balance_photo_products: bool = False  # a product's catalog image as often as its shopper photos
+    hard_batches: float = 0.0  # share of items batched by category family (hard negatives), see epoch_batches
     max_steps: int | None = None  # stop early (tests, smoke runs)
     checkpoint_every_s: float = 60.0  # resumable state + model folder at most this often (and at the end)
     device: str = "auto"
@@ -80,6 +88,7 @@ class Item:
     image: int  # row in the image cache
     product: int
     source: int = 0  # which --data file the product came from
+    photographed: bool = False  # a shopper photo, or the catalog image of a product that has some
 
 
 class TrainingError(RuntimeError):
@@ -183,8 +192,8 @@ class TextBank:
 
 
 # --- augmentation ----------------------------------------------------------------------------------------------
-def augment(batch: torch.Tensor, gen: torch.Generator, min_scale: float = 0.6) -> torch.Tensor:
-    """Random resized crop (area min_scale..1, aspect 3/4..4/3) and horizontal flip, one grid_sample."""
+def augment(batch: torch.Tensor, gen: torch.Generator, min_scale: float | torch.Tensor = 0.6) -> torch.Tensor:
+    """Random resized crop (area min_scale..1, per image when a tensor; aspect 3/4..4/3) and horizontal flip."""
     n = batch.shape[0]
     area = min_scale + (1 - min_scale) * torch.rand(n, generator=gen)
     log_r = (torch.rand(n, generator=gen) * 2 - 1) * math.log(4 / 3)
@@ -285,13 +294,20 @@ class Trainer:
         self.items: list[Item] = []
         for pi, p in enumerate(train):
             for img in p.images:
-                self.items.append(Item(len(paths), pi, source_of[p.sku]))
+                self.items.append(Item(len(paths), pi, source_of[p.sku], p.sku in with_photos))
                 paths.append(img)
         sku_index = {p.sku: i for i, p in enumerate(train)}
         photo_items = []
         for ph in photos:
-            photo_items.append(Item(len(paths), sku_index[ph.sku], source_of[ph.sku]))
+            photo_items.append(Item(len(paths), sku_index[ph.sku], source_of[ph.sku], True))
             paths.append(ph.image)
+        if cfg.balance_photo_products:
+            # The catalog image of a product with shopper photos is what a photo query must land on: show it
+            # (augmented) as often as its photos, instead of once an epoch beside thousands of photos.
+            first: dict[int, Item] = {}
+            for it in self.items:
+                first.setdefault(it.product, it)
+            photo_items += [first[it.product] for it in photo_items if it.product in first]
         self.items += photo_items * max(1, cfg.photo_repeat)
         self.val_images: list[int] = []
         for p in val:
@@ -299,6 +315,9 @@ class Trainer:
             paths.append(p.images[0])
         self.log(f"data: {len(train)} train products, {len(photos)} photos, {len(val)} held-out products "
                  f"({len(self.items)} pairs an epoch); fingerprint {self.fingerprint[:12]}")
+        families: dict[str, int] = {}
+        self.item_family = np.array([families.setdefault(train[it.product].category.rpartition("/")[0], len(families))
+                                     for it in self.items], dtype=np.int64)
         self.pixels = D.image_cache(paths, size, self.cache_dir, progress=self.progress)
 
         # Texts: full product text, title, and facet texts for every training product.
@@ -356,15 +375,26 @@ class Trainer:
 
     # ---- batches
     def epoch_batches(self, gen: torch.Generator, bs: int) -> list[np.ndarray]:
-        """Item rows of every batch of an epoch (full batches only, in random order)."""
+        """Item rows of every batch of an epoch (full batches only, in random order).
+
+        A share `hard_batches` of each pool's items is sorted by category family (the category path without
+        its last level, e.g. Apparel/Topwear or Fruit/Apple) before it is cut into batches: such a batch holds
+        t-shirts, shirts and tops, or only apples, so it can only be solved by colour, pattern, brand and
+        gender, the details a title query names. The other batches are random (coarse negatives).
+        """
         if self.cfg.batch_by_source:
             groups = [np.array([i for i, it in enumerate(self.items) if it.source == s])
                       for s in sorted({it.source for it in self.items})]
         else:
             groups = [np.arange(len(self.items))]
-        batches = []
+        pools = []
         for g in groups:
             g = g[torch.randperm(len(g), generator=gen).numpy()]
+            n_hard = int(len(g) * self.cfg.hard_batches)
+            hard = g[:n_hard]
+            pools += [hard[np.argsort(self.item_family[hard], kind="stable")], g[n_hard:]]
+        batches = []
+        for g in pools:
             if len(g) < 2:
                 continue
             n = max(1, len(g) // bs)
@@ -485,6 +515,9 @@ class Trainer:
         seed_everything(cfg.seed)
         self.prepare()
         net = self.built.net.to(self.device)
+        if cfg.init is None:
+            with torch.no_grad():
+                net.logit_scale.fill_(math.log(1 / cfg.init_temperature))
         self.mean = torch.tensor(self.built.preprocess_cfg["mean"], device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.built.preprocess_cfg["std"], device=self.device).view(1, 3, 1, 1)
         params = [p for p in net.parameters() if p.requires_grad]
@@ -540,7 +573,8 @@ class Trainer:
                 text_ids = self._choose_texts(products, rng)
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, total, cfg.lr, warmup)
-                x = augment(to_pixels(self.pixels[images], self.mean, self.std, self.device), gen)
+                crop = torch.tensor([cfg.photo_min_crop if self.items[r].photographed else cfg.min_crop for r in rows])
+                x = augment(to_pixels(self.pixels[images], self.mean, self.std, self.device), gen, crop)
                 with self._autocast():
                     img_emb = net.encode_image(x)
                     txt_emb = self.encode_texts(text_ids)

@@ -125,7 +125,48 @@ def test_train_errors_are_one_line(shop, tmp_path):
         train(tmp_path / "nope.jsonl", photos, tmp_path / "o", tmp_path / "cache")
     with pytest.raises(CommandError, match="unknown architecture"):
         train(products, photos, tmp_path / "o", tmp_path / "cache", "--arch", "resnet-9000")
+    for flag, value, message in (("--hard-batches", "1.5", "hard-batches must be in"),
+                                 ("--photo-min-crop", "0", "photo-min-crop must be in"),
+                                 ("--init-temperature", "-1", "init-temperature must be positive")):
+        with pytest.raises(CommandError, match=message):
+            train(products, photos, tmp_path / "o", tmp_path / "cache", flag, value)
+    assert not (tmp_path / "o").exists()
     train(products, photos, tmp_path / "o", tmp_path / "cache", "--max-steps", "2")
     with pytest.raises(CommandError, match="different training run") as exc:
         train(products, photos, tmp_path / "o", tmp_path / "cache", "--lr", "0.5")
     assert "\n" not in str(exc.value)
+
+
+def test_hard_batches_hold_one_category_family_and_photo_products_are_balanced(shop, tmp_path):
+    from mmsearch.training.trainer import TrainConfig, Trainer
+
+    products, photos = shop
+    rows = [json.loads(line) for line in products.read_text().splitlines()]
+    for r in rows:  # families Apparel/Shirts, Apparel/Shoes, Apparel/Caps
+        kind = r["attributes"]["article_type"]
+        r["category"] = f"Apparel/{kind}s/{kind}"
+    deep = products.with_name("deep.jsonl")
+    deep.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def prepared(**kw):
+        cfg = TrainConfig(data=[str(deep)], photos=[str(photos)], out=str(tmp_path / "o"), arch="rn-tiny-32",
+                          batch_size=3, holdout=0.0, cache_dir=str(tmp_path / "cache"), **kw)
+        t = Trainer(cfg, log=lambda m: None, progress=False)
+        t.prepare()
+        return t
+
+    plain = prepared()
+    assert len(plain.items) == 9 + 3  # catalog images + photos
+    t = prepared(hard_batches=1.0, balance_photo_products=True)
+    assert len(t.items) == 9 + 3 + 3  # each photo brings its product's catalog image once more
+    cap_rows = {it.image for it in t.items if t.train_products[it.product].category.endswith("Cap")}
+    assert len(cap_rows) == 3 + 3  # 3 cap catalog images and 3 photos (the repeats reuse cached pixels)
+    # photos and the caps' catalog images get the photo crop; the other catalog images are not zoomed
+    assert {it.image for it in t.items if it.photographed} == cap_rows
+    family = lambda rows: {t.train_products[t.items[r].product].category.rsplit("/", 1)[0] for r in rows}
+    for seed in range(3):
+        batches = t.epoch_batches(torch.Generator().manual_seed(seed), 3)
+        assert sorted(len(b) for b in batches) == [3] * 5
+        assert all(len(family(b)) == 1 for b in batches)  # 9 caps, 3 shirts, 3 shoes: one family each
+    mixed = [b for s in range(3) for b in plain.epoch_batches(torch.Generator().manual_seed(s), 3)]
+    assert any(len({plain.train_products[plain.items[r].product].category for r in b}) > 1 for b in mixed)

@@ -12,8 +12,8 @@ from django.core.management.base import BaseCommand, CommandError
 # Presets fill in what the flags leave unset. "default" is the recipe `make train` uses (see README,
 # "Training and evaluation"); "demo" trains in a few minutes on the bundled 81-product grocery catalog.
 PRESETS: dict[str, dict] = {
-    "default": {"arch": "lcnet050-64", "epochs": 7, "batch_size": 128, "lr": 2e-3, "text_mix": (0.0, 0.7, 0.3),
-                "photo_repeat": 3, "batch_by_source": False},
+    "default": {"arch": "lcnet050-64", "epochs": 20, "batch_size": 128, "lr": 5e-3, "text_mix": (0.35, 0.35, 0.3),
+                "init_temperature": 0.1, "photo_repeat": 3, "balance_photo_products": True, "batch_by_source": False},
     "demo": {"arch": "lcnet050-64", "epochs": 150, "batch_size": 64, "lr": 2e-3, "holdout": 0.0,
              "text_mix": (0.4, 0.3, 0.3)},
     "tiny": {"arch": "rn-tiny-32", "epochs": 1, "batch_size": 8, "lr": 1e-3},
@@ -38,6 +38,15 @@ class Command(BaseCommand):
         parser.add_argument("--batch-by-source", action=argparse.BooleanOptionalAction, default=None,
                             help="draw each batch from one data file (default of the preset) or mix the files")
         parser.add_argument("--photo-repeat", type=int, help="times each shopper photo is seen per epoch")
+        parser.add_argument("--balance-photo-products", action=argparse.BooleanOptionalAction, default=None,
+                            help="show a product's catalog image as often as its shopper photos")
+        parser.add_argument("--hard-batches", type=float,
+                            help="share of items batched by category family (hard negatives), 0..1")
+        parser.add_argument("--min-crop", type=float,
+                            help="smallest area a random crop keeps of a catalog image (default 1: no zoom)")
+        parser.add_argument("--photo-min-crop", type=float,
+                            help="the same for shopper photos and their products' catalog images (default 0.6)")
+        parser.add_argument("--init-temperature", type=float, help="starting softmax temperature (then learned)")
         parser.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
         parser.add_argument("--checkpoint-every", type=float, default=60.0,
                             help="seconds between resumable checkpoints (also written after the last epoch)")
@@ -62,7 +71,8 @@ class Command(BaseCommand):
 
             torch.set_num_threads(o["threads"])
         preset = dict(PRESETS[o["preset"]])
-        for key in ("arch", "epochs", "batch_size", "lr", "holdout", "photo_repeat", "batch_by_source"):
+        for key in ("arch", "epochs", "batch_size", "lr", "holdout", "photo_repeat", "batch_by_source",
+                    "balance_photo_products", "hard_batches", "min_crop", "photo_min_crop", "init_temperature"):
             if o.get(key) is not None:
                 preset[key] = o[key]
         cache = o["cache_dir"] or Path(settings.BASE_DIR) / "models" / "cache"
@@ -74,6 +84,12 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be at least 2 (a contrastive batch needs negatives)")
         if not 0 <= cfg.holdout < 1:
             raise CommandError("--holdout must be in [0, 1)")
+        if not 0 <= cfg.hard_batches <= 1:
+            raise CommandError("--hard-batches must be in [0, 1]")
+        if not (0 < cfg.min_crop <= 1 and 0 < cfg.photo_min_crop <= 1):
+            raise CommandError("--min-crop and --photo-min-crop must be in (0, 1]")
+        if not cfg.init_temperature > 0:
+            raise CommandError("--init-temperature must be positive")
         try:
             card = Trainer(cfg, log=lambda m: self.stdout.write(m), progress=not o["no_progress"],
                            replace=o["replace"]).run()
