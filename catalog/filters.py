@@ -20,6 +20,31 @@ def category_q(path: str, prefix: str = "category") -> Q:
     return Q(**{f"{prefix}__path": path}) | Q(**{f"{prefix}__path__startswith": path + "/"})
 
 
+def split_values(raw: str) -> list[str]:
+    """'Red,Blue' -> ['Red', 'Blue'] ("any of"); a backslash escapes a comma or a backslash inside one value,
+    so 'The Netherlands\\, ca 140g' is the single value 'The Netherlands, ca 140g'. Blank parts are dropped."""
+    values, current, i = [], [], 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch == "\\" and i + 1 < len(raw) and raw[i + 1] in ",\\":
+            current.append(raw[i + 1])
+            i += 2
+            continue
+        if ch == ",":
+            values.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    values.append("".join(current))
+    return [v.strip() for v in values if v.strip()]
+
+
+def escape_value(value: str) -> str:
+    """One value as split_values reads it back unchanged (commas and backslashes escaped)."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
 def split_tag(value: str) -> Q:
     """'colour:red' (group:slug) or 'red' (slug in any group) -> a Q on ProductTag.tag."""
     group, _, slug = value.rpartition(":")
@@ -65,12 +90,13 @@ class ProductFilterSet(django_filters.FilterSet):
 
 
 def filter_attributes(queryset: QuerySet, params) -> QuerySet:
-    """attr.NAME=VALUE (repeat or comma-separate for any of) on the attributes JSON; case-insensitive values."""
+    """attr.NAME=VALUE (repeat or comma-separate for any of; backslash-escape a comma inside a value) on the
+    attributes JSON; case-insensitive values."""
     for index, key in enumerate(k for k in params if k.startswith(ATTR_PREFIX)):
         name = key[len(ATTR_PREFIX):]
         if not name:
             raise ValidationError({key: "attribute name is empty; use attr.NAME=VALUE"})
-        values = [v.strip() for raw in params.getlist(key) for v in raw.split(",") if v.strip()]
+        values = [v for raw in params.getlist(key) for v in split_values(raw)]
         if not values:
             raise ValidationError({key: "no value given"})
         # Key transforms take the name as a literal JSON key (never parsed as an ORM lookup path).

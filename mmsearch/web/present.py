@@ -8,6 +8,8 @@ from decimal import Decimal, InvalidOperation
 
 from django.http import QueryDict
 
+from catalog.filters import escape_value, split_values
+
 ATTR_PREFIX = "attr."
 FILTER_KEYS = ("category", "price_min", "price_max", "tag")
 # Query-string keys that describe the search but are not filters.
@@ -118,10 +120,9 @@ def attribute_facets(params: QueryDict, attributes: dict[str, list[dict]]) -> li
     groups = []
     for name in sorted(attributes):
         key = f"{ATTR_PREFIX}{name}"
-        chosen = {v.lower() for v in params.getlist(key)}
-        # Blank values are "not recorded", not a value a shopper can pick. The attribute filter reads a comma
-        # as "any of", so a value that contains one cannot be asked for as a single value: leave it out.
-        values = [v for v in attributes[name] if str(v["value"]).strip() and "," not in str(v["value"])]
+        chosen = {v.lower() for raw in params.getlist(key) for v in split_values(raw)}
+        # Blank values are "not recorded", not a value a shopper can pick.
+        values = [v for v in attributes[name] if str(v["value"]).strip()]
         # An attribute with one value on every result does not narrow anything; keep it only when chosen.
         if len(values) < 2 and not chosen:
             continue
@@ -129,7 +130,8 @@ def attribute_facets(params: QueryDict, attributes: dict[str, list[dict]]) -> li
         for entry in values:
             value = str(entry["value"])
             group.values.append(
-                FacetValue(value, int(entry["count"]), url_with(params, toggle=(key, _param_value(params, key, value))),
+                FacetValue(value, int(entry["count"]),
+                           url_with(params, toggle=(key, _param_value(params, key, escape_value(value)))),
                            value.lower() in chosen)
             )
         groups.append(group)

@@ -25,7 +25,7 @@ def catalog():
         ("tee-blue", "Blue tee", tees, "7.50", {"colour": "Blue", "size": 40}),
         ("shirt-red", "Red shirt", shirts, "20.00", {"colour": "red"}),
         ("shirt-white", "White shirt", shirts, "25.00", {"colour": "White"}),
-        ("shoe-black", "Black shoe", shoes, "60.00", {"colour": "Black", "size": 42.0}),
+        ("shoe-black", "Black shoe", shoes, "60.00", {"colour": "Black", "size": 42.0, "origin": "Italy, ca 180g"}),
         ("no-price", "Mystery item", None, None, {}),
     ]
     for sku, title, cat, price, attrs in rows:
@@ -65,6 +65,8 @@ def skus(response) -> list[str]:
         ("attr.size=42", ["tee-red", "shoe-black"]),
         ("attr.colour=Red&category=Apparel/Topwear/Tshirts", ["tee-red"]),
         ("attr.nosuchkey=1", []),
+        ("attr.origin=Italy%5C%2C%20ca%20180g", ["shoe-black"]),  # an escaped comma is part of the value
+        ("attr.origin=Italy,ca%20180g", []),  # an unescaped one means "Italy" or "ca 180g"
         ("tag=pattern:striped", ["tee-red", "shirt-red"]),  # tee-blue's tag is only suggested
         ("tag=striped", ["tee-red", "shirt-red"]),
         ("tag=pattern:striped,pattern:plain", ["shirt-red"]),

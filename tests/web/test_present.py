@@ -28,7 +28,7 @@ def test_category_facet_skips_levels_with_one_choice():
     assert chosen.values[0].label == "All of Apparel › Topwear › Shirts"
 
 
-def test_attribute_facets_leave_out_blank_comma_and_single_values():
+def test_attribute_facets_leave_out_blank_and_single_values():
     attrs = {
         "colour": [{"value": "Red", "count": 2}, {"value": "Blue", "count": 1}, {"value": "", "count": 4}],
         "origin": [{"value": "Italy, ca 180g", "count": 2}, {"value": "Spain", "count": 1}, {"value": "Peru", "count": 1}],
@@ -39,7 +39,22 @@ def test_attribute_facets_leave_out_blank_comma_and_single_values():
     colour = groups[0]
     assert [(v.label, v.selected) for v in colour.values] == [("Red", True), ("Blue", False)]
     assert colour.values[0].url == "?q=x"  # matched case-insensitively, so the link removes it
-    assert [v.label for v in groups[1].values] == ["Spain", "Peru"]
+    origin = groups[1]
+    assert [v.label for v in origin.values] == ["Italy, ca 180g", "Spain", "Peru"]
+    # the comma inside the value is escaped, so the filter reads one value, not "Italy" or "ca 180g"
+    assert origin.values[0].url == "?q=x&attr.colour=red&attr.origin=Italy%5C%2C+ca+180g"
+    chosen = present.attribute_facets(QueryDict("q=x&attr.origin=Italy%5C%2C+ca+180g"), attrs)
+    assert [(v.label, v.selected) for v in chosen[1].values][0] == ("Italy, ca 180g", True)
+    assert chosen[1].values[0].url == "?q=x"
+
+
+def test_split_values_reads_escaped_commas():
+    from catalog.filters import escape_value, split_values
+
+    assert split_values("Red, Blue,,") == ["Red", "Blue"]
+    assert split_values(r"Italy\, ca 180g,Spain") == ["Italy, ca 180g", "Spain"]
+    for value in ("Italy, ca 180g", "a\\b", "back\\", "x\\,y"):
+        assert split_values(escape_value(value)) == [value]
 
 
 def test_price_facet_links_stop_a_cent_short_of_the_bucket_edge():
