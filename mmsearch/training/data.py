@@ -201,28 +201,63 @@ def squash(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.uint8)
 
 
+class KeyedCache:
+    """An incremental on-disk cache of one array row per key: STEM.npy plus STEM.json listing the keys.
+
+    Used for decoded images and text-trunk outputs: a later run, whatever its split or data files, computes
+    only the rows of keys not seen yet (`missing`), appends them (`add`) and reads rows by key (`rows`).
+    """
+
+    def __init__(self, cache_dir: Path | None, stem: str, row_shape: tuple[int, ...], dtype):
+        self.cache_dir, self.stem = cache_dir, stem
+        self.known: dict[str, int] = {}
+        self.array = np.zeros((0, *row_shape), dtype=dtype)
+        if cache_dir is not None and (cache_dir / f"{stem}.json").is_file():
+            try:
+                names = json.loads((cache_dir / f"{stem}.json").read_text())
+                arr = np.load(cache_dir / f"{stem}.npy", mmap_mode="r")
+                if arr.shape == (len(names), *row_shape):
+                    self.known, self.array = {n: i for i, n in enumerate(names)}, arr
+            except (OSError, ValueError):
+                pass
+
+    def missing(self, keys: Iterable[str]) -> list[str]:
+        """Keys without a row, each once, in first-seen order."""
+        return list(dict.fromkeys(k for k in keys if k not in self.known))
+
+    def add(self, keys: Sequence[str], rows: np.ndarray) -> None:
+        """Append rows for new keys and rewrite the files atomically (two runs never write the same file)."""
+        for k in keys:
+            self.known[k] = len(self.known)
+        self.array = np.concatenate([np.asarray(self.array), rows])
+        if self.cache_dir is None:
+            return
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        names = [""] * len(self.known)
+        for k, i in self.known.items():
+            names[i] = k
+        tmp = f"{self.stem}.{os.getpid()}.tmp"
+        np.save(self.cache_dir / f"{tmp}.npy", self.array)
+        (self.cache_dir / f"{tmp}.json").write_text(json.dumps(names))
+        (self.cache_dir / f"{tmp}.npy").replace(self.cache_dir / f"{self.stem}.npy")
+        (self.cache_dir / f"{tmp}.json").replace(self.cache_dir / f"{self.stem}.json")
+
+    def rows(self, keys: Sequence[str]) -> np.ndarray:
+        """The rows of `keys` (all known), as a contiguous in-memory array."""
+        return np.ascontiguousarray(self.array[[self.known[k] for k in keys]])
+
+
 def image_cache(paths: Sequence[Path], size: int, cache_dir: Path | None, *, progress: bool = True) -> np.ndarray:
     """All images decoded once to a uint8 (N, size, size, 3) array.
 
-    Decoding is the slow part of a small-image epoch, so decoded images are kept in an incremental cache
-    under cache_dir (images-<size>.npy + .json listing the files): any later run, whatever its split or
-    data files, decodes only the images not seen yet.
+    Decoding is the slow part of a small-image epoch, so decoded images are kept in a KeyedCache under
+    cache_dir (images-<size>.npy + .json listing the files): later runs decode only images not seen yet.
     """
     from tqdm import tqdm
 
     keys = [str(p.resolve()) for p in paths]
-    stem = f"images-{size}"
-    known: dict[str, int] = {}
-    cached = np.zeros((0, size, size, 3), dtype=np.uint8)
-    if cache_dir is not None and (cache_dir / f"{stem}.json").is_file():
-        try:
-            names = json.loads((cache_dir / f"{stem}.json").read_text())
-            arr = np.load(cache_dir / f"{stem}.npy", mmap_mode="r")
-            if arr.shape == (len(names), size, size, 3):
-                known, cached = {n: i for i, n in enumerate(names)}, arr
-        except (OSError, ValueError):
-            pass
-    missing = list(dict.fromkeys(k for k in keys if k not in known))
+    cache = KeyedCache(cache_dir, f"images-{size}", (size, size, 3), np.uint8)
+    missing = cache.missing(keys)
     if missing:
         new = np.empty((len(missing), size, size, 3), dtype=np.uint8)
 
@@ -233,17 +268,5 @@ def image_cache(paths: Sequence[Path], size: int, cache_dir: Path | None, *, pro
         with ThreadPoolExecutor(max_workers=2) as pool:
             list(tqdm(pool.map(one, range(len(missing))), total=len(missing), desc=f"decode images {size}px",
                       disable=not progress, mininterval=1.0))
-        for k in missing:
-            known[k] = len(known)
-        cached = np.concatenate([np.asarray(cached), new])
-        if cache_dir is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            names = [""] * len(known)
-            for k, i in known.items():
-                names[i] = k
-            tmp = f"{stem}.{os.getpid()}.tmp"  # two runs sharing a cache never write the same file
-            np.save(cache_dir / f"{tmp}.npy", cached)
-            (cache_dir / f"{tmp}.json").write_text(json.dumps(names))
-            (cache_dir / f"{tmp}.npy").replace(cache_dir / f"{stem}.npy")
-            (cache_dir / f"{tmp}.json").replace(cache_dir / f"{stem}.json")
-    return np.ascontiguousarray(cached[[known[k] for k in keys]])
+        cache.add(missing, new)
+    return cache.rows(keys)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import platform
 import random
 import sys
@@ -134,18 +133,8 @@ def pooled_text_features(built: Built, texts: list[str], cache_dir: Path | None,
     tok = built.tokenizer
     text = built.net.text
     dim = text.config.hidden_size
-    stem = f"textfeat-{trunk_identity(built)}-{tok.context_length}"
-    known: dict[str, int] = {}
-    feats = np.zeros((0, dim), dtype=np.float32)
-    if cache_dir is not None and (cache_dir / f"{stem}.json").is_file():
-        try:
-            names = json.loads((cache_dir / f"{stem}.json").read_text())
-            arr = np.load(cache_dir / f"{stem}.npy")
-            if arr.shape == (len(names), dim):
-                known, feats = {t: i for i, t in enumerate(names)}, arr
-        except (OSError, ValueError):
-            pass
-    missing = sorted({t for t in texts if t not in known}, key=len)
+    cache = D.KeyedCache(cache_dir, f"textfeat-{trunk_identity(built)}-{tok.context_length}", (dim,), np.float32)
+    missing = sorted(cache.missing(texts), key=len)
     if missing:
         text.eval()
         pad = text.config.pad_token_id
@@ -160,20 +149,8 @@ def pooled_text_features(built: Built, texts: list[str], cache_dir: Path | None,
             ids, mask = ids[:, :width].to(device), mask[:, :width].long().to(device)
             hidden = text.transformer(input_ids=ids, attention_mask=mask)
             new[start:start + len(ids)] = text.pooler(hidden, mask).float().cpu().numpy()
-        for t in missing:
-            known[t] = len(known)
-        feats = np.concatenate([feats, new])
-        if cache_dir is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            names = [None] * len(known)
-            for t, i in known.items():
-                names[i] = t
-            tmp = f"{stem}.{os.getpid()}.tmp"  # two runs sharing a cache never write the same file
-            np.save(cache_dir / f"{tmp}.npy", feats)
-            (cache_dir / f"{tmp}.json").write_text(json.dumps(names))
-            (cache_dir / f"{tmp}.npy").replace(cache_dir / f"{stem}.npy")
-            (cache_dir / f"{tmp}.json").replace(cache_dir / f"{stem}.json")
-    return feats[[known[t] for t in texts]]
+        cache.add(missing, new)
+    return cache.rows(texts)
 
 
 class TextBank:
