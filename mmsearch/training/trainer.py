@@ -67,6 +67,9 @@ class TrainConfig:
     batch_by_source: bool = True
     balance_photo_products: bool = False  # a product's catalog image as often as its shopper photos
     hard_batches: float = 0.0  # share of items batched by category family (hard negatives), see epoch_batches
+    # Weight of a second, image-image contrastive loss between each shopper photo of a batch and its product's
+    # catalog image (what a photo query must land on), beside the image-text loss; 0 = off.
+    photo_pair_weight: float = 0.0
     max_steps: int | None = None  # stop early (tests, smoke runs)
     checkpoint_every_s: float = 60.0  # resumable state + model folder at most this often (and at the end)
     device: str = "auto"
@@ -88,6 +91,7 @@ class Item:
     product: int
     source: int = 0  # which --data file the product came from
     photographed: bool = False  # a shopper photo, or the catalog image of a product that has some
+    shopper_photo: bool = False
 
 
 class TrainingError(RuntimeError):
@@ -277,14 +281,15 @@ class Trainer:
         sku_index = {p.sku: i for i, p in enumerate(train)}
         photo_items = []
         for ph in photos:
-            photo_items.append(Item(len(paths), sku_index[ph.sku], source_of[ph.sku], True))
+            photo_items.append(Item(len(paths), sku_index[ph.sku], source_of[ph.sku], True, True))
             paths.append(ph.image)
+        first: dict[int, Item] = {}  # each training product's first catalog image
+        for it in self.items:
+            first.setdefault(it.product, it)
+        self.catalog_image = {p: it.image for p, it in first.items()}
         if cfg.balance_photo_products:
             # The catalog image of a product with shopper photos is what a photo query must land on: show it
             # (augmented) as often as its photos, instead of once an epoch beside thousands of photos.
-            first: dict[int, Item] = {}
-            for it in self.items:
-                first.setdefault(it.product, it)
             photo_items += [first[it.product] for it in photo_items if it.product in first]
         self.items += photo_items * max(1, cfg.photo_repeat)
         self.val_images: list[int] = []
@@ -403,6 +408,37 @@ class Trainer:
         facet = torch.tensor([self.facet_of_text.get(int(x), -1) for x in text_ids])
         has = (self.facet_matrix[p][:, :, None] == facet[None, None, :]).any(dim=1)  # (images, texts)
         return (same | has).to(self.device)
+
+    def batch_loss(self, rows: np.ndarray, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
+        """The training loss of one batch of item rows (texts drawn with rng, augmentation with gen)."""
+        cfg, net = self.cfg, self.built.net
+        products = np.array([self.items[r].product for r in rows])
+        images = np.array([self.items[r].image for r in rows])
+        text_ids = self._choose_texts(products, rng)
+        crop = torch.tensor([cfg.photo_min_crop if self.items[r].photographed else cfg.min_crop for r in rows])
+        x = augment(to_pixels(self.pixels[images], self.mean, self.std, self.device), gen, crop)
+        pairs = self.photo_pairs(rows)
+        if len(pairs):
+            # The paired catalog images ride in the same forward pass (one set of batch-norm statistics).
+            catalog = [self.catalog_image[p] for p in products[pairs]]
+            x = torch.cat([x, augment(to_pixels(self.pixels[catalog], self.mean, self.std, self.device), gen,
+                                      cfg.photo_min_crop)])
+        with self._autocast():
+            img_emb = net.encode_image(x)
+            txt_emb = self.encode_texts(text_ids)
+            n = len(rows)
+            loss = clip_loss(img_emb[:n], txt_emb, net.logit_scale, self.not_negative(products, text_ids))
+            if len(pairs):
+                same = torch.from_numpy(products[pairs][:, None] == products[pairs][None, :]).to(self.device)
+                loss = loss + cfg.photo_pair_weight * clip_loss(img_emb[pairs], img_emb[n:], net.logit_scale, same)
+        return loss
+
+    def photo_pairs(self, rows: np.ndarray) -> np.ndarray:
+        """Positions in the batch of the shopper photos to pair with their product's catalog image (when on)."""
+        if self.cfg.photo_pair_weight <= 0:
+            return np.empty(0, dtype=np.int64)
+        return np.array([j for j, r in enumerate(rows) if self.items[r].shopper_photo
+                         and self.items[r].product in self.catalog_image], dtype=np.int64)
 
     def encode_texts(self, text_ids: np.ndarray | list[int]) -> torch.Tensor:
         net = self.built.net
@@ -548,17 +584,9 @@ class Trainer:
                     stop = True
                     break
                 rows = batches[b]
-                products = np.array([self.items[r].product for r in rows])
-                images = np.array([self.items[r].image for r in rows])
-                text_ids = self._choose_texts(products, rng)
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, total, cfg.lr, warmup)
-                crop = torch.tensor([cfg.photo_min_crop if self.items[r].photographed else cfg.min_crop for r in rows])
-                x = augment(to_pixels(self.pixels[images], self.mean, self.std, self.device), gen, crop)
-                with self._autocast():
-                    img_emb = net.encode_image(x)
-                    txt_emb = self.encode_texts(text_ids)
-                    loss = clip_loss(img_emb, txt_emb, net.logit_scale, self.not_negative(products, text_ids))
+                loss = self.batch_loss(rows, rng, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -170,3 +170,41 @@ def test_hard_batches_hold_one_category_family_and_photo_products_are_balanced(s
         assert all(len(family(b)) == 1 for b in batches)  # 9 caps, 3 shirts, 3 shoes: one family each
     mixed = [b for s in range(3) for b in plain.epoch_batches(torch.Generator().manual_seed(s), 3)]
     assert any(len({plain.train_products[plain.items[r].product].category for r in b}) > 1 for b in mixed)
+
+
+def test_photo_pair_loss_adds_a_photo_to_catalog_image_term(shop, tmp_path):
+    from mmsearch.training.trainer import TrainConfig, Trainer, augment, clip_loss
+
+    products, photos = shop
+
+    def prepared(weight):
+        cfg = TrainConfig(data=[str(products)], photos=[str(photos)], out=str(tmp_path / "o"), arch="rn-tiny-32",
+                          batch_size=4, holdout=0.0, cache_dir=str(tmp_path / "cache"), photo_pair_weight=weight)
+        t = Trainer(cfg, log=lambda m: None, progress=False)
+        t.prepare()
+        t.mean = torch.tensor(t.built.preprocess_cfg["mean"]).view(1, 3, 1, 1)
+        t.std = torch.tensor(t.built.preprocess_cfg["std"]).view(1, 3, 1, 1)
+        return t
+
+    on, off = prepared(0.5), prepared(0.0)
+    off.built.net.load_state_dict(on.built.net.state_dict())
+    rows = np.arange(len(on.items))  # 9 catalog images, then the 3 shopper photos (of the caps)
+    assert list(on.photo_pairs(rows)) == [9, 10, 11] and len(off.photo_pairs(rows)) == 0
+    caps = [on.catalog_image[on.items[r].product] for r in (9, 10, 11)]
+    assert [on.train_products[on.items[i].product].sku for i in caps] == ["red-cap", "green-cap", "blue-cap"]
+
+    def loss(t):
+        t.built.net.eval()  # batch norm from running statistics: the extra catalog images change nothing else
+        with torch.no_grad():
+            return t.batch_loss(rows, np.random.default_rng(1), torch.Generator().manual_seed(2))
+
+    # By hand: the same augmentation draws (batch first, then the paired catalog images), InfoNCE photo<->image.
+    gen = torch.Generator().manual_seed(2)
+    crop = torch.tensor([on.cfg.photo_min_crop if on.items[r].photographed else on.cfg.min_crop for r in rows])
+    x = augment(to_pixels(on.pixels[[on.items[r].image for r in rows]], on.mean, on.std, "cpu"), gen, crop)
+    xc = augment(to_pixels(on.pixels[caps], on.mean, on.std, "cpu"), gen, on.cfg.photo_min_crop)
+    net = on.built.net.eval()
+    with torch.no_grad():
+        expected = clip_loss(net.encode_image(x)[9:], net.encode_image(xc), net.logit_scale)
+    assert expected > 0.5  # three different products: a real term, not ~0
+    assert float(loss(on) - loss(off)) == pytest.approx(0.5 * float(expected), rel=1e-4)

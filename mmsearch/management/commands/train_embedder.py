@@ -42,6 +42,8 @@ class Command(BaseCommand):
                             help="show a product's catalog image as often as its shopper photos")
         parser.add_argument("--hard-batches", type=float,
                             help="share of items batched by category family (hard negatives), 0..1")
+        parser.add_argument("--photo-pair-weight", type=float,
+                            help="weight of an extra photo <-> catalog-image contrastive loss (0 = off)")
         parser.add_argument("--min-crop", type=float,
                             help="smallest area a random crop keeps of a catalog image (default 1: no zoom)")
         parser.add_argument("--photo-min-crop", type=float,
@@ -72,7 +74,8 @@ class Command(BaseCommand):
             torch.set_num_threads(o["threads"])
         preset = dict(PRESETS[o["preset"]])
         for key in ("arch", "epochs", "batch_size", "lr", "holdout", "photo_repeat", "batch_by_source",
-                    "balance_photo_products", "hard_batches", "min_crop", "photo_min_crop", "init_temperature"):
+                    "balance_photo_products", "hard_batches", "photo_pair_weight", "min_crop", "photo_min_crop",
+                    "init_temperature"):
             if o.get(key) is not None:
                 preset[key] = o[key]
         cache = o["cache_dir"] or Path(settings.BASE_DIR) / "models" / "cache"
@@ -88,6 +91,8 @@ class Command(BaseCommand):
             raise CommandError("--hard-batches must be in [0, 1]")
         if not (0 < cfg.min_crop <= 1 and 0 < cfg.photo_min_crop <= 1):
             raise CommandError("--min-crop and --photo-min-crop must be in (0, 1]")
+        if cfg.photo_pair_weight < 0:
+            raise CommandError("--photo-pair-weight must be >= 0")
         if not cfg.init_temperature > 0:
             raise CommandError("--init-temperature must be positive")
         try:
