@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from mmsearch.training import data as D
 from mmsearch.training import metrics as M
+from mmsearch.training.evaluation import zero_shot_tasks
 from mmsearch.training.model import ARCHS, Built, build_from_init, build_new, save_model
 
 STATE_NAME = "train_state.pt"
@@ -70,6 +71,9 @@ class TrainConfig:
     # Weight of a second, image-image contrastive loss between each shopper photo of a batch and its product's
     # catalog image (what a photo query must land on), beside the image-text loss; 0 = off.
     photo_pair_weight: float = 0.0
+    # Weight of a facet-vocabulary loss: each image against the prompts for every value of each attribute and
+    # category level (the zero-shot task, learned on the training products), beside the image-text loss; 0 = off.
+    facet_weight: float = 0.0
     max_steps: int | None = None  # stop early (tests, smoke runs)
     checkpoint_every_s: float = 60.0  # resumable state + model folder at most this often (and at the end)
     device: str = "auto"
@@ -326,6 +330,15 @@ class Trainer:
             values = sorted({str(p.attributes[key]) for p in val if p.attributes.get(key) not in (None, "")})
             if len(values) > 1:
                 self.val_attrs[key] = values
+        # Facet vocabularies: per zero-shot task (evaluation.zero_shot_tasks) the prompt text ids of every value
+        # (values x templates) and each training product's value (-1: none).
+        self.facet_tasks: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if cfg.facet_weight > 0:
+            for key, labels in zero_shot_tasks(train).values():
+                values = sorted({v for v in labels if v is not None})
+                index = {v: i for i, v in enumerate(values)}
+                ids = torch.tensor([[bank.add(t) for t in D.facet_texts(key, v)] for v in values])
+                self.facet_tasks.append((ids, torch.tensor([index.get(v, -1) for v in labels])))
         for q in self.val_queries:
             bank.add(q)
         for key, values in self.val_attrs.items():
@@ -430,7 +443,31 @@ class Trainer:
             if len(pairs):
                 same = torch.from_numpy(products[pairs][:, None] == products[pairs][None, :]).to(self.device)
                 loss = loss + cfg.photo_pair_weight * clip_loss(img_emb[pairs], img_emb[n:], net.logit_scale, same)
+            if self.facet_tasks:
+                loss = loss + cfg.facet_weight * self.facet_loss(img_emb[:n], products)
         return loss
+
+    def facet_loss(self, img_emb: torch.Tensor, products: np.ndarray) -> torch.Tensor:
+        """Mean over facet tasks of the cross-entropy of each image against the prompts for every value.
+
+        The in-batch loss only contrasts the facets that happen to share a batch, so rare values (Copper,
+        Mauve) are seldom negatives and absorb the frequent ones in zero-shot classification; here every value
+        is a negative for every image, as in the zero-shot task. A value's prompt is the mean of its wordings.
+        """
+        img = F.normalize(img_emb.float(), dim=-1)
+        scale = self.built.net.logit_scale.exp()
+        # All tasks' prompts in one text pass (one call is cheaper than one per task).
+        every = F.normalize(self.encode_texts(torch.cat([ids.flatten() for ids, _ in self.facet_tasks])).float(),
+                            dim=-1).split([ids.numel() for ids, _ in self.facet_tasks])
+        losses = []
+        for (ids, labels), enc in zip(self.facet_tasks, every):
+            y = labels[torch.from_numpy(products)].to(self.device)
+            has = y >= 0
+            if not bool(has.any()):
+                continue
+            prompts = F.normalize(enc.view(*ids.shape, -1).mean(1), dim=-1)
+            losses.append(F.cross_entropy(scale * img[has] @ prompts.t(), y[has]))
+        return torch.stack(losses).mean() if losses else img.sum() * 0
 
     def photo_pairs(self, rows: np.ndarray) -> np.ndarray:
         """Positions in the batch of the shopper photos to pair with their product's catalog image (when on)."""

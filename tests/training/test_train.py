@@ -127,7 +127,8 @@ def test_train_errors_are_one_line(shop, tmp_path):
         train(products, photos, tmp_path / "o", tmp_path / "cache", "--arch", "resnet-9000")
     for flag, value, message in (("--hard-batches", "1.5", "hard-batches must be in"),
                                  ("--photo-min-crop", "0", "photo-min-crop must be in"),
-                                 ("--init-temperature", "-1", "init-temperature must be positive")):
+                                 ("--init-temperature", "-1", "init-temperature must be positive"),
+                                 ("--facet-weight", "-0.5", "facet-weight must be >= 0")):
         with pytest.raises(CommandError, match=message):
             train(products, photos, tmp_path / "o", tmp_path / "cache", flag, value)
     assert not (tmp_path / "o").exists()
@@ -208,3 +209,58 @@ def test_photo_pair_loss_adds_a_photo_to_catalog_image_term(shop, tmp_path):
         expected = clip_loss(net.encode_image(x)[9:], net.encode_image(xc), net.logit_scale)
     assert expected > 0.5  # three different products: a real term, not ~0
     assert float(loss(on) - loss(off)) == pytest.approx(0.5 * float(expected), rel=1e-4)
+
+
+def test_facet_loss_contrasts_each_image_with_every_value_of_each_attribute(shop, tmp_path):
+    import torch.nn.functional as F
+
+    from mmsearch.training.trainer import TrainConfig, Trainer, augment
+
+    products, photos = shop
+
+    def prepared(weight):
+        cfg = TrainConfig(data=[str(products)], photos=[str(photos)], out=str(tmp_path / "o"), arch="rn-tiny-32",
+                          batch_size=4, holdout=0.0, cache_dir=str(tmp_path / "cache"), facet_weight=weight)
+        t = Trainer(cfg, log=lambda m: None, progress=False)
+        t.prepare()
+        t.mean = torch.tensor(t.built.preprocess_cfg["mean"]).view(1, 3, 1, 1)
+        t.std = torch.tensor(t.built.preprocess_cfg["std"]).view(1, 3, 1, 1)
+        return t
+
+    on, off = prepared(0.5), prepared(0.0)
+    off.built.net.load_state_dict(on.built.net.state_dict())
+    assert off.facet_tasks == [] and on.bank.texts == off.bank.texts  # same texts, so the same draws below
+    # Tasks as zero-shot evaluation has them: article_type, colour, category level 2 (3 values each); year and
+    # category level 1 have a single value and are no task.
+    assert [tuple(ids.shape) for ids, _ in on.facet_tasks] == [(3, len(D.FACET_TEMPLATES))] * 3
+    rows = np.arange(len(on.items))  # 9 catalog images, then the 3 shopper photos of the caps
+    net = on.built.net.eval()
+    gen = torch.Generator().manual_seed(2)
+    crop = torch.tensor([on.cfg.photo_min_crop if on.items[r].photographed else on.cfg.min_crop for r in rows])
+    x = augment(to_pixels(on.pixels[[on.items[r].image for r in rows]], on.mean, on.std, "cpu"), gen, crop)
+    prods = [on.train_products[on.items[r].product] for r in rows]
+
+    # By hand, through the whole text tower (tokenizer + MiniLM), not the cached pooled features.
+    with torch.no_grad():
+        img = F.normalize(net.encode_image(x), dim=-1)
+        expected = []
+        for key, values, label in (("article_type", ["Cap", "Shirt", "Shoe"], lambda p: p.attributes["article_type"]),
+                                   ("colour", ["Blue", "Green", "Red"], lambda p: p.attributes["colour"]),
+                                   ("category", ["Caps", "Shirts", "Shoes"], lambda p: p.category.split("/")[1])):
+            prompts = []
+            for v in values:
+                e = F.normalize(net.encode_text(on.built.tokenizer(D.facet_texts(key, v))), dim=-1)
+                prompts.append(F.normalize(e.mean(0), dim=-1))
+            logits = net.logit_scale.exp() * img @ torch.stack(prompts).t()
+            expected.append(F.cross_entropy(logits, torch.tensor([values.index(label(p)) for p in prods])))
+        expected = float(torch.stack(expected).mean())
+        got = float(on.facet_loss(net.encode_image(x), np.array([on.items[r].product for r in rows])))
+    assert got == pytest.approx(expected, rel=1e-4)
+    assert expected > 0.5  # an untrained model: a real term, not ~0
+
+    def loss(t):
+        t.built.net.eval()
+        with torch.no_grad():
+            return t.batch_loss(rows, np.random.default_rng(1), torch.Generator().manual_seed(2))
+
+    assert float(loss(on) - loss(off)) == pytest.approx(0.5 * expected, rel=1e-4)

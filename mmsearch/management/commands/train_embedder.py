@@ -12,9 +12,9 @@ from django.core.management.base import BaseCommand, CommandError
 # Presets fill in what the flags leave unset. "default" is the recipe `make train` uses (see README,
 # "Training and evaluation"); "demo" trains in a few minutes on the bundled 81-product grocery catalog.
 PRESETS: dict[str, dict] = {
-    "default": {"arch": "lcnet050-64", "epochs": 20, "batch_size": 128, "lr": 5e-3, "text_mix": (0.35, 0.35, 0.3),
+    "default": {"arch": "lcnet050-64", "epochs": 18, "batch_size": 128, "lr": 5e-3, "text_mix": (0.5, 0.5, 0.0),
                 "init_temperature": 0.1, "photo_repeat": 3, "balance_photo_products": True, "batch_by_source": False,
-                "photo_pair_weight": 0.25},
+                "photo_pair_weight": 0.25, "facet_weight": 1.0},
     "demo": {"arch": "lcnet050-64", "epochs": 150, "batch_size": 64, "lr": 2e-3, "holdout": 0.0,
              "text_mix": (0.4, 0.3, 0.3)},
     "tiny": {"arch": "rn-tiny-32", "epochs": 1, "batch_size": 8, "lr": 1e-3},
@@ -45,6 +45,9 @@ class Command(BaseCommand):
                             help="share of items batched by category family (hard negatives), 0..1")
         parser.add_argument("--photo-pair-weight", type=float,
                             help="weight of an extra photo <-> catalog-image contrastive loss (0 = off)")
+        parser.add_argument("--facet-weight", type=float,
+                            help="weight of an extra loss of each image against the prompts for every value of "
+                                 "each attribute and category level (0 = off)")
         parser.add_argument("--min-crop", type=float,
                             help="smallest area a random crop keeps of a catalog image (default 1: no zoom)")
         parser.add_argument("--photo-min-crop", type=float,
@@ -75,7 +78,7 @@ class Command(BaseCommand):
             torch.set_num_threads(o["threads"])
         preset = dict(PRESETS[o["preset"]])
         for key in ("arch", "epochs", "batch_size", "lr", "holdout", "photo_repeat", "batch_by_source",
-                    "balance_photo_products", "hard_batches", "photo_pair_weight", "min_crop", "photo_min_crop",
+                    "balance_photo_products", "hard_batches", "photo_pair_weight", "facet_weight", "min_crop", "photo_min_crop",
                     "init_temperature"):
             if o.get(key) is not None:
                 preset[key] = o[key]
@@ -94,6 +97,8 @@ class Command(BaseCommand):
             raise CommandError("--min-crop and --photo-min-crop must be in (0, 1]")
         if cfg.photo_pair_weight < 0:
             raise CommandError("--photo-pair-weight must be >= 0")
+        if cfg.facet_weight < 0:
+            raise CommandError("--facet-weight must be >= 0")
         if not cfg.init_temperature > 0:
             raise CommandError("--init-temperature must be positive")
         try:
