@@ -2,7 +2,9 @@
 
 - Loss: symmetric InfoNCE over the batch with open_clip's learnable logit_scale (temperature). Pairs that
   are not real negatives are masked out of the softmax: products sharing a title (case-insensitive), and a
-  facet text such as "colour: Red" against every product that has that facet.
+  facet text such as "colour: Red" against every product that has that facet. Optional extra terms: shopper
+  photo <-> its product's catalog image (photo_pair_weight), and each image against the prompts for every
+  value of each attribute and category level (facet_weight).
 - Texts: each step a product is paired with one of its texts, drawn at random: the full product text
   (mmsearch.text.product_text), its title alone (the query form), or one facet text. With a locked
   (LiT) text trunk the pooled outputs of every distinct text are computed once and cached.
@@ -219,6 +221,13 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
         mask.fill_diagonal_(False)
         logits = logits.masked_fill(mask, float("-inf"))
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def value_prompts(wordings: torch.Tensor, values: int) -> torch.Tensor:
+    """One unit vector per value from its wordings' embeddings (values x templates rows, value-major): the mean
+    of the unit-length wordings, as evaluation.prompt_embeddings builds the zero-shot prompts."""
+    unit = F.normalize(wordings.float(), dim=-1)
+    return F.normalize(unit.view(values, -1, unit.shape[-1]).mean(1), dim=-1)
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -457,15 +466,15 @@ class Trainer:
         img = F.normalize(img_emb.float(), dim=-1)
         scale = self.built.net.logit_scale.exp()
         # All tasks' prompts in one text pass (one call is cheaper than one per task).
-        every = F.normalize(self.encode_texts(torch.cat([ids.flatten() for ids, _ in self.facet_tasks])).float(),
-                            dim=-1).split([ids.numel() for ids, _ in self.facet_tasks])
+        every = self.encode_texts(torch.cat([ids.flatten() for ids, _ in self.facet_tasks])).split(
+            [ids.numel() for ids, _ in self.facet_tasks])
         losses = []
         for (ids, labels), enc in zip(self.facet_tasks, every):
             y = labels[torch.from_numpy(products)].to(self.device)
             has = y >= 0
             if not bool(has.any()):
                 continue
-            prompts = F.normalize(enc.view(*ids.shape, -1).mean(1), dim=-1)
+            prompts = value_prompts(enc, len(ids))
             losses.append(F.cross_entropy(scale * img[has] @ prompts.t(), y[has]))
         return torch.stack(losses).mean() if losses else img.sum() * 0
 
@@ -508,8 +517,7 @@ class Trainer:
         res = {"recall@1": out["recall@1"], "recall@10": out["recall@10"], "mrr": out["mrr"]}
         for key, values in self.val_attrs.items():
             ids = [self.bank.ids[t] for v in values for t in D.facet_texts(key, v)]
-            prompts = F.normalize(self.encode_texts(ids).float(), dim=-1).view(len(values), -1, img.shape[1])
-            prompts = F.normalize(prompts.mean(1), dim=-1).cpu().numpy()
+            prompts = value_prompts(self.encode_texts(ids), len(values)).cpu().numpy()
             idx = {v: i for i, v in enumerate(values)}
             sel = [i for i, p in enumerate(self.val_products) if str(p.attributes.get(key, "")) in idx]
             labels = np.array([idx[str(self.val_products[i].attributes[key])] for i in sel])
