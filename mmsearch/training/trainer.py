@@ -76,6 +76,7 @@ class TrainConfig:
     # Weight of a facet-vocabulary loss: each image against the prompts for every value of each attribute and
     # category level (the zero-shot task, learned on the training products), beside the image-text loss; 0 = off.
     facet_weight: float = 0.0
+    facet_photos: bool = True  # the facet loss on shopper photos too (off: catalog images only)
     max_steps: int | None = None  # stop early (tests, smoke runs)
     checkpoint_every_s: float = 60.0  # resumable state + model folder at most this often (and at the end)
     device: str = "auto"
@@ -453,7 +454,10 @@ class Trainer:
                 same = torch.from_numpy(products[pairs][:, None] == products[pairs][None, :]).to(self.device)
                 loss = loss + cfg.photo_pair_weight * clip_loss(img_emb[pairs], img_emb[n:], net.logit_scale, same)
             if self.facet_tasks:
-                loss = loss + cfg.facet_weight * self.facet_loss(img_emb[:n], products)
+                # Off for shopper photos, the facet loss stops pulling all photos of a category together, which
+                # hurts telling their products apart (see README, grocery-only runs).
+                keep = np.array([cfg.facet_photos or not self.items[r].shopper_photo for r in rows])
+                loss = loss + cfg.facet_weight * self.facet_loss(img_emb[:n][torch.from_numpy(keep)], products[keep])
         return loss
 
     def facet_loss(self, img_emb: torch.Tensor, products: np.ndarray) -> torch.Tensor:

@@ -218,9 +218,10 @@ def test_facet_loss_contrasts_each_image_with_every_value_of_each_attribute(shop
 
     products, photos = shop
 
-    def prepared(weight):
+    def prepared(weight, on_photos=True):
         cfg = TrainConfig(data=[str(products)], photos=[str(photos)], out=str(tmp_path / "o"), arch="rn-tiny-32",
-                          batch_size=4, holdout=0.0, cache_dir=str(tmp_path / "cache"), facet_weight=weight)
+                          batch_size=4, holdout=0.0, cache_dir=str(tmp_path / "cache"), facet_weight=weight,
+                          facet_photos=on_photos)
         t = Trainer(cfg, log=lambda m: None, progress=False)
         t.prepare()
         t.mean = torch.tensor(t.built.preprocess_cfg["mean"]).view(1, 3, 1, 1)
@@ -241,8 +242,8 @@ def test_facet_loss_contrasts_each_image_with_every_value_of_each_attribute(shop
     prods = [on.train_products[on.items[r].product] for r in rows]
 
     # By hand, through the whole text tower (tokenizer + MiniLM), not the cached pooled features.
-    with torch.no_grad():
-        img = F.normalize(net.encode_image(x), dim=-1)
+    def by_hand(img, prods):
+        img = F.normalize(img, dim=-1)
         expected = []
         for key, values, label in (("article_type", ["Cap", "Shirt", "Shoe"], lambda p: p.attributes["article_type"]),
                                    ("colour", ["Blue", "Green", "Red"], lambda p: p.attributes["colour"]),
@@ -253,7 +254,11 @@ def test_facet_loss_contrasts_each_image_with_every_value_of_each_attribute(shop
                 prompts.append(F.normalize(e.mean(0), dim=-1))
             logits = net.logit_scale.exp() * img @ torch.stack(prompts).t()
             expected.append(F.cross_entropy(logits, torch.tensor([values.index(label(p)) for p in prods])))
-        expected = float(torch.stack(expected).mean())
+        return float(torch.stack(expected).mean())
+
+    with torch.no_grad():
+        expected = by_hand(net.encode_image(x), prods)
+        catalog_only = by_hand(net.encode_image(x)[:9], prods[:9])
         got = float(on.facet_loss(net.encode_image(x), np.array([on.items[r].product for r in rows])))
     assert got == pytest.approx(expected, rel=1e-4)
     assert expected > 0.5  # an untrained model: a real term, not ~0
@@ -264,3 +269,8 @@ def test_facet_loss_contrasts_each_image_with_every_value_of_each_attribute(shop
             return t.batch_loss(rows, np.random.default_rng(1), torch.Generator().manual_seed(2))
 
     assert float(loss(on) - loss(off)) == pytest.approx(0.5 * expected, rel=1e-4)
+    # --no-facet-photos: the term over the 9 catalog images only.
+    no_photos = prepared(0.5, on_photos=False)
+    no_photos.built.net.load_state_dict(on.built.net.state_dict())
+    assert catalog_only != pytest.approx(expected, rel=1e-3)
+    assert float(loss(no_photos) - loss(off)) == pytest.approx(0.5 * catalog_only, rel=1e-4)

@@ -48,6 +48,8 @@ class Command(BaseCommand):
         parser.add_argument("--facet-weight", type=float,
                             help="weight of an extra loss of each image against the prompts for every value of "
                                  "each attribute and category level (0 = off)")
+        parser.add_argument("--facet-photos", action=argparse.BooleanOptionalAction, default=None,
+                            help="apply the facet loss to shopper photos too (default) or to catalog images only")
         parser.add_argument("--min-crop", type=float,
                             help="smallest area a random crop keeps of a catalog image (default 1: no zoom)")
         parser.add_argument("--photo-min-crop", type=float,
@@ -78,8 +80,8 @@ class Command(BaseCommand):
             torch.set_num_threads(o["threads"])
         preset = dict(PRESETS[o["preset"]])
         for key in ("arch", "epochs", "batch_size", "lr", "holdout", "photo_repeat", "batch_by_source",
-                    "balance_photo_products", "hard_batches", "photo_pair_weight", "facet_weight", "min_crop", "photo_min_crop",
-                    "init_temperature"):
+                    "balance_photo_products", "hard_batches", "photo_pair_weight", "facet_weight", "facet_photos",
+                    "min_crop", "photo_min_crop", "init_temperature"):
             if o.get(key) is not None:
                 preset[key] = o[key]
         cache = o["cache_dir"] or Path(settings.BASE_DIR) / "models" / "cache"
