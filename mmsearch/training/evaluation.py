@@ -58,11 +58,22 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def value_prompts(wordings, values: int):
+    """One unit vector per value from its wordings' embeddings (a torch tensor, values x templates rows,
+    value-major): the mean of the unit-length wordings. Zero-shot evaluation and training's facet loss share it."""
+    import torch.nn.functional as F
+
+    unit = F.normalize(wordings.float(), dim=-1)
+    return F.normalize(unit.view(values, -1, unit.shape[-1]).mean(1), dim=-1)
+
+
 def prompt_embeddings(embedder, key: str, values: Sequence[str]) -> np.ndarray:
     """One unit vector per value: the mean of its FACET_TEMPLATES embeddings."""
+    import torch
+
     texts = [t for v in values for t in D.facet_texts(key, v)]
-    emb = _unit(np.asarray(embedder.embed_texts(texts), dtype=np.float32))
-    return _unit(emb.reshape(len(values), len(D.FACET_TEMPLATES), -1).mean(axis=1))
+    emb = torch.from_numpy(np.asarray(embedder.embed_texts(texts), dtype=np.float32))
+    return value_prompts(emb, len(values)).numpy()
 
 
 def zero_shot_tasks(products: Sequence[D.Product]) -> dict[str, tuple[str, list[str | None]]]:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from mmsearch.training import data as D
 from mmsearch.training import metrics as M
-from mmsearch.training.evaluation import zero_shot_tasks
+from mmsearch.training.evaluation import value_prompts, zero_shot_tasks
 from mmsearch.training.model import ARCHS, Built, build_from_init, build_new, save_model
 
 STATE_NAME = "train_state.pt"
@@ -222,13 +222,6 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
         mask.fill_diagonal_(False)
         logits = logits.masked_fill(mask, float("-inf"))
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-
-
-def value_prompts(wordings: torch.Tensor, values: int) -> torch.Tensor:
-    """One unit vector per value from its wordings' embeddings (values x templates rows, value-major): the mean
-    of the unit-length wordings, as evaluation.prompt_embeddings builds the zero-shot prompts."""
-    unit = F.normalize(wordings.float(), dim=-1)
-    return F.normalize(unit.view(values, -1, unit.shape[-1]).mean(1), dim=-1)
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:

@@ -50,6 +50,20 @@ def train(products, photos, out, cache, *extra):
                  "--checkpoint-every", "0", "--no-progress", *extra)
 
 
+def prepared_trainer(shop, tmp_path, **options):
+    """A prepared Trainer on the shop fixture (tiny model, batches of 4, nothing held out), ready for batch_loss."""
+    from mmsearch.training.trainer import TrainConfig, Trainer
+
+    products, photos = shop
+    cfg = TrainConfig(data=[str(products)], photos=[str(photos)], out=str(tmp_path / "o"), arch="rn-tiny-32",
+                      batch_size=4, holdout=0.0, cache_dir=str(tmp_path / "cache"), **options)
+    t = Trainer(cfg, log=lambda m: None, progress=False)
+    t.prepare()
+    t.mean = torch.tensor(t.built.preprocess_cfg["mean"]).view(1, 3, 1, 1)
+    t.std = torch.tensor(t.built.preprocess_cfg["std"]).view(1, 3, 1, 1)
+    return t
+
+
 def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -174,18 +188,10 @@ def test_hard_batches_hold_one_category_family_and_photo_products_are_balanced(s
 
 
 def test_photo_pair_loss_adds_a_photo_to_catalog_image_term(shop, tmp_path):
-    from mmsearch.training.trainer import TrainConfig, Trainer, augment, clip_loss
-
-    products, photos = shop
+    from mmsearch.training.trainer import augment, clip_loss
 
     def prepared(weight):
-        cfg = TrainConfig(data=[str(products)], photos=[str(photos)], out=str(tmp_path / "o"), arch="rn-tiny-32",
-                          batch_size=4, holdout=0.0, cache_dir=str(tmp_path / "cache"), photo_pair_weight=weight)
-        t = Trainer(cfg, log=lambda m: None, progress=False)
-        t.prepare()
-        t.mean = torch.tensor(t.built.preprocess_cfg["mean"]).view(1, 3, 1, 1)
-        t.std = torch.tensor(t.built.preprocess_cfg["std"]).view(1, 3, 1, 1)
-        return t
+        return prepared_trainer(shop, tmp_path, photo_pair_weight=weight)
 
     on, off = prepared(0.5), prepared(0.0)
     off.built.net.load_state_dict(on.built.net.state_dict())
@@ -214,19 +220,10 @@ def test_photo_pair_loss_adds_a_photo_to_catalog_image_term(shop, tmp_path):
 def test_facet_loss_contrasts_each_image_with_every_value_of_each_attribute(shop, tmp_path):
     import torch.nn.functional as F
 
-    from mmsearch.training.trainer import TrainConfig, Trainer, augment
-
-    products, photos = shop
+    from mmsearch.training.trainer import augment
 
     def prepared(weight, on_photos=True):
-        cfg = TrainConfig(data=[str(products)], photos=[str(photos)], out=str(tmp_path / "o"), arch="rn-tiny-32",
-                          batch_size=4, holdout=0.0, cache_dir=str(tmp_path / "cache"), facet_weight=weight,
-                          facet_photos=on_photos)
-        t = Trainer(cfg, log=lambda m: None, progress=False)
-        t.prepare()
-        t.mean = torch.tensor(t.built.preprocess_cfg["mean"]).view(1, 3, 1, 1)
-        t.std = torch.tensor(t.built.preprocess_cfg["std"]).view(1, 3, 1, 1)
-        return t
+        return prepared_trainer(shop, tmp_path, facet_weight=weight, facet_photos=on_photos)
 
     on, off = prepared(0.5), prepared(0.0)
     off.built.net.load_state_dict(on.built.net.state_dict())
