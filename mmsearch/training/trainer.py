@@ -67,7 +67,6 @@ class TrainConfig:
     # Brightness, contrast and saturation jitter of shopper photos (each factor drawn from 1 +- this; 0 = off).
     # Store lighting varies from photo to photo; hue is left alone, as colour tells products apart.
     photo_jitter: float = 0.0
-    photo_rotation: float = 0.0  # shopper photos turned by up to this many degrees either way (hand-held shots)
     init_temperature: float = 0.07  # softmax temperature at the start (learned from there; CLIP's 0.07)
     # Batches drawn from one data file at a time, so e.g. grocery photos meet grocery negatives (hard ones)
     # rather than fashion images they are trivially told apart from.
@@ -184,10 +183,8 @@ class TextBank:
 
 
 # --- augmentation ----------------------------------------------------------------------------------------------
-def augment(batch: torch.Tensor, gen: torch.Generator, min_scale: float | torch.Tensor = 0.6,
-            max_degrees: float | torch.Tensor = 0.0) -> torch.Tensor:
-    """Random resized crop (area min_scale..1, per image when a tensor; aspect 3/4..4/3), horizontal flip and,
-    where max_degrees > 0 (per image when a tensor), a rotation by up to that many degrees either way."""
+def augment(batch: torch.Tensor, gen: torch.Generator, min_scale: float | torch.Tensor = 0.6) -> torch.Tensor:
+    """Random resized crop (area min_scale..1, per image when a tensor; aspect 3/4..4/3) and horizontal flip."""
     n = batch.shape[0]
     area = min_scale + (1 - min_scale) * torch.rand(n, generator=gen)
     log_r = (torch.rand(n, generator=gen) * 2 - 1) * math.log(4 / 3)
@@ -197,16 +194,10 @@ def augment(batch: torch.Tensor, gen: torch.Generator, min_scale: float | torch.
     tx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sx)
     ty = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sy)
     flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
-    cos, sin = torch.ones(n), torch.zeros(n)
-    if bool((torch.as_tensor(max_degrees) > 0).any()):  # no extra draws otherwise: earlier runs stay identical
-        angle = (torch.rand(n, generator=gen) * 2 - 1) * torch.as_tensor(max_degrees) * math.pi / 180
-        cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = sx * flip * cos
-    theta[:, 0, 1] = -sy * sin
+    theta[:, 0, 0] = sx * flip
     theta[:, 0, 2] = tx
-    theta[:, 1, 0] = sx * flip * sin
-    theta[:, 1, 1] = sy * cos
+    theta[:, 1, 1] = sy
     theta[:, 1, 2] = ty
     grid = F.affine_grid(theta.to(batch.device), list(batch.shape), align_corners=False)
     return F.grid_sample(batch, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
@@ -460,9 +451,8 @@ class Trainer:
         images = np.array([self.items[r].image for r in rows])
         text_ids = self._choose_texts(products, rng)
         crop = torch.tensor([cfg.photo_min_crop if self.items[r].photographed else cfg.min_crop for r in rows])
-        shopper = torch.tensor([self.items[r].shopper_photo for r in rows], dtype=torch.float32)
-        x = to_pixels(self.pixels[images], self.mean, self.std, self.device, gen, shopper * cfg.photo_jitter)
-        x = augment(x, gen, crop, shopper * cfg.photo_rotation)
+        strength = torch.tensor([cfg.photo_jitter if self.items[r].shopper_photo else 0.0 for r in rows])
+        x = augment(to_pixels(self.pixels[images], self.mean, self.std, self.device, gen, strength), gen, crop)
         pairs = self.photo_pairs(rows)
         if len(pairs):
             # The paired catalog images ride in the same forward pass (one set of batch-norm statistics).

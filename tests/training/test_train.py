@@ -143,8 +143,7 @@ def test_train_errors_are_one_line(shop, tmp_path):
                                  ("--photo-min-crop", "0", "photo-min-crop must be in"),
                                  ("--init-temperature", "-1", "init-temperature must be positive"),
                                  ("--facet-weight", "-0.5", "facet-weight must be >= 0"),
-                                 ("--photo-jitter", "1", "photo-jitter must be in"),
-                                 ("--photo-rotation", "-5", "photo-rotation must be in")):
+                                 ("--photo-jitter", "1", "photo-jitter must be in")):
         with pytest.raises(CommandError, match=message):
             train(products, photos, tmp_path / "o", tmp_path / "cache", flag, value)
     assert not (tmp_path / "o").exists()
@@ -219,8 +218,8 @@ def test_photo_pair_loss_adds_a_photo_to_catalog_image_term(shop, tmp_path):
     assert float(loss(on) - loss(off)) == pytest.approx(0.5 * float(expected), rel=1e-4)
 
 
-def test_photo_jitter_and_rotation_change_shopper_photos_only(shop, tmp_path):
-    from mmsearch.training.trainer import augment, jitter
+def test_photo_jitter_changes_brightness_contrast_saturation_of_shopper_photos_only(shop, tmp_path):
+    from mmsearch.training.trainer import jitter
 
     t = prepared_trainer(shop, tmp_path, photo_jitter=0.4)
     rows = np.arange(len(t.items))  # 9 catalog images, then the 3 shopper photos
@@ -239,20 +238,6 @@ def test_photo_jitter_and_rotation_change_shopper_photos_only(shop, tmp_path):
         assert torch.allclose(out[0, 0], out[0, 1]) and torch.allclose(out[0, 1], out[0, 2])
         assert bool((out[1, 0] > out[1, 1]).all() and (out[1, 1] >= out[1, 2]).all())
         assert float(out.min()) >= 0 and float(out.max()) <= 1
-    # Rotation: only where allowed, and the crop / flip draws stay those of an unrotated batch.
-    degrees = torch.tensor([0.0 if i < 9 else 30.0 for i in range(12)])
-    turned = augment(plain, torch.Generator().manual_seed(4), 0.5, degrees)
-    straight = augment(plain, torch.Generator().manual_seed(4), 0.5)
-    assert torch.allclose(turned[:9], straight[:9], atol=1e-5)
-    stripes = torch.zeros(2, 3, 16, 16)
-    stripes[:, :, 6:10, :] = 1.0  # a horizontal bar: turning it puts light pixels into rows 0-5 somewhere
-    for seed in range(20):  # a draw that turns the second image by more than 25 degrees (the 6th draw)
-        gen = torch.Generator().manual_seed(seed)
-        draws = [torch.rand(2, generator=gen) for _ in range(6)]
-        if abs(float(draws[5][1]) * 2 - 1) * 40 > 25:
-            break
-    moved = augment(stripes, torch.Generator().manual_seed(seed), 1.0, torch.tensor([0.0, 40.0]))
-    assert float(moved[0, :, :4].max()) < 0.05 and float(moved[1, :, :4].max()) > 0.2
 
 
 def test_facet_loss_contrasts_each_image_with_every_value_of_each_attribute(shop, tmp_path):
