@@ -64,9 +64,6 @@ class TrainConfig:
     # products they show) are framed anew each time, so they are cropped.
     min_crop: float = 1.0
     photo_min_crop: float = 0.6
-    # Brightness, contrast and saturation jitter of shopper photos (each factor drawn from 1 +- this; 0 = off).
-    # Store lighting varies from photo to photo; hue is left alone, as colour tells products apart.
-    photo_jitter: float = 0.0
     init_temperature: float = 0.07  # softmax temperature at the start (learned from there; CLIP's 0.07)
     # Batches drawn from one data file at a time, so e.g. grocery photos meet grocery negatives (hard ones)
     # rather than fashion images they are trivially told apart from.
@@ -203,26 +200,9 @@ def augment(batch: torch.Tensor, gen: torch.Generator, min_scale: float | torch.
     return F.grid_sample(batch, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def jitter(batch: torch.Tensor, gen: torch.Generator, strength: torch.Tensor) -> torch.Tensor:
-    """Per-image brightness, contrast and saturation factors in 1 +- strength (a tensor, one per image) on
-    0..1 RGB pixels (NCHW); an image with strength 0 keeps its pixels (up to float rounding)."""
-    n = batch.shape[0]
-    factors = 1 + (torch.rand(3, n, generator=gen) * 2 - 1) * strength
-    bright, contrast, sat = (f.to(batch.device).view(n, 1, 1, 1) for f in factors)
-    weights = torch.tensor([0.299, 0.587, 0.114], device=batch.device).view(1, 3, 1, 1)
-    x = batch * bright
-    mean = (x * weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-    x = (x - mean) * contrast + mean
-    gray = (x * weights).sum(1, keepdim=True)
-    return ((x - gray) * sat + gray).clamp(0, 1)
-
-
-def to_pixels(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor, device: str,
-              gen: torch.Generator | None = None, jitter_strength: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 NHWC -> normalised float NCHW on device, colour-jittered first where jitter_strength > 0."""
+def to_pixels(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor, device: str) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW on device."""
     x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255)
-    if jitter_strength is not None and bool((jitter_strength > 0).any()):
-        x = jitter(x, gen, jitter_strength)
     return (x - mean) / std
 
 
@@ -451,8 +431,7 @@ class Trainer:
         images = np.array([self.items[r].image for r in rows])
         text_ids = self._choose_texts(products, rng)
         crop = torch.tensor([cfg.photo_min_crop if self.items[r].photographed else cfg.min_crop for r in rows])
-        strength = torch.tensor([cfg.photo_jitter if self.items[r].shopper_photo else 0.0 for r in rows])
-        x = augment(to_pixels(self.pixels[images], self.mean, self.std, self.device, gen, strength), gen, crop)
+        x = augment(to_pixels(self.pixels[images], self.mean, self.std, self.device), gen, crop)
         pairs = self.photo_pairs(rows)
         if len(pairs):
             # The paired catalog images ride in the same forward pass (one set of batch-norm statistics).

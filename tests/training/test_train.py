@@ -142,8 +142,7 @@ def test_train_errors_are_one_line(shop, tmp_path):
     for flag, value, message in (("--hard-batches", "1.5", "hard-batches must be in"),
                                  ("--photo-min-crop", "0", "photo-min-crop must be in"),
                                  ("--init-temperature", "-1", "init-temperature must be positive"),
-                                 ("--facet-weight", "-0.5", "facet-weight must be >= 0"),
-                                 ("--photo-jitter", "1", "photo-jitter must be in")):
+                                 ("--facet-weight", "-0.5", "facet-weight must be >= 0")):
         with pytest.raises(CommandError, match=message):
             train(products, photos, tmp_path / "o", tmp_path / "cache", flag, value)
     assert not (tmp_path / "o").exists()
@@ -216,28 +215,6 @@ def test_photo_pair_loss_adds_a_photo_to_catalog_image_term(shop, tmp_path):
         expected = clip_loss(net.encode_image(x)[9:], net.encode_image(xc), net.logit_scale)
     assert expected > 0.5  # three different products: a real term, not ~0
     assert float(loss(on) - loss(off)) == pytest.approx(0.5 * float(expected), rel=1e-4)
-
-
-def test_photo_jitter_changes_brightness_contrast_saturation_of_shopper_photos_only(shop, tmp_path):
-    from mmsearch.training.trainer import jitter
-
-    t = prepared_trainer(shop, tmp_path, photo_jitter=0.4)
-    rows = np.arange(len(t.items))  # 9 catalog images, then the 3 shopper photos
-    images = t.pixels[[t.items[r].image for r in rows]]
-    strength = torch.tensor([0.4 if t.items[r].shopper_photo else 0.0 for r in rows])
-    plain = to_pixels(images, t.mean, t.std, "cpu")
-    jittered = to_pixels(images, t.mean, t.std, "cpu", torch.Generator().manual_seed(3), strength)
-    assert torch.allclose(jittered[:9], plain[:9], atol=1e-5)  # catalog images untouched
-    assert all((jittered[i] - plain[i]).abs().max() > 0.05 for i in (9, 10, 11))
-    again = to_pixels(images, t.mean, t.std, "cpu", torch.Generator().manual_seed(3), strength)
-    assert torch.equal(jittered, again)  # the draws come from the generator: deterministic
-    # Hue is left alone: a grey image stays grey, and a red one keeps red as its strongest channel.
-    grey_red = torch.stack([torch.full((3, 4, 4), 0.5), torch.tensor([0.8, 0.2, 0.1]).view(3, 1, 1).expand(3, 4, 4)])
-    for seed in range(5):
-        out = jitter(grey_red, torch.Generator().manual_seed(seed), torch.tensor([0.9, 0.9]))
-        assert torch.allclose(out[0, 0], out[0, 1]) and torch.allclose(out[0, 1], out[0, 2])
-        assert bool((out[1, 0] > out[1, 1]).all() and (out[1, 1] >= out[1, 2]).all())
-        assert float(out.min()) >= 0 and float(out.max()) <= 1
 
 
 def test_facet_loss_contrasts_each_image_with_every_value_of_each_attribute(shop, tmp_path):

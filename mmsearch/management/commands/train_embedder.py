@@ -54,9 +54,6 @@ class Command(BaseCommand):
                             help="smallest area a random crop keeps of a catalog image (default 1: no zoom)")
         parser.add_argument("--photo-min-crop", type=float,
                             help="the same for shopper photos and their products' catalog images (default 0.6)")
-        parser.add_argument("--photo-jitter", type=float,
-                            help="brightness / contrast / saturation jitter of shopper photos, factors 1 +- this "
-                                 "(0 = off)")
         parser.add_argument("--init-temperature", type=float, help="starting softmax temperature (then learned)")
         parser.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
         parser.add_argument("--checkpoint-every", type=float, default=60.0,
@@ -84,7 +81,7 @@ class Command(BaseCommand):
         preset = dict(PRESETS[o["preset"]])
         for key in ("arch", "epochs", "batch_size", "lr", "holdout", "photo_repeat", "batch_by_source",
                     "balance_photo_products", "hard_batches", "photo_pair_weight", "facet_weight", "facet_photos",
-                    "min_crop", "photo_min_crop", "photo_jitter", "init_temperature"):
+                    "min_crop", "photo_min_crop", "init_temperature"):
             if o.get(key) is not None:
                 preset[key] = o[key]
         cache = o["cache_dir"] or Path(settings.BASE_DIR) / "models" / "cache"
@@ -100,8 +97,6 @@ class Command(BaseCommand):
             raise CommandError("--hard-batches must be in [0, 1]")
         if not (0 < cfg.min_crop <= 1 and 0 < cfg.photo_min_crop <= 1):
             raise CommandError("--min-crop and --photo-min-crop must be in (0, 1]")
-        if not 0 <= cfg.photo_jitter < 1:
-            raise CommandError("--photo-jitter must be in [0, 1)")
         if cfg.photo_pair_weight < 0:
             raise CommandError("--photo-pair-weight must be >= 0")
         if cfg.facet_weight < 0:
