@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 PRESETS: dict[str, dict] = {
     "default": {"arch": "lcnet050-64", "epochs": 18, "batch_size": 128, "lr": 5e-3, "text_mix": (0.5, 0.5, 0.0),
                 "init_temperature": 0.1, "photo_repeat": 3, "balance_photo_products": True, "batch_by_source": False,
-                "photo_pair_weight": 0.25, "facet_weight": 1.0},
+                "photo_pair_weight": 0.25, "facet_weight": 1.0, "facet_photos": False, "photo_min_crop": 0.25},
     "demo": {"arch": "lcnet050-64", "epochs": 150, "batch_size": 64, "lr": 2e-3, "holdout": 0.0,
              "text_mix": (0.4, 0.3, 0.3)},
     "tiny": {"arch": "rn-tiny-32", "epochs": 1, "batch_size": 8, "lr": 1e-3},
