@@ -49,11 +49,12 @@ class Command(BaseCommand):
                             help="weight of an extra loss of each image against the prompts for every value of "
                                  "each attribute and category level (0 = off)")
         parser.add_argument("--facet-photos", action=argparse.BooleanOptionalAction, default=None,
-                            help="apply the facet loss to shopper photos too (default) or to catalog images only")
+                            help="apply the facet loss to shopper photos too, or to catalog images only (the "
+                                 "default preset)")
         parser.add_argument("--min-crop", type=float,
                             help="smallest area a random crop keeps of a catalog image (default 1: no zoom)")
         parser.add_argument("--photo-min-crop", type=float,
-                            help="the same for shopper photos and their products' catalog images (default 0.6)")
+                            help="the same for shopper photos and their products' catalog images (default preset 0.25)")
         parser.add_argument("--init-temperature", type=float, help="starting softmax temperature (then learned)")
         parser.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
         parser.add_argument("--checkpoint-every", type=float, default=60.0,
