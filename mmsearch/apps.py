@@ -6,5 +6,10 @@ class MmsearchConfig(AppConfig):
     verbose_name = "Search engine"
 
     def ready(self) -> None:
-        # Registers the MMSEARCH_MODELS system checks (light: no torch, no weights).
-        from mmsearch.plugins import checks  # noqa: F401
+        # Registers the MMSEARCH_MODELS and photo-view system checks (light: no torch, no weights).
+        from django.core import checks
+
+        from mmsearch.plugins import checks as plugin_checks  # noqa: F401
+        from mmsearch.search import photo
+
+        checks.register(photo.check_settings, "mmsearch")

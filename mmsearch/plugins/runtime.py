@@ -84,6 +84,12 @@ def to_unit_rows(features: Any) -> np.ndarray:
     return rows.cpu().numpy().astype(np.float32, copy=False)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Numpy rows (along the last axis) scaled to unit length, as float32; all-zero rows stay zero."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def empty(dim: int) -> np.ndarray:
     """The (0, dim) result for an empty input."""
     return np.zeros((0, dim), dtype=np.float32)

@@ -31,6 +31,7 @@ from django.db.models import Q
 
 from mmsearch.plugins import PluginError, alias_role, get_model, model_settings
 from mmsearch.search import facets as facets_mod
+from mmsearch.search import photo
 from mmsearch.search import vectors
 from mmsearch.search.fusion import Candidate, rrf
 from mmsearch.search.sql import tables
@@ -61,6 +62,10 @@ DEFAULTS: dict[str, Any] = {
     "TRIGRAM_THRESHOLD": 0.5,
     "QUERY_CACHE_SECONDS": 3600,
     "PRICE_BUCKETS": 5,
+    # Search by photo embeds the photo as the mean of these views: centre crops keeping each scale of its
+    # width and height, each also mirrored (mmsearch.search.photo). (1.0,) and False = the whole photo only.
+    "PHOTO_QUERY_SCALES": photo.DEFAULT_SCALES,
+    "PHOTO_QUERY_MIRROR": photo.DEFAULT_MIRROR,
 }
 
 MODES = ("hybrid", "semantic", "lexical")
@@ -614,8 +619,10 @@ def search(query: SearchQuery) -> SearchResult:
             if enc is None:
                 raise SearchUnavailable("search by photo is not available: no image embedding model is active yet")
             t0 = time.perf_counter()
-            qvec = np.asarray(enc.model.embed_images([query.image.convert("RGB")])[0], dtype=np.float32)
+            views = photo.PhotoViews.from_config(conf)
+            qvec = photo.query_vectors(photo.embed_views(enc.model, [query.image], views))[0]
             debug["encode_ms"] = {"embedder": round((time.perf_counter() - t0) * 1000, 2)}
+            debug["photo_views"] = views.count
             run("image_vector", vector_candidates, "image", enc, qvec, fsql, fparams, k)
         else:
             mode = "semantic"

@@ -7,7 +7,8 @@
   first images are classified against one prompt per value (the mean of data.FACET_TEMPLATES); logits are
   ZERO_SHOT_SCALE x cosine, as in CLIP, for the calibration error.
 - photo_to_product: each shopper photo is a query against the products' images (a product scores its
-  best image); accuracy@1, accuracy@5, mrr.
+  best image); accuracy@1, accuracy@5, mrr. The photo is embedded as search by photo embeds it (the mean of
+  its `views`, mmsearch.search.photo); `single_view` gives the same metrics for the whole photo alone.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsearch.plugins.runtime import unit_rows
+from mmsearch.search.photo import PhotoViews, embed_views, query_vectors
 from mmsearch.training import data as D
 from mmsearch.training import metrics as M
 
@@ -52,10 +55,6 @@ def embed_image_files(embedder, paths: Sequence[Path], progress: Callable | None
         if progress:
             progress(min(start + batch, len(paths)))
     return np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def value_prompts(wordings, values: int):
@@ -98,8 +97,9 @@ def zero_shot_tasks(products: Sequence[D.Product]) -> dict[str, tuple[str, list[
 
 
 def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), photos: str | Path | None = None,
-             progress: bool = True, model_seconds: float = 0.0) -> dict:
-    """All metrics of one model on one catalog; returns the JSON-ready report."""
+             progress: bool = True, model_seconds: float = 0.0, photo_views: PhotoViews | None = None) -> dict:
+    """All metrics of one model on one catalog; returns the JSON-ready report. Photos are embedded with
+    `photo_views` (default: PhotoViews(), the search engine's default views)."""
     from tqdm import tqdm
 
     t_start = time.time()
@@ -132,9 +132,19 @@ def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), phot
         bar.update(offset + n - done[0])
         done[0] = offset + n
 
-    images = _unit(embed_image_files(embedder, image_paths, tick))
-    photo_emb = _unit(embed_image_files(embedder, [ph.image for ph in photo_rows],
-                                        lambda n: tick(n, len(image_paths)))) if photo_rows else None
+    images = unit_rows(embed_image_files(embedder, image_paths, tick))
+    photo_views = photo_views or PhotoViews()
+    # Each photo as search embeds it (the mean of its views) and, for comparison, the whole photo alone.
+    whole = PhotoViews((1.0,), mirror=False)
+    photo_emb, whole_emb = [], []
+    for start in range(0, len(photo_rows), 64):
+        chunk = [D.open_rgb(ph.image) for ph in photo_rows[start:start + 64]]
+        per_view = embed_views(embedder, chunk, photo_views)
+        photo_emb.append(query_vectors(per_view))
+        # The whole unmirrored photo is one of the views when the scales hold 1.0.
+        at = photo_views.scales.index(1.0) * (2 if photo_views.mirror else 1) if 1.0 in photo_views.scales else None
+        whole_emb.append(per_view[at] if at is not None else embed_views(embedder, chunk, whole)[0])
+        tick(start + len(chunk), len(image_paths))
     bar.close()
     timings["embed_images"] = round(time.time() - t, 2)
 
@@ -147,7 +157,7 @@ def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), phot
     for i, tk in enumerate(image_title):
         by_title.setdefault(tk, []).append(i)
     q_keys = list(queries)
-    q_emb = _unit(np.asarray(embedder.embed_texts([queries[k] for k in q_keys]), dtype=np.float32))
+    q_emb = unit_rows(np.asarray(embedder.embed_texts([queries[k] for k in q_keys]), dtype=np.float32))
     relevant = [np.array(by_title[k]) for k in q_keys]
     ranks: list[np.ndarray] = []
     for start in range(0, len(q_keys), 256):
@@ -173,15 +183,23 @@ def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), phot
         sku_index = {p.sku: i for i, p in enumerate(everyone)}
         prod_of_image = np.array(image_product)
         scores = np.full((len(photo_rows), len(everyone)), -np.inf, dtype=np.float32)
-        sims = photo_emb @ images.T
-        for j in range(len(everyone)):
-            cols = np.flatnonzero(prod_of_image == j)
-            if len(cols):
-                scores[:, j] = sims[:, cols].max(axis=1)
         targets = np.array([sku_index[ph.sku] for ph in photo_rows])
+
+        def product_scores(queries: np.ndarray) -> np.ndarray:
+            scores = np.full((len(photo_rows), len(everyone)), -np.inf, dtype=np.float32)
+            sims = queries @ images.T
+            for j in range(len(everyone)):
+                cols = np.flatnonzero(prod_of_image == j)
+                if len(cols):
+                    scores[:, j] = sims[:, cols].max(axis=1)
+            return scores
+
+        scores = product_scores(np.concatenate(photo_emb))
         p2p = {"queries": len(photo_rows), "products": len(everyone), **M.accuracy_at(scores, targets, (1, 5))}
         p_ranks = M.ranks_of_relevant(scores, [np.array([t]) for t in targets])
         p2p["curve"] = {str(k): float(np.mean([r[0] <= k for r in p_ranks])) for k in (1, 2, 3, 5, 10, 20)}
+        p2p["views"] = photo_views.as_dict()
+        p2p["single_view"] = M.accuracy_at(product_scores(np.concatenate(whole_emb)), targets, (1, 5))
     timings["load_model"] = round(model_seconds, 2)
     timings["total"] = round(time.time() - t_start + model_seconds, 2)
     return {

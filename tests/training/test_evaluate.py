@@ -117,3 +117,36 @@ def test_bad_input_is_one_line_command_error(colour_model, files, tmp_path):
     with pytest.raises(CommandError, match="not in the given products"):
         call_command("evaluate", "--data", str(data), "--photos", str(photos_bad), "--json",
                      str(tmp_path / "x.json"), "--no-progress")
+
+
+def test_photos_are_embedded_with_the_search_views(colour_model, colour_catalog, tmp_path, settings):
+    # A red product photographed in the middle 60 % of a blue scene: the whole photo alone is closer to the
+    # blue product; the mean of the views (the centre crops are mostly or all red) finds the red one.
+    c = colour_catalog
+    data = c.products("data.jsonl", [product("A", "Red Shirt", "Red", c.png("a.png", (255, 0, 0))),
+                                     product("C", "Blue Shirt", "Blue", c.png("c.png", (0, 0, 255)))])
+    from PIL import Image
+
+    scene = Image.new("RGB", (100, 100), (0, 0, 255))
+    scene.paste(Image.new("RGB", (60, 60), (255, 0, 0)), (20, 20))
+    scene.save(c.root / "scene.png")
+    photos = c.root / "photos.jsonl"
+    photos.write_text('{"image": "scene.png", "sku": "A"}\n')
+
+    def run() -> dict:
+        out = tmp_path / "r.json"
+        call_command("evaluate", "--data", str(data), "--photos", str(photos), "--json", str(out), "--no-progress")
+        return json.loads(out.read_text())["photo_to_product"]
+
+    p2p = run()
+    assert p2p["views"] == {"scales": [1.0, 0.7, 0.5], "mirror": True, "count": 6}
+    assert (p2p["accuracy@1"], p2p["mrr"]) == (1.0, 1.0)
+    assert p2p["single_view"] == {"accuracy@1": 0.0, "accuracy@5": 1.0, "mrr": 0.5}
+
+    settings.MMSEARCH_SEARCH = {**settings.MMSEARCH_SEARCH, "PHOTO_QUERY_SCALES": [0.5, 1.0], "PHOTO_QUERY_MIRROR": False}
+    p2p = run()
+    assert p2p["views"] == {"scales": [0.5, 1.0], "mirror": False, "count": 2}
+    assert p2p["accuracy@1"] == 1.0 and p2p["single_view"]["accuracy@1"] == 0.0
+    settings.MMSEARCH_SEARCH = {**settings.MMSEARCH_SEARCH, "PHOTO_QUERY_SCALES": [0.5], "PHOTO_QUERY_MIRROR": False}
+    p2p = run()  # the whole photo is not among the views: single_view embeds it on its own
+    assert p2p["accuracy@1"] == 1.0 and p2p["single_view"]["accuracy@1"] == 0.0

@@ -32,6 +32,8 @@ class Command(BaseCommand):
 
         torch.set_num_threads(max(1, threads))
         from mmsearch.plugins import PluginError
+        from mmsearch.search.engine import config as search_config
+        from mmsearch.search.photo import PhotoViews
         from mmsearch.training.data import DataError
         from mmsearch.training.evaluation import evaluate, load_embedder, write_plots
 
@@ -45,7 +47,9 @@ class Command(BaseCommand):
         except (DataError, PluginError, ValueError, OSError, RuntimeError) as exc:
             raise CommandError(f"--model {model}: {str(exc).splitlines()[0]}") from exc
         try:
-            report = evaluate(embedder, data, corpus, photos, progress=not no_progress, model_seconds=time.time() - t)
+            # Photos are embedded as search by photo embeds them (settings.MMSEARCH_SEARCH PHOTO_QUERY_*).
+            report = evaluate(embedder, data, corpus, photos, progress=not no_progress, model_seconds=time.time() - t,
+                              photo_views=PhotoViews.from_config(search_config()))
         except DataError as exc:
             raise CommandError(str(exc)) from exc
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +63,8 @@ class Command(BaseCommand):
             if name in report["zero_shot"]:
                 line += f"; zero-shot {name} {report['zero_shot'][name]['accuracy']:.3f}"
         if report["photo_to_product"]:
-            line += f"; photo->product acc@1 {report['photo_to_product']['accuracy@1']:.3f}"
+            p2p = report["photo_to_product"]
+            line += (f"; photo->product acc@1 {p2p['accuracy@1']:.3f} ({p2p['views']['count']} views; "
+                     f"whole photo alone {p2p['single_view']['accuracy@1']:.3f})")
         self.stdout.write(line)
         self.stdout.write(f"wrote {json_out}" + (f" and plots in {plots}" if plots else ""))
