@@ -50,8 +50,13 @@ class PhotoViews:
     def count(self) -> int:
         return len(self.scales) * (2 if self.mirror else 1)
 
+    @property
+    def whole_index(self) -> int | None:
+        """Where the whole, unmirrored photo is among the views of `of`, or None when the scales lack 1.0."""
+        return self.scales.index(1.0) * (2 if self.mirror else 1) if 1.0 in self.scales else None
+
     def of(self, image: Image.Image) -> list[Image.Image]:
-        """The views of one image, the whole unmirrored photo first when scales start with 1.0."""
+        """The views of one image: per scale, the centre crop, then (with mirror) its mirror image."""
         from PIL import ImageOps
 
         w, h = image.size

@@ -141,8 +141,7 @@ def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), phot
         chunk = [D.open_rgb(ph.image) for ph in photo_rows[start:start + 64]]
         per_view = embed_views(embedder, chunk, photo_views)
         photo_emb.append(query_vectors(per_view))
-        # The whole unmirrored photo is one of the views when the scales hold 1.0.
-        at = photo_views.scales.index(1.0) * (2 if photo_views.mirror else 1) if 1.0 in photo_views.scales else None
+        at = photo_views.whole_index
         whole_emb.append(per_view[at] if at is not None else embed_views(embedder, chunk, whole)[0])
         tick(start + len(chunk), len(image_paths))
     bar.close()

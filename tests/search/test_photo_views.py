@@ -34,6 +34,7 @@ def test_views_are_centre_crops_and_their_mirrors():
     assert got[2].getpixel((0, 0)) == (0, 0, 0)  # the crop starts at (25, 15): the red pixel is outside
     assert [v.size for v in PhotoViews((0.7,), mirror=False).of(image)] == [(70, 42)]
     assert PhotoViews().as_dict() == {"scales": [1.0, 0.7, 0.5], "mirror": True, "count": 6}
+    assert (views.whole_index, PhotoViews((0.5, 1.0), mirror=True).whole_index, PhotoViews((0.5,)).whole_index) == (0, 2, None)
 
 
 @pytest.mark.parametrize("scales, mirror, message", [
