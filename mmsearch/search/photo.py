@@ -22,9 +22,12 @@ from mmsearch.plugins.runtime import unit_rows
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-# Chosen on the grocery val photos over ten trained models (README, "Search by photo: query views").
+# Chosen on the grocery val photos over ten trained models (README, "Query views").
 DEFAULT_SCALES = (1.0, 0.7, 0.5)
 DEFAULT_MIRROR = True
+# A larger photo is shrunk to this longest side before its views are cut: a 40-megapixel upload would
+# otherwise be copied six times at full size, and no image tower looks at more than a few hundred pixels.
+MAX_SIDE = 1024
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class PhotoViews:
         """The views of one image: per scale, the centre crop, then (with mirror) its mirror image."""
         from PIL import ImageOps
 
+        if max(image.size) > MAX_SIDE:
+            image = image.copy()
+            image.thumbnail((MAX_SIDE, MAX_SIDE))
         w, h = image.size
         out = []
         for s in self.scales:

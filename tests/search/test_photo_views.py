@@ -37,6 +37,14 @@ def test_views_are_centre_crops_and_their_mirrors():
     assert (views.whole_index, PhotoViews((0.5, 1.0), mirror=True).whole_index, PhotoViews((0.5,)).whole_index) == (0, 2, None)
 
 
+def test_a_large_photo_is_shrunk_before_its_views_are_cut():
+    big = Image.new("RGB", (4000, 3000), (10, 200, 30))
+    sizes = [v.size for v in PhotoViews().of(big)]
+    assert sizes == [(1024, 768)] * 2 + [(717, 538)] * 2 + [(512, 384)] * 2
+    assert big.size == (4000, 3000)  # the caller's image is left alone
+    assert PhotoViews().of(Image.new("RGB", (348, 348)))[0].size == (348, 348)
+
+
 @pytest.mark.parametrize("scales, mirror, message", [
     ((), True, "non-empty list"),
     ("1.0", True, "non-empty list"),
