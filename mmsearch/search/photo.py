@@ -47,7 +47,7 @@ class PhotoViews:
     @classmethod
     def from_config(cls, conf: dict) -> PhotoViews:
         """From a search config (engine.config()): PHOTO_QUERY_SCALES and PHOTO_QUERY_MIRROR."""
-        return cls(tuple(conf["PHOTO_QUERY_SCALES"]), conf["PHOTO_QUERY_MIRROR"])
+        return cls(conf["PHOTO_QUERY_SCALES"], conf["PHOTO_QUERY_MIRROR"])
 
     @property
     def count(self) -> int:

@@ -47,6 +47,7 @@ def test_a_large_photo_is_shrunk_before_its_views_are_cut():
 
 @pytest.mark.parametrize("scales, mirror, message", [
     ((), True, "non-empty list"),
+    (0.5, True, "non-empty list"),
     ("1.0", True, "non-empty list"),
     ((1.0, 0), True, "not 0"),
     ((1.5,), True, "not 1.5"),
@@ -57,6 +58,8 @@ def test_bad_views_are_refused_with_a_message(scales, mirror, message):
     assert message in views_problem(scales, mirror)
     with pytest.raises(ValueError, match="PHOTO_QUERY"):
         PhotoViews(scales, mirror)
+    with pytest.raises(ValueError, match="PHOTO_QUERY"):
+        PhotoViews.from_config({"PHOTO_QUERY_SCALES": scales, "PHOTO_QUERY_MIRROR": mirror})
 
 
 def test_query_vector_is_the_mean_of_the_views():
