@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from mmsearch.plugins.runtime import CheapConstructor, unit_rows
+from mmsearch.plugins.runtime import CheapConstructor, empty, unit_rows
 
 _COLOURS = {
     "red": (220, 30, 30), "green": (30, 160, 60), "blue": (30, 60, 220), "yellow": (230, 220, 40),
@@ -50,7 +50,7 @@ class HashingEmbedder(CheapConstructor):
             arr = np.asarray(image.convert("RGB").resize((16, 16)), dtype=np.int64).reshape(-1, 3) * _BINS // 256
             cells = (arr[:, 0] * _BINS + arr[:, 1]) * _BINS + arr[:, 2]
             rows.append(np.bincount(cells, minlength=_BINS**3).astype(np.float32))
-        return unit_rows(np.stack(rows) @ self._proj) if rows else np.zeros((0, self._dim), np.float32)
+        return unit_rows(np.stack(rows) @ self._proj) if rows else empty(self._dim)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         rows = []
@@ -66,4 +66,4 @@ class HashingEmbedder(CheapConstructor):
             if not hist.any():
                 hist[0] = 1e-3
             rows.append(hist)
-        return unit_rows(np.stack(rows) @ self._proj) if rows else np.zeros((0, self._dim), np.float32)
+        return unit_rows(np.stack(rows) @ self._proj) if rows else empty(self._dim)

@@ -94,7 +94,7 @@ def views_problem(scales, mirror) -> str | None:
 
 def embed_views(embedder, images: Sequence[Image.Image], views: PhotoViews) -> np.ndarray:
     """(views.count, len(images), dim) unit rows: every view of every image, embedded in one call."""
-    per_image = [views.of(im.convert("RGB")) for im in images]
+    per_image = [views.of(im if im.mode == "RGB" else im.convert("RGB")) for im in images]
     flat = [v for group in per_image for v in group]
     if not flat:
         return np.zeros((views.count, 0, embedder.dim), np.float32)
@@ -109,12 +109,13 @@ def query_vectors(per_view: np.ndarray) -> np.ndarray:
 
 def check_settings(app_configs=None, **kwargs) -> list:
     """Django system check (mmsearch.E008): the photo query views in settings.MMSEARCH_SEARCH."""
-    from django.conf import settings
     from django.core import checks
 
-    user = getattr(settings, "MMSEARCH_SEARCH", None) or {}
-    problem = views_problem(user.get("PHOTO_QUERY_SCALES", DEFAULT_SCALES), user.get("PHOTO_QUERY_MIRROR", DEFAULT_MIRROR))
-    if problem is None:
-        return []
-    return [checks.Error(f"MMSEARCH_SEARCH: {problem}", hint="e.g. PHOTO_QUERY_SCALES = (1.0, 0.7, 0.5)",
-                         id="mmsearch.E008")]
+    from mmsearch.search.engine import config  # engine imports this module: imported here, not at the top
+
+    try:
+        PhotoViews.from_config(config())
+    except ValueError as exc:
+        return [checks.Error(f"MMSEARCH_SEARCH: {exc}", hint="e.g. PHOTO_QUERY_SCALES = (1.0, 0.7, 0.5)",
+                             id="mmsearch.E008")]
+    return []

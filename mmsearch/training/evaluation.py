@@ -156,7 +156,7 @@ def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), phot
     for i, tk in enumerate(image_title):
         by_title.setdefault(tk, []).append(i)
     q_keys = list(queries)
-    q_emb = unit_rows(np.asarray(embedder.embed_texts([queries[k] for k in q_keys]), dtype=np.float32))
+    q_emb = unit_rows(embedder.embed_texts([queries[k] for k in q_keys]))
     relevant = [np.array(by_title[k]) for k in q_keys]
     ranks: list[np.ndarray] = []
     for start in range(0, len(q_keys), 256):
