@@ -271,3 +271,54 @@ def test_facet_loss_contrasts_each_image_with_every_value_of_each_attribute(shop
     no_photos.built.net.load_state_dict(on.built.net.state_dict())
     assert catalog_only != pytest.approx(expected, rel=1e-3)
     assert float(loss(no_photos) - loss(off)) == pytest.approx(0.5 * catalog_only, rel=1e-4)
+
+
+def test_clip_loss_extra_negatives_count_in_the_image_direction_only():
+    from mmsearch.training.trainer import clip_loss
+
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    txt = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    extra = torch.tensor([[0.0, 2.0], [-1.0, 0.0]])  # unit after normalising: (0, 1) and (-1, 0)
+    scale = torch.tensor(0.0)  # logit scale e^0 = 1: logits are the cosines
+    mask = torch.tensor([[False, False], [True, False]])  # extra 0 is no negative of image 1 (e.g. its twin)
+    got = float(clip_loss(img, txt, scale, extra=extra, extra_not_negative=mask))
+    lse = lambda *z: float(torch.logsumexp(torch.tensor(z), 0))
+    image_to_text = (lse(1.0, 0.6, 0.0, -1.0) - 1.0) + (lse(0.0, 0.8, 0.0) - 0.8)
+    text_to_image = (lse(1.0, 0.0) - 1.0) + (lse(0.6, 0.8) - 0.8)
+    assert got == pytest.approx((image_to_text / 2 + text_to_image / 2) / 2, rel=1e-6)
+    assert got > float(clip_loss(img, txt, scale))
+
+
+def test_photo_bank_contrasts_photos_with_every_photographed_products_catalog_image(shop, tmp_path):
+    from mmsearch.training.trainer import augment, clip_loss
+
+    on = prepared_trainer(shop, tmp_path, photo_pair_weight=0.5, photo_bank=True)
+    off = prepared_trainer(shop, tmp_path, photo_pair_weight=0.5)
+    off.built.net.load_state_dict(on.built.net.state_dict())
+    on.built.net.eval()
+    off.built.net.eval()  # batch norm from running statistics: the same embeddings every call
+    assert [on.train_products[p].sku for p in on.bank_products] == ["red-cap", "green-cap", "blue-cap"]
+    rows = np.arange(len(on.items))  # 9 catalog images, then the 3 shopper photos of the caps
+
+    def loss(t):
+        with torch.no_grad():
+            return float(t.batch_loss(rows, np.random.default_rng(1), torch.Generator().manual_seed(2)))
+
+    assert loss(on) == pytest.approx(loss(off), rel=1e-6)  # an empty bank adds nothing
+    # ... but the first step banked the three paired catalog images' embeddings.
+    gen = torch.Generator().manual_seed(2)
+    crop = torch.tensor([on.cfg.photo_min_crop if on.items[r].photographed else on.cfg.min_crop for r in rows])
+    x = augment(to_pixels(on.pixels[[on.items[r].image for r in rows]], on.mean, on.std, "cpu"), gen, crop)
+    caps = [on.catalog_image[on.items[r].product] for r in (9, 10, 11)]
+    xc = augment(to_pixels(on.pixels[caps], on.mean, on.std, "cpu"), gen, on.cfg.photo_min_crop)
+    net = on.built.net
+    with torch.no_grad():
+        photos, cats = net.encode_image(torch.cat([x, xc]))[9:].split(3)
+    assert torch.allclose(on.bank_emb, cats, atol=1e-5)
+    # Next step: each photo also meets the banked images of the other two caps (its own product is masked).
+    mask = torch.eye(3, dtype=torch.bool)
+    assert torch.equal(on.bank_negatives(np.array([on.items[r].product for r in (9, 10, 11)]))[1], mask)
+    with torch.no_grad():
+        extra = clip_loss(photos, cats, net.logit_scale, None, cats, mask) - clip_loss(photos, cats, net.logit_scale)
+    assert float(extra) > 0.05
+    assert loss(on) - loss(off) == pytest.approx(0.5 * float(extra), rel=1e-3)
