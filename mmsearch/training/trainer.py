@@ -73,10 +73,6 @@ class TrainConfig:
     # Weight of a second, image-image contrastive loss between each shopper photo of a batch and its product's
     # catalog image (what a photo query must land on), beside the image-text loss; 0 = off.
     photo_pair_weight: float = 0.0
-    # The photo -> catalog-image direction of that loss also contrasts each photo with the latest embedding of
-    # every other photographed product's catalog image (a bank of detached embeddings, refreshed as they are
-    # paired), so a photo is told from all of them each step instead of from the few in its batch.
-    photo_bank: bool = False
     # Weight of a facet-vocabulary loss: each image against the prompts for every value of each attribute and
     # category level (the zero-shot task, learned on the training products), beside the image-text loss; 0 = off.
     facet_weight: float = 0.0
@@ -212,29 +208,20 @@ def to_pixels(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor, device:
 
 # --- loss --------------------------------------------------------------------------------------------------------
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
-              not_negative: torch.Tensor | None = None, extra: torch.Tensor | None = None,
-              extra_not_negative: torch.Tensor | None = None) -> torch.Tensor:
+              not_negative: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE (open_clip ClipLoss) with pairs[i, j] (i != j) masked when not_negative[i, j].
 
     not_negative[i, j]: text j is also a true description of image i (so it is no negative of i).
-    extra: more negatives for the image -> text direction only (extra_not_negative[i, k]: no negative of i).
     """
     image_emb = F.normalize(image_emb.float(), dim=-1)
     text_emb = F.normalize(text_emb.float(), dim=-1)
-    scale = logit_scale.exp()
-    logits = scale * image_emb @ text_emb.t()
+    logits = logit_scale.exp() * image_emb @ text_emb.t()
     labels = torch.arange(logits.shape[0], device=logits.device)
     if not_negative is not None:
         mask = not_negative.clone()
         mask.fill_diagonal_(False)
         logits = logits.masked_fill(mask, float("-inf"))
-    per_image = logits
-    if extra is not None:
-        more = scale * image_emb @ F.normalize(extra.float(), dim=-1).t()
-        if extra_not_negative is not None:
-            more = more.masked_fill(extra_not_negative, float("-inf"))
-        per_image = torch.cat([logits, more], dim=1)
-    return (F.cross_entropy(per_image, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -306,11 +293,6 @@ class Trainer:
         for it in self.items:
             first.setdefault(it.product, it)
         self.catalog_image = {p: it.image for p, it in first.items()}
-        # photo_bank: the latest embedding of each photographed product's catalog image (zeros: not yet seen).
-        self.bank_products = np.array(sorted({it.product for it in photo_items if it.product in first}), dtype=np.int64)
-        self.bank_row = np.full(len(train), -1, dtype=np.int64)
-        self.bank_row[self.bank_products] = np.arange(len(self.bank_products))
-        self.bank_emb = torch.zeros(len(self.bank_products), self.built.model_cfg["embed_dim"])
         if cfg.balance_photo_products:
             # The catalog image of a product with shopper photos is what a photo query must land on: show it
             # (augmented) as often as its photos, instead of once an epoch beside thousands of photos.
@@ -463,11 +445,7 @@ class Trainer:
             loss = clip_loss(img_emb[:n], txt_emb, net.logit_scale, self.not_negative(products, text_ids))
             if len(pairs):
                 same = torch.from_numpy(products[pairs][:, None] == products[pairs][None, :]).to(self.device)
-                bank, bank_mask = self.bank_negatives(products[pairs]) if cfg.photo_bank else (None, None)
-                loss = loss + cfg.photo_pair_weight * clip_loss(img_emb[pairs], img_emb[n:], net.logit_scale, same,
-                                                                bank, bank_mask)
-                if cfg.photo_bank:
-                    self.bank_emb[torch.from_numpy(self.bank_row[products[pairs]])] = img_emb[n:].detach().float().cpu()
+                loss = loss + cfg.photo_pair_weight * clip_loss(img_emb[pairs], img_emb[n:], net.logit_scale, same)
             if self.facet_tasks:
                 # Off for shopper photos, the facet loss stops pulling all photos of a category together, which
                 # hurts telling their products apart (see README, grocery-only runs).
@@ -496,14 +474,6 @@ class Trainer:
             prompts = value_prompts(enc, len(ids))
             losses.append(F.cross_entropy(scale * img[has] @ prompts.t(), y[has]))
         return torch.stack(losses).mean() if losses else img.sum() * 0
-
-    def bank_negatives(self, photo_products: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The banked catalog-image embeddings (those filled so far) and [photo, entry] True where the entry's
-        product has the photo's title (its own product or a twin): no negative of that photo."""
-        filled = self.bank_emb.abs().sum(1) > 0
-        products = torch.from_numpy(self.bank_products)[filled].numpy()
-        mask = torch.from_numpy(self.title_ids[photo_products][:, None] == self.title_ids[products][None, :])
-        return self.bank_emb[filled].to(self.device), mask.to(self.device)
 
     def photo_pairs(self, rows: np.ndarray) -> np.ndarray:
         """Positions in the batch of the shopper photos to pair with their product's catalog image (when on)."""
@@ -633,8 +603,6 @@ class Trainer:
                 )
             net.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
-            if cfg.photo_bank:
-                self.bank_emb = state["photo_bank"]
             start_epoch, history, seconds = state["epoch"], state["history"], state["seconds"]
             self.log(f"resuming {self.out} after epoch {start_epoch}/{cfg.epochs}")
         n_train = sum(p.numel() for p in params)
@@ -695,8 +663,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             card = self.save(history, seconds, finished=last)
             torch.save({"run_key": cfg.run_key(), "model": net.state_dict(), "optimizer": opt.state_dict(),
-                        "epoch": epoch + 1, "history": history, "seconds": seconds,
-                        **({"photo_bank": self.bank_emb} if cfg.photo_bank else {})}, state_path)
+                        "epoch": epoch + 1, "history": history, "seconds": seconds}, state_path)
             if stop:
                 break
         else:

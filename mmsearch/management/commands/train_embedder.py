@@ -45,9 +45,6 @@ class Command(BaseCommand):
                             help="share of items batched by category family (hard negatives), 0..1")
         parser.add_argument("--photo-pair-weight", type=float,
                             help="weight of an extra photo <-> catalog-image contrastive loss (0 = off)")
-        parser.add_argument("--photo-bank", action=argparse.BooleanOptionalAction, default=None,
-                            help="contrast each photo with every photographed product's catalog image (latest "
-                                 "embeddings, banked), not only those in its batch")
         parser.add_argument("--facet-weight", type=float,
                             help="weight of an extra loss of each image against the prompts for every value of "
                                  "each attribute and category level (0 = off)")
@@ -84,8 +81,8 @@ class Command(BaseCommand):
             torch.set_num_threads(o["threads"])
         preset = dict(PRESETS[o["preset"]])
         for key in ("arch", "epochs", "batch_size", "lr", "holdout", "photo_repeat", "batch_by_source",
-                    "balance_photo_products", "hard_batches", "photo_pair_weight", "photo_bank", "facet_weight",
-                    "facet_photos", "min_crop", "photo_min_crop", "init_temperature"):
+                    "balance_photo_products", "hard_batches", "photo_pair_weight", "facet_weight", "facet_photos",
+                    "min_crop", "photo_min_crop", "init_temperature"):
             if o.get(key) is not None:
                 preset[key] = o[key]
         cache = o["cache_dir"] or Path(settings.BASE_DIR) / "models" / "cache"
