@@ -59,7 +59,7 @@ train: install
 	$(BIN)/python manage.py train_embedder --data $(SHARED_DATA)/fashion/products.jsonl \
 	  --data $(SHARED_DATA)/grocery/products.jsonl --photos $(SHARED_DATA)/grocery/photos-train.jsonl \
 	  --out $(EMBEDDER) --replace --threads 2 $(TRAIN_ARGS)
-	$(BIN)/python manage.py evaluate --model $(EMBEDDER) --data $(EMBEDDER)/heldout.jsonl \
+	$(BIN)/python manage.py evaluate --threads 2 --model $(EMBEDDER) --data $(EMBEDDER)/heldout.jsonl \
 	  --corpus $(SHARED_DATA)/fashion/products.jsonl --json $(EMBEDDER)/eval-fashion.json --plots $(EMBEDDER)/plots-fashion
-	$(BIN)/python manage.py evaluate --model $(EMBEDDER) --data $(SHARED_DATA)/grocery/products.jsonl \
+	$(BIN)/python manage.py evaluate --threads 2 --model $(EMBEDDER) --data $(SHARED_DATA)/grocery/products.jsonl \
 	  --photos $(SHARED_DATA)/grocery/photos-val.jsonl --json $(EMBEDDER)/eval-grocery.json --plots $(EMBEDDER)/plots-grocery

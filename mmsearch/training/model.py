@@ -83,7 +83,7 @@ ARCHS: dict[str, Arch] = {
     "lcnet050-64": Arch("lcnet050-64", {"timm_model_name": "lcnet_050", "timm_pool": "avg", "timm_proj": ""}, 64),
     "lcnet075-64": Arch("lcnet075-64", {"timm_model_name": "lcnet_075", "timm_pool": "avg", "timm_proj": ""}, 64),
     "lcnet100-64": Arch("lcnet100-64", {"timm_model_name": "lcnet_100", "timm_pool": "avg", "timm_proj": ""}, 64),
-    # ImageNet-pretrained EfficientNet-Lite0 (4.2 M params) with its trunk locked, batch norm frozen: only an MLP
+    # ImageNet-pretrained EfficientNet-Lite0 (3.4 M params) with its trunk locked, batch norm frozen: only an MLP
     # projection of its pooled features trains (LiT on both sides). 128 px: the shopper photos need the detail.
     "effl0-128": Arch("effl0-128", {"timm_model_name": "tf_efficientnet_lite0", "timm_pool": "avg", "timm_proj": "mlp"},
                       128, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
