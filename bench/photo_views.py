@@ -6,7 +6,8 @@
 
 A set is comma-separated centre-crop scales, with a trailing "m" for their mirrored copies too. Every set runs
 through `evaluate` (the same code as `manage.py evaluate`'s photo_to_product); the whole photo alone is the
-set "1". Prints a Markdown table of accuracy@1 / accuracy@5 and writes bench/results/photo_views.json.
+set "1". Prints a Markdown table of accuracy@1 / accuracy@5 and writes bench/results/photo_views.json, with
+each set's median milliseconds to embed one photo's views (`ms_per_photo`, over the first 30 photos, 2 threads).
 This is how the default PHOTO_QUERY_SCALES / PHOTO_QUERY_MIRROR were chosen (README, "Query views").
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,6 +39,19 @@ def parse_set(text: str):
         raise SystemExit(f"--sets {text!r}: {exc}") from None
 
 
+def ms_per_photo(embedder, photos, views) -> float:
+    """Median milliseconds to embed one photo as search does (all its views), after one warm-up."""
+    from mmsearch.search.photo import embed_views
+
+    embed_views(embedder, photos[:1], views)
+    times = []
+    for photo in photos:
+        t = time.perf_counter()
+        embed_views(embedder, [photo], views)
+        times.append(1000 * (time.perf_counter() - t))
+    return round(statistics.median(times), 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="trained model folders (or MMSEARCH_MODELS aliases)")
@@ -52,9 +67,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
+    from mmsearch.training import data as D
     from mmsearch.training.evaluation import evaluate, load_embedder
 
     view_sets = {name: parse_set(name) for name in args.sets}
+    photos = [D.open_rgb(ph.image) for ph in D.load_photos(args.photos, (p.sku for p in D.load_products(args.data)))[:30]]
     rows = []
     for model in args.models:
         embedder = load_embedder(model)
@@ -62,8 +79,9 @@ def main() -> None:
         for name, views in view_sets.items():
             t = time.time()
             p2p = evaluate(embedder, args.data, photos=args.photos, progress=False, photo_views=views)["photo_to_product"]
-            row["sets"]["1"] = {k: p2p["single_view"][k] for k in ("accuracy@1", "accuracy@5", "mrr")}
+            row["sets"].setdefault("1", {k: p2p["single_view"][k] for k in ("accuracy@1", "accuracy@5", "mrr")})
             row["sets"][name] = {k: p2p[k] for k in ("accuracy@1", "accuracy@5", "mrr")} | {"seconds": round(time.time() - t, 1)}
+            row["sets"][name]["ms_per_photo"] = ms_per_photo(embedder, photos, views)
         rows.append(row)
         print(json.dumps({"model": model, **{n: round(v["accuracy@1"], 3) for n, v in row["sets"].items()}}), flush=True)
 
