@@ -344,7 +344,7 @@ def test_train_device_bench_reports_speed_metrics_and_cpu_agreement(shop, tmp_pa
     result = json.loads(out.read_text())
     (run,) = result["runs"]
     assert run["arch"] == "rn-tiny-32" and run["epochs"] == 2 and len(run["per_epoch"]) == 2
-    assert run["pairs_per_epoch"] == 9 + 2 * 3 * 3  # 9 catalog images, 3 photos x photo_repeat 3 + their catalog image
+    assert run["pairs_per_epoch"] == 9 + (3 + 3) * 3  # 9 catalog images; (3 photos + their catalog images) x 3 repeats
     assert run["pairs_per_second"] > 0 and all(np.isfinite(e["loss"]) for e in run["per_epoch"])
     agreement = run["agreement"]  # nothing held out of 9 titles at 10 %: measured on the 9 training products
     assert agreement["items"] == 9 and agreement["device_dtype"] == "float32"
