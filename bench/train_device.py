@@ -32,6 +32,7 @@ def device_agreement(folder: Path, device: str, products, n: int = 256) -> dict:
     import numpy as np
 
     from mmsearch.plugins.openclip import OpenClipEmbedder
+    from mmsearch.plugins.runtime import resolve_dtype
     from mmsearch.training.data import open_rgb
 
     chosen = products[:n]
@@ -44,7 +45,7 @@ def device_agreement(folder: Path, device: str, products, n: int = 256) -> dict:
         cos = np.sum(embed(on_device) * embed(on_cpu), axis=1)
         out[f"{kind}_min_cosine"] = round(float(cos.min()), 5)
         out[f"{kind}_mean_cosine"] = round(float(cos.mean()), 5)
-    out["device_dtype"] = str(on_device._dtype or "float32").replace("torch.", "")
+    out["device_dtype"] = str(resolve_dtype(on_device.precision, device) or "float32").replace("torch.", "")
     return out
 
 

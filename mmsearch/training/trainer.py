@@ -558,7 +558,7 @@ class Trainer:
         net.visual.train(was_training)
 
     def _autocast(self):
-        # bf16 mixed precision (verified on an H100, README "Training on a GPU"). A GPU without bf16 trains in
+        # bf16 mixed precision (checked on an H100, README "On a GPU"). A GPU without bf16 trains in
         # float32: fp16 would need loss scaling, which this loop does not do.
         if self.device.startswith("cuda") and torch.cuda.is_bf16_supported():
             return torch.autocast("cuda", dtype=torch.bfloat16)

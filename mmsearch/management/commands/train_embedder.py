@@ -18,8 +18,8 @@ _RECIPE = {"batch_size": 128, "text_mix": (0.5, 0.5, 0.0), "init_temperature": 0
 PRESETS: dict[str, dict] = {
     # The ImageNet-pretrained EfficientNet-Lite0 trunk, locked; its projection and the text projection train.
     "default": {**_RECIPE, "arch": "effl0-128", "epochs": 4, "lr": 1e-3},
-    # For a CUDA GPU: the same recipe with the pretrained trunk fine-tuned too, 8 epochs (README, "Training on
-    # a GPU"); on 2 CPU cores it would take about 8 hours.
+    # For a CUDA GPU: the same recipe with the pretrained trunk fine-tuned too, 8 epochs (README, "On a GPU");
+    # on 2 CPU cores it would take about 6 hours.
     "gpu": {**_RECIPE, "arch": "effl0-128-ft", "epochs": 8, "lr": 1e-3},
     # The from-scratch LCNet recipe that was the default until run 6 (README, "Measured").
     "scratch": {**_RECIPE, "arch": "lcnet050-64", "epochs": 18, "lr": 5e-3},
