@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmsearch.plugins import runtime
 from mmsearch.training import data as D
 from mmsearch.training import metrics as M
 from mmsearch.training.evaluation import value_prompts, zero_shot_tasks
@@ -560,11 +561,8 @@ class Trainer:
     def _autocast(self):
         # bf16 mixed precision (checked on an H100, README "On a GPU"). A GPU without bf16 trains in
         # float32: fp16 would need loss scaling, which this loop does not do.
-        if self.device.startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        import contextlib
-
-        return contextlib.nullcontext()
+        bf16 = self.device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        return runtime.autocast(self.device, torch.bfloat16 if bf16 else None)
 
     # ---- main loop
     def run(self) -> dict:
