@@ -51,7 +51,8 @@ clean-var: services-stop
 
 # The default product embedder (README "Training and evaluation"): trained on ../shared/datasets (fashion
 # products, grocery products + train photos) into models/embedder, where the default settings find it, then
-# evaluated on the held-out fashion titles (corpus: the whole fashion folder) and the grocery val photos.
+# evaluated (corpus: the whole fashion folder) on the held-out fashion titles, on the fashion products held out
+# by sku, and on the grocery val photos.
 # Resumable: rerunning continues an interrupted run. TRAIN_ARGS adds flags (e.g. --epochs 2).
 SHARED_DATA ?= ../shared/datasets
 EMBEDDER    ?= models/embedder
@@ -61,5 +62,8 @@ train: install
 	  --out $(EMBEDDER) --replace --threads 2 $(TRAIN_ARGS)
 	$(BIN)/python manage.py evaluate --threads 2 --model $(EMBEDDER) --data $(EMBEDDER)/heldout.jsonl \
 	  --corpus $(SHARED_DATA)/fashion/products.jsonl --json $(EMBEDDER)/eval-fashion.json --plots $(EMBEDDER)/plots-fashion
+	$(BIN)/python manage.py evaluate --threads 2 --model $(EMBEDDER) --data $(EMBEDDER)/heldout-products.jsonl \
+	  --corpus $(SHARED_DATA)/fashion/products.jsonl --json $(EMBEDDER)/eval-fashion-products.json \
+	  --plots $(EMBEDDER)/plots-fashion-products
 	$(BIN)/python manage.py evaluate --threads 2 --model $(EMBEDDER) --data $(SHARED_DATA)/grocery/products.jsonl \
 	  --photos $(SHARED_DATA)/grocery/photos-val.jsonl --json $(EMBEDDER)/eval-grocery.json --plots $(EMBEDDER)/plots-grocery

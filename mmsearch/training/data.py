@@ -163,10 +163,15 @@ def title_key(title: str) -> str:
     return " ".join(title.lower().split())
 
 
+def in_share(key: str, fraction: float) -> bool:
+    """Stable split: True for a share `fraction` of keys, by sha256 of the key."""
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return (h % 10_000) < fraction * 10_000
+
+
 def is_held_out(title: str, fraction: float) -> bool:
     """Stable split by title hash: every product sharing a title lands on the same side."""
-    h = int.from_bytes(hashlib.sha256(title_key(title).encode()).digest()[:8], "big")
-    return (h % 10_000) < fraction * 10_000
+    return in_share(title_key(title), fraction)
 
 
 def fingerprint(paths: Sequence[Path | str]) -> str:

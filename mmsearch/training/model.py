@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from mmsearch.plugins import files
-from mmsearch.plugins.openclip import CONFIG_NAME, LOCAL_DIR, read_folder_config, resolve_text_cfg
+from mmsearch.plugins.openclip import (CONFIG_NAME, LOCAL_DIR, TOKEN_BAG, add_token_bag, load_folder_model,
+                                       read_folder_config, resolve_text_cfg)
 
 WEIGHTS_NAME = "open_clip_model.safetensors"
 CARD_NAME = "model_card.json"
@@ -55,6 +56,7 @@ class Arch:
     std: tuple[float, ...] = STD
     vision_weights: str | None = None  # a VISION_WEIGHTS name: the trunk starts from those weights
     lock_trunk: bool = False  # with vision_weights: the trunk stays as loaded; only the projection head trains
+    token_bag: bool = False  # a learned vector per text token added to the text tower's output (TokenBag)
 
     def model_cfg(self) -> dict:
         """open_clip model config (text tower named by its package, resolved at load time)."""
@@ -92,6 +94,9 @@ ARCHS: dict[str, Arch] = {
     # The same pretrained trunk fine-tuned with everything else (batch norm in training mode): for a GPU, where
     # the trunk's backward pass costs little; on 2 CPU cores it trains at about a third of effl0-128's speed.
     "effl0-128-ft": replace(_EFFL0, name="effl0-128-ft", lock_trunk=False),
+    # effl0-128 with a TokenBag on the text side: the words of a title (brand names above all) reach the text
+    # vector directly, which the locked MiniLM's sentence encoding blurs (README, "Default architecture").
+    "effl0-128-bag": replace(_EFFL0, name="effl0-128-bag", token_bag=True),
     "mnv3s100-64": Arch("mnv3s100-64", {"timm_model_name": "mobilenetv3_small_100", "timm_pool": "avg",
                                         "timm_proj": ""}, 64),
     # open_clip's own ModifiedResNet, shrunk (tests and the demo preset).
@@ -135,7 +140,10 @@ def build_new(arch: Arch) -> Built:
         if arch.lock_trunk:
             lock_vision_trunk(net)
     lock_text_trunk(net)
-    return Built(net, model_cfg, arch.preprocess_cfg(), _hf_tokenizer(cfg["text_cfg"]), True, arch.name)
+    tokenizer = _hf_tokenizer(cfg["text_cfg"])
+    if arch.token_bag:
+        add_token_bag(net, arch.embed_dim, tokenizer)
+    return Built(net, model_cfg, arch.preprocess_cfg(), tokenizer, True, arch.name)
 
 
 def load_trunk_weights(trunk, name: str) -> None:
@@ -182,7 +190,9 @@ def build_from_init(init: str, lock_text: bool = True) -> Built:
         config = read_folder_config(folder)
         model_cfg = config["model_cfg"]
         text_cfg = resolve_text_cfg(model_cfg.get("text_cfg", {}), folder)
-        net = open_clip.create_model(LOCAL_DIR + str(folder.resolve()), text_cfg=text_cfg, pretrained_text=False)
+        net = load_folder_model(folder.resolve(), text_cfg,
+                                _hf_tokenizer(text_cfg) if text_cfg.get("hf_tokenizer_name") else None,
+                                pretrained_text=False)
         preprocess_cfg = config.get("preprocess_cfg") or dict(net.visual.preprocess_cfg)
         arch = read_card(folder).get("architecture", {}).get("name", folder.name)
     else:
@@ -229,8 +239,11 @@ def save_model(built: Built, folder: Path, card: dict) -> dict:
     tmp = folder / (WEIGHTS_NAME + ".tmp")
     save_file(state, str(tmp))
     tmp.replace(folder / WEIGHTS_NAME)
-    (folder / CONFIG_NAME).write_text(json.dumps(
-        {"model_cfg": built.model_cfg, "preprocess_cfg": built.preprocess_cfg}, indent=2))
+    config = {"model_cfg": built.model_cfg, "preprocess_cfg": built.preprocess_cfg}
+    bag = getattr(built.net.text, "token_bag", None) if hasattr(built.net, "text") else None
+    if bag is not None:
+        config[TOKEN_BAG] = {"dim": int(bag.weight.shape[1])}
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     hf_tok = built.model_cfg.get("text_cfg", {}).get("hf_tokenizer_name")
     if hf_tok:
         src = Path(files.resolve_model_ref(hf_tok, folder))

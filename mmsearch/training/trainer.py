@@ -9,7 +9,10 @@
   (mmsearch.text.product_text), its title alone (the query form), or one facet text. With a locked
   (LiT) text trunk the pooled outputs of every distinct text are computed once and cached.
 - Images: decoded once into a uint8 cache at the model's input size; light augmentation (random resized
-  crop, horizontal flip; no colour jitter, since colour is an attribute to learn).
+  crop, horizontal flip; no colour jitter, since colour is an attribute to learn). With a locked pretrained
+  vision trunk and cached_views > 0, the trunk's pooled features of a fixed set of views of every image
+  (view 0 unaugmented, the others augmented) are computed once and cached; each step then draws one view per
+  image and runs only the trainable head, so an epoch costs seconds instead of a trunk pass per image.
 - Resumable: the state after every epoch is in OUT/train_state.pt and the model folder is rewritten, so
   a killed run continues from its last epoch; the schedule and the data order derive from (seed, epoch).
 """
@@ -39,6 +42,7 @@ from mmsearch.training.model import ARCHS, Built, build_from_init, build_new, sa
 
 STATE_NAME = "train_state.pt"
 HELDOUT_NAME = "heldout.jsonl"
+HELDOUT_PRODUCTS_NAME = "heldout-products.jsonl"
 
 
 @dataclass
@@ -78,6 +82,13 @@ class TrainConfig:
     # category level (the zero-shot task, learned on the training products), beside the image-text loss; 0 = off.
     facet_weight: float = 0.0
     facet_photos: bool = True  # the facet loss on shopper photos too (off: catalog images only)
+    # Share of the products outside the held-out titles also held out, by sha256 of the sku (their titles stay in
+    # training through other products): the product-level split, beside the title-level one (`holdout`).
+    holdout_products: float = 0.0
+    # Locked pretrained vision trunk only: train on its cached pooled features of this many fixed views of each
+    # catalog image (view 0 unaugmented) instead of running it on freshly augmented images every step; 0 = off.
+    cached_views: int = 0
+    cached_photo_views: int = 8  # the same for shopper photos and the catalog images of photographed products
     max_steps: int | None = None  # stop early (tests, smoke runs)
     checkpoint_every_s: float = 60.0  # resumable state + model folder at most this often (and at the end)
     device: str = "auto"
@@ -126,13 +137,18 @@ def seed_everything(seed: int) -> None:
 
 
 # --- text features -------------------------------------------------------------------------------------------
-def trunk_identity(built: Built) -> str:
-    """sha256 prefix over the locked text trunk's weights (keys the pooled-feature cache)."""
+def module_identity(module: torch.nn.Module) -> str:
+    """sha256 prefix over a module's weights and buffers (keys the caches of a locked trunk's outputs)."""
     h = hashlib.sha256()
-    for name, t in built.net.text.transformer.state_dict().items():
+    for name, t in module.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def trunk_identity(built: Built) -> str:
+    """Identity of the locked text trunk's weights (keys the pooled-feature cache)."""
+    return module_identity(built.net.text.transformer)
 
 
 @torch.no_grad()
@@ -271,10 +287,15 @@ class Trainer:
         # Products with shopper photos stay in training: photo search is evaluated on a separate photo split.
         val = [p for p in catalog.products if p.sku not in with_photos and D.is_held_out(p.title, cfg.holdout)]
         val_skus = {p.sku for p in val}
-        train = [p for p in catalog.products if p.sku not in val_skus]
+        # The product-level split: other products held out by sku; their titles stay in training (twins).
+        val_sku = [p for p in catalog.products if p.sku not in with_photos and p.sku not in val_skus
+                   and D.in_share(p.sku, cfg.holdout_products)]
+        held = val_skus | {p.sku for p in val_sku}
+        train = [p for p in catalog.products if p.sku not in held]
         if not train:
             raise TrainingError("no training products left after the held-out split; lower --holdout")
         self.train_products, self.val_products, self.photos = train, val, photos
+        self.val_products_by_sku = val_sku
         self.fingerprint = D.fingerprint([*cfg.data, *cfg.photos])
 
         self.built = self._build()
@@ -306,8 +327,10 @@ class Trainer:
         for p in val:
             self.val_images.append(len(paths))  # first image of each held-out product
             paths.append(p.images[0])
-        self.log(f"data: {len(train)} train products, {len(photos)} photos, {len(val)} held-out products "
-                 f"({len(self.items)} pairs an epoch); fingerprint {self.fingerprint[:12]}")
+        self.image_paths = paths
+        self.log(f"data: {len(train)} train products, {len(photos)} photos, {len(val)} held-out products"
+                 + (f" (+ {len(val_sku)} held out by product)" if val_sku else "")
+                 + f" ({len(self.items)} pairs an epoch); fingerprint {self.fingerprint[:12]}")
         families: dict[str, int] = {}
         self.item_family = np.array([families.setdefault(train[it.product].category.rpartition("/")[0], len(families))
                                      for it in self.items], dtype=np.int64)
@@ -356,7 +379,15 @@ class Trainer:
         if self.built.lit:
             self.text_feats = torch.from_numpy(
                 pooled_text_features(self.built, bank.texts, self.cache_dir, self.progress, self.device))
+            if hasattr(self.built.net.text, "token_bag"):
+                # The token bag's input per text, and its length (a batch is cut to its longest text).
+                self.text_tokens = self.built.tokenizer(bank.texts)
+                pad = self.built.net.text.config.pad_token_id
+                self.text_lengths = (self.text_tokens != pad).long().cumsum(1).argmax(1) + 1
         self.facet_matrix = self._facet_matrix()
+        self.features: torch.Tensor | None = None  # cached trunk features (cached_views), made in run()
+        if cfg.cached_views > 0 and not self._trunk_locked():
+            raise TrainingError("--cached-views needs a locked pretrained vision trunk (e.g. --arch effl0-128)")
 
     def _build(self) -> Built:
         try:
@@ -365,6 +396,70 @@ class Trainer:
             return build_new(ARCHS[self.cfg.arch])
         except (ValueError, OSError, RuntimeError) as exc:
             raise TrainingError(str(exc).splitlines()[0]) from exc
+
+    def _trunk_locked(self) -> bool:
+        visual = self.built.net.visual
+        return (hasattr(visual, "trunk") and hasattr(visual, "head")
+                and not any(p.requires_grad for p in visual.trunk.parameters()))
+
+    @torch.no_grad()
+    def cache_trunk_features(self) -> None:
+        """The locked trunk's pooled features of every view of every image, computed once (cached_views).
+
+        A view is keyed by (image file, view number, crop area, seed), and its augmentation is drawn from a
+        generator seeded by that key, so a view's features never depend on the batch it was computed in;
+        the features live in an incremental cache per (trunk weights, input size) under cache_dir.
+        """
+        from tqdm import tqdm
+
+        cfg, trunk = self.cfg, self.built.net.visual.trunk
+        n_views = np.ones(len(self.image_paths), dtype=np.int64)  # validation images: view 0 only
+        crop = np.ones(len(self.image_paths))
+        for it in self.items:
+            n_views[it.image] = cfg.cached_photo_views if it.photographed else cfg.cached_views
+            crop[it.image] = cfg.photo_min_crop if it.photographed else cfg.min_crop
+        keys = [f"{Path(path).resolve()}|{v}|{crop[i] if v else 1.0}|{cfg.seed if v else 0}"
+                for i, path in enumerate(self.image_paths) for v in range(n_views[i])]
+        owner = np.repeat(np.arange(len(self.image_paths)), n_views)
+        view_of = np.concatenate([np.arange(n) for n in n_views])
+        dim = trunk.num_features
+        cache = D.KeyedCache(self.cache_dir, f"trunkfeat-{module_identity(trunk)}-{self.image_size}",
+                             (dim,), np.float16)
+        missing = set(cache.missing(keys))
+        todo = [j for j, k in enumerate(keys) if k in missing]
+        was_training = trunk.training
+        trunk.eval()
+        bs, chunk = 256, 8192
+        bar = tqdm(total=len(todo), desc=f"trunk features ({len(todo)} views)", disable=not self.progress,
+                   mininterval=2.0, file=sys.stderr)
+        for c in range(0, len(todo), chunk):
+            part = todo[c:c + chunk]
+            new = np.empty((len(part), dim), dtype=np.float16)
+            for start in range(0, len(part), bs):
+                js = part[start:start + bs]
+                x = to_pixels(self.pixels[owner[js]], self.mean, self.std, self.device)
+                for row, j in enumerate(js):
+                    if view_of[j]:
+                        seed = int.from_bytes(hashlib.sha256(keys[j].encode()).digest()[:8], "big") >> 1
+                        x[row] = augment(x[row:row + 1], torch.Generator().manual_seed(seed), float(crop[owner[j]]))[0]
+                with self._autocast():
+                    out = trunk(x.contiguous(memory_format=torch.channels_last))
+                new[start:start + len(js)] = out.float().cpu().numpy()
+                bar.update(len(js))
+            cache.add([keys[j] for j in part], new)
+        bar.close()
+        trunk.train(was_training)
+        self.features = torch.from_numpy(cache.rows(keys))
+        first = np.concatenate([[0], np.cumsum(n_views)[:-1]])
+        self.view_first, self.view_count = torch.from_numpy(first), torch.from_numpy(n_views)
+
+    def image_features(self, images: np.ndarray, gen: torch.Generator | None) -> torch.Tensor:
+        """Cached trunk features of the given images: a random view each (view 0 when gen is None)."""
+        idx = torch.from_numpy(np.asarray(images, dtype=np.int64))
+        row = self.view_first[idx]
+        if gen is not None:
+            row = row + (torch.rand(len(idx), generator=gen) * self.view_count[idx]).long()
+        return self.features[row].to(self.device).float()
 
     def _facet_matrix(self) -> torch.Tensor:
         """(products, max facets) facet ids, -2 padded (never equal to a text's facet id or -1)."""
@@ -434,16 +529,19 @@ class Trainer:
         products = np.array([self.items[r].product for r in rows])
         images = np.array([self.items[r].image for r in rows])
         text_ids = self._choose_texts(products, rng)
-        crop = torch.tensor([cfg.photo_min_crop if self.items[r].photographed else cfg.min_crop for r in rows])
-        x = augment(to_pixels(self.pixels[images], self.mean, self.std, self.device), gen, crop)
         pairs = self.photo_pairs(rows)
-        if len(pairs):
-            # The paired catalog images ride in the same forward pass (one set of batch-norm statistics).
-            catalog = [self.catalog_image[p] for p in products[pairs]]
-            x = torch.cat([x, augment(to_pixels(self.pixels[catalog], self.mean, self.std, self.device), gen,
-                                      cfg.photo_min_crop)])
+        catalog = np.array([self.catalog_image[p] for p in products[pairs]], dtype=np.int64)
+        if self.features is not None:
+            x = self.image_features(np.concatenate([images, catalog]), gen)
+        else:
+            crop = torch.tensor([cfg.photo_min_crop if self.items[r].photographed else cfg.min_crop for r in rows])
+            x = augment(to_pixels(self.pixels[images], self.mean, self.std, self.device), gen, crop)
+            if len(pairs):
+                # The paired catalog images ride in the same forward pass (one set of batch-norm statistics).
+                x = torch.cat([x, augment(to_pixels(self.pixels[catalog], self.mean, self.std, self.device), gen,
+                                          cfg.photo_min_crop)])
         with self._autocast():
-            img_emb = net.encode_image(x)
+            img_emb = net.visual.head(x) if self.features is not None else net.encode_image(x)
             txt_emb = self.encode_texts(text_ids)
             n = len(rows)
             loss = clip_loss(img_emb[:n], txt_emb, net.logit_scale, self.not_negative(products, text_ids))
@@ -489,7 +587,12 @@ class Trainer:
     def encode_texts(self, text_ids: np.ndarray | list[int]) -> torch.Tensor:
         net = self.built.net
         if self.built.lit:
-            return net.text.proj(self.text_feats[torch.as_tensor(text_ids)].to(self.device))
+            ids = torch.as_tensor(text_ids)
+            out = net.text.proj(self.text_feats[ids].to(self.device))
+            if hasattr(net.text, "token_bag"):  # what the tower's forward hook adds (plugin.add_token_bag)
+                width = int(self.text_lengths[ids].max())
+                out = out + net.text.token_bag(self.text_tokens[ids, :width].to(self.device))
+            return out
         tokens = self.built.tokenizer([self.bank.texts[i] for i in text_ids]).to(self.device)
         return net.encode_text(tokens)
 
@@ -504,9 +607,12 @@ class Trainer:
         emb = []
         for start in range(0, len(self.val_images), 512):
             rows = self.val_images[start:start + 512]
-            x = to_pixels(self.pixels[rows], self.mean, self.std, self.device)
             with self._autocast():
-                emb.append(F.normalize(net.encode_image(x).float(), dim=-1).cpu())
+                if self.features is not None:
+                    out = net.visual.head(self.image_features(np.array(rows), None))
+                else:
+                    out = net.encode_image(to_pixels(self.pixels[rows], self.mean, self.std, self.device))
+                emb.append(F.normalize(out.float(), dim=-1).cpu())
         img = torch.cat(emb).numpy()
         q = F.normalize(self.encode_texts([self.bank.ids[t] for t in self.val_queries]).float(), dim=-1).cpu().numpy()
         qkey = [D.title_key(t) for t in self.val_queries]
@@ -583,6 +689,8 @@ class Trainer:
                 net.logit_scale.fill_(math.log(1 / cfg.init_temperature))
         self.mean = torch.tensor(self.built.preprocess_cfg["mean"], device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.built.preprocess_cfg["std"], device=self.device).view(1, 3, 1, 1)
+        if cfg.cached_views > 0:
+            self.cache_trunk_features()
         params = [p for p in net.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]  # biases, norms, logit_scale
@@ -680,6 +788,8 @@ class Trainer:
         """Write the model folder and card for the current weights."""
         if self.val_products:
             D.write_products(self.val_products, self.out / HELDOUT_NAME)
+        if self.val_products_by_sku:
+            D.write_products(self.val_products_by_sku, self.out / HELDOUT_PRODUCTS_NAME)
         n_params = sum(p.numel() for p in self.built.net.parameters())
         card = {
             "name": self.out.name,
@@ -690,7 +800,10 @@ class Trainer:
                      "train_products": len(self.train_products), "photos": len(self.photos),
                      "held_out_products": len(self.val_products),
                      "held_out_file": HELDOUT_NAME if self.val_products else None,
-                     "split": f"held out by sha256 of the lowercased title < {self.cfg.holdout}"},
+                     "split": f"held out by sha256 of the lowercased title < {self.cfg.holdout}",
+                     "held_out_by_product": len(self.val_products_by_sku),
+                     "held_out_by_product_file": HELDOUT_PRODUCTS_NAME if self.val_products_by_sku else None,
+                     "product_split": f"then held out by sha256 of the sku < {self.cfg.holdout_products}"},
             "hyperparameters": {k: v for k, v in asdict(self.cfg).items() if k not in ("out", "cache_dir")},
             "training": {"finished": finished, "epochs_done": len(history), "seconds": round(seconds, 1),
                          "device": self.device, "torch": torch.__version__, "python": platform.python_version()},

@@ -344,10 +344,15 @@ def test_train_device_bench_reports_speed_metrics_and_cpu_agreement(shop, tmp_pa
     result = json.loads(out.read_text())
     (run,) = result["runs"]
     assert run["arch"] == "rn-tiny-32" and run["epochs"] == 2 and len(run["per_epoch"]) == 2
-    assert run["pairs_per_epoch"] == 9 + (3 + 3) * 3  # 9 catalog images; (3 photos + their catalog images) x 3 repeats
+    # The default preset also holds out 10 % of the products by sku (never the photographed caps).
+    by_sku = [p for p in D.load_products(products) if not p.sku.endswith("-cap")
+              and not D.is_held_out(p.title, 0.1) and D.in_share(p.sku, 0.1)]
+    assert len(by_sku) == 1
+    # 8 catalog images; (3 photos + their catalog images) x 3 repeats
+    assert run["pairs_per_epoch"] == 9 - len(by_sku) + (3 + 3) * 3
     assert run["pairs_per_second"] > 0 and all(np.isfinite(e["loss"]) for e in run["per_epoch"])
-    agreement = run["agreement"]  # nothing held out of 9 titles at 10 %: measured on the 9 training products
-    assert agreement["items"] == 9 and agreement["device_dtype"] == "float32"
+    agreement = run["agreement"]  # no title held out of 9 at 10 %: measured on the 8 training products
+    assert agreement["items"] == 9 - len(by_sku) and agreement["device_dtype"] == "float32"
     assert agreement["images_min_cosine"] > 0.9999
     assert agreement["texts_min_cosine"] > 0.9999
 
@@ -361,3 +366,94 @@ def test_a_redefined_architecture_does_not_resume_an_old_state(monkeypatch):
     assert TrainConfig(data=["products.jsonl"], out="elsewhere", arch="rn-tiny-32").run_key() == key
     monkeypatch.setitem(ARCHS, "rn-tiny-32", dataclasses.replace(ARCHS["rn-tiny-32"], image_size=48))
     assert cfg.run_key() != key
+
+
+def test_cached_trunk_features_and_token_bag_train_what_the_plugin_serves(shop, tmp_path):
+    """The default preset's effl0-128-bag with --cached-views: the locked trunk's features of fixed views are
+    computed once into a cache (view 0 = the plugin's own image path), the token bag trains, the saved folder
+    serves through the plugin exactly the vectors training used, and the product-level split is written."""
+    from mmsearch.plugins.openclip import OpenClipEmbedder
+    from mmsearch.training.model import ARCHS, build_new
+
+    products, photos = shop
+    out, cache = tmp_path / "bag", tmp_path / "cache"
+    args = ("--arch", "effl0-128-bag", "--cached-views", "2", "--cached-photo-views", "3",
+            "--holdout-products", "0.5", "--epochs", "2", "--lr", "0.01")
+    train(products, photos, out, cache, *args)
+    config = json.loads((out / "open_clip_config.json").read_text())
+    assert config["token_bag"] == {"dim": 256}
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["hyperparameters"]["cached_views"] == 2 and card["training"]["finished"] is True
+
+    # Splits: held-out titles, then held-out products by sku; the rest (and every photographed product) trains.
+    by_title, by_sku = D.load_products(out / "heldout.jsonl"), D.load_products(out / "heldout-products.jsonl")
+    everything = D.load_products(products)
+    assert card["data"]["held_out_by_product"] == len(by_sku) > 0 and len(by_title) > 0
+    held = {p.sku for p in by_title} | {p.sku for p in by_sku}
+    assert len(held) == len(by_title) + len(by_sku) and not any(s.endswith("-cap") for s in held)
+    assert card["data"]["train_products"] == len(everything) - len(held)
+    assert not {D.title_key(p.title) for p in by_title} & {D.title_key(p.title) for p in everything
+                                                          if p.sku not in {q.sku for q in by_title}}
+
+    # One row per view: 2 per plain catalog image, 3 per photo and photographed product's image, 1 per held-out
+    # title's image (validation); products held out by sku are never read.
+    n_train = len(everything) - len(held)
+    (keys_file,) = cache.glob("trunkfeat-*.json")
+    keys = json.loads(keys_file.read_text())
+    assert len(keys) == (n_train - 3) * 2 + (3 + 3) * 3 + len(by_title)
+
+    # The bag trained; the plugin adds it (forward hook) exactly as training's cached-feature path does.
+    saved = build_from_init(str(out))
+    assert saved.net.text.token_bag.weight.abs().sum() > 0
+    embedder = OpenClipEmbedder(pretrained=f"local-dir:{out}", device="cpu")
+    titles = ["Acme Red Shirt", "colour: Blue", "Acme Green Cap"]
+    with torch.no_grad():
+        net = saved.net.eval()
+        pooled = torch.from_numpy(pooled_text_features(saved, titles, None, False))
+        ours = net.text.proj(pooled) + net.text.token_bag(saved.tokenizer(titles))
+    assert np.allclose(embedder.embed_texts(titles), torch.nn.functional.normalize(ours, dim=-1).numpy(), atol=1e-4)
+    fresh = build_new(ARCHS["effl0-128-bag"]).net.eval()
+    with torch.no_grad():  # a fresh bag is zero: the tower starts as effl0-128's
+        assert torch.allclose(fresh.encode_text(saved.tokenizer(titles)),
+                              fresh.text.proj(torch.from_numpy(pooled_text_features(saved, titles, None, False))),
+                              atol=1e-5)
+
+    # View 0 is the unaugmented image: its cached features through the head give the plugin's image vectors.
+    rows = np.load(keys_file.with_suffix(".npy"))
+    index = {k: i for i, k in enumerate(keys)}
+    images = [p.images[0] for p in everything if p.sku not in {q.sku for q in by_sku}]
+    feats = torch.from_numpy(rows[[index[f"{p.resolve()}|0|1.0|0"] for p in images]].astype(np.float32))
+    with torch.no_grad():
+        head = torch.nn.functional.normalize(net.visual.head(feats), dim=-1).numpy()
+    served = embedder.embed_images([D.open_rgb(p) for p in images])
+    assert np.abs(served - head).max() < 5e-3  # features are stored as float16
+
+    # Deterministic views: recomputed from scratch they give the same features and the same trained weights.
+    again, cache2 = tmp_path / "again", tmp_path / "cache2"
+    train(products, photos, again, cache2, *args)
+    assert np.array_equal(np.load(next(cache2.glob("trunkfeat-*.npy"))), rows)
+    assert sha256(again / "open_clip_model.safetensors") == sha256(out / "open_clip_model.safetensors")
+
+    with pytest.raises(CommandError, match="needs a locked pretrained vision trunk"):
+        train(products, photos, tmp_path / "o", cache, "--cached-views", "2")
+    with pytest.raises(CommandError, match="cached-views must be >= 0"):
+        train(products, photos, tmp_path / "o", cache, "--arch", "effl0-128-bag", "--cached-views", "-1")
+
+
+def test_token_bag_averages_token_vectors_without_special_tokens():
+    """TokenBag: the mean of the vectors of a text's tokens; [CLS], [SEP] and padding take no part, so trailing
+    padding never changes a text (training cuts a batch to its longest text)."""
+    from mmsearch.training.model import ARCHS, build_new
+
+    built = build_new(ARCHS["effl0-128-bag"])
+    bag = built.net.text.token_bag
+    assert bag.weight.shape == (30522, 256) and not bag.weight.any()
+    with torch.no_grad():
+        bag.weight.copy_(torch.randn_like(bag.weight))
+        ids = built.tokenizer(["Roadster Men Navy Blue Shirt", "Navy"])
+        out = bag(ids)
+        words = [i for i in ids[0].tolist() if i not in (0, 101, 102)]
+        assert len(words) >= 5 and torch.allclose(out[0], bag.weight[words].mean(0), atol=1e-6)
+        (navy,) = [i for i in ids[1].tolist() if i not in (0, 101, 102)]
+        assert torch.allclose(out[1], bag.weight[navy], atol=1e-6)
+        assert torch.allclose(bag(ids[:, :12]), out, atol=1e-6)

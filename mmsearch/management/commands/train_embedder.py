@@ -14,10 +14,12 @@ from django.core.management.base import BaseCommand, CommandError
 # What the default and scratch presets share (README, "How the recipe was chosen").
 _RECIPE = {"batch_size": 128, "text_mix": (0.5, 0.5, 0.0), "init_temperature": 0.1, "photo_repeat": 3,
            "balance_photo_products": True, "batch_by_source": False, "photo_pair_weight": 0.25, "facet_weight": 1.0,
-           "facet_photos": False, "photo_min_crop": 0.25}
+           "facet_photos": False, "photo_min_crop": 0.25, "holdout_products": 0.1}
 PRESETS: dict[str, dict] = {
-    # The ImageNet-pretrained EfficientNet-Lite0 trunk, locked; its projection and the text projection train.
-    "default": {**_RECIPE, "arch": "effl0-128", "epochs": 4, "lr": 1e-3},
+    # The ImageNet-pretrained EfficientNet-Lite0 trunk, locked, trained on its cached features of fixed views;
+    # its projection, the text projection and the text token bag train.
+    "default": {**_RECIPE, "arch": "effl0-128-bag", "epochs": 20, "batch_size": 512, "lr": 1e-3, "cached_views": 2,
+                "cached_photo_views": 8},
     # For a CUDA GPU: the same recipe with the pretrained trunk fine-tuned too, 8 epochs (README, "On a GPU");
     # on 2 CPU cores it would take about 6 hours.
     "gpu": {**_RECIPE, "arch": "effl0-128-ft", "epochs": 8, "lr": 1e-3},
@@ -44,6 +46,14 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int)
         parser.add_argument("--lr", type=float)
         parser.add_argument("--holdout", type=float, help="share of titles held out for validation (default 0.1)")
+        parser.add_argument("--holdout-products", type=float,
+                            help="share of the other products also held out, by sku (written to "
+                                 "heldout-products.jsonl; default preset 0.1)")
+        parser.add_argument("--cached-views", type=int,
+                            help="locked pretrained trunk: train on its cached features of this many views of "
+                                 "each catalog image (0 = run the trunk every step; default preset 2)")
+        parser.add_argument("--cached-photo-views", type=int,
+                            help="the same for shopper photos and their products' catalog images (default 8)")
         parser.add_argument("--batch-by-source", action=argparse.BooleanOptionalAction, default=None,
                             help="draw each batch from one data file (default of the preset) or mix the files")
         parser.add_argument("--photo-repeat", type=int, help="times each shopper photo is seen per epoch")
@@ -88,7 +98,8 @@ class Command(BaseCommand):
 
             torch.set_num_threads(o["threads"])
         preset = dict(PRESETS[o["preset"]])
-        for key in ("arch", "epochs", "batch_size", "lr", "holdout", "photo_repeat", "batch_by_source",
+        for key in ("arch", "epochs", "batch_size", "lr", "holdout", "holdout_products", "cached_views",
+                    "cached_photo_views", "photo_repeat", "batch_by_source",
                     "balance_photo_products", "hard_batches", "photo_pair_weight", "facet_weight", "facet_photos",
                     "min_crop", "photo_min_crop", "init_temperature"):
             if o.get(key) is not None:
@@ -100,8 +111,10 @@ class Command(BaseCommand):
                           cache_dir=str(cache), **preset)
         if cfg.batch_size < 2:
             raise CommandError("--batch-size must be at least 2 (a contrastive batch needs negatives)")
-        if not 0 <= cfg.holdout < 1:
-            raise CommandError("--holdout must be in [0, 1)")
+        if not (0 <= cfg.holdout < 1 and 0 <= cfg.holdout_products < 1):
+            raise CommandError("--holdout and --holdout-products must be in [0, 1)")
+        if cfg.cached_views < 0 or cfg.cached_photo_views < 1:
+            raise CommandError("--cached-views must be >= 0 and --cached-photo-views >= 1")
         if not 0 <= cfg.hard_batches <= 1:
             raise CommandError("--hard-batches must be in [0, 1]")
         if not (0 < cfg.min_crop <= 1 and 0 < cfg.photo_min_crop <= 1):
