@@ -216,7 +216,7 @@ def load_folder_model(folder: Path, text_cfg: dict, tokenizer: Any, **kwargs: An
     finally:
         logging.getLogger().removeFilter(quiet)
     add_token_bag(net, int(bag["dim"]), tokenizer)
-    load_checkpoint(net, str(_folder_source(str(folder)).weights), strict=True)
+    load_checkpoint(net, str(files.find_weights(folder, WEIGHTS_NAMES)), strict=True)
     return net
 
 

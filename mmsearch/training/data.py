@@ -163,10 +163,14 @@ def title_key(title: str) -> str:
     return " ".join(title.lower().split())
 
 
+def key_hash(key: str) -> int:
+    """A stable 64-bit integer of a string (sha256), for splits and per-key random seeds."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+
+
 def in_share(key: str, fraction: float) -> bool:
     """Stable split: True for a share `fraction` of keys, by sha256 of the key."""
-    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
-    return (h % 10_000) < fraction * 10_000
+    return (key_hash(key) % 10_000) < fraction * 10_000
 
 
 def is_held_out(title: str, fraction: float) -> bool:

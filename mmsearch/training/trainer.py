@@ -440,8 +440,8 @@ class Trainer:
                 x = to_pixels(self.pixels[owner[js]], self.mean, self.std, self.device)
                 for row, j in enumerate(js):
                     if view_of[j]:
-                        seed = int.from_bytes(hashlib.sha256(keys[j].encode()).digest()[:8], "big") >> 1
-                        x[row] = augment(x[row:row + 1], torch.Generator().manual_seed(seed), float(crop[owner[j]]))[0]
+                        gen = torch.Generator().manual_seed(D.key_hash(keys[j]) >> 1)
+                        x[row] = augment(x[row:row + 1], gen, float(crop[owner[j]]))[0]
                 with self._autocast():
                     out = trunk(x.contiguous(memory_format=torch.channels_last))
                 new[start:start + len(js)] = out.float().cpu().numpy()
