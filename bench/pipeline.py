@@ -144,7 +144,8 @@ def raw_forward(ids: list[int], batch_size: int) -> float:
     """Images/s of the model's forward pass alone: every batch decoded and preprocessed beforehand."""
     from catalog.models import ProductImage
     from mmsearch.plugins import get_model
-    from workers.pipeline import chunks, decode_image
+    from mmsearch.plugins.runtime import batches as chunks
+    from workers.pipeline import decode_image
 
     plugin = get_model("embedder")
     names = dict(ProductImage.objects.filter(pk__in=ids).values_list("pk", "file"))
@@ -165,7 +166,8 @@ def pipeline_run(ids: list[int], env: dict[str, str], log: Path) -> dict:
     from mmsearch.celery import app
     from mmsearch.models import IndexJob
     from mmsearch.plugins import get_model
-    from workers import jobs, tasks
+    from mmsearch import indexing as jobs
+    from workers import tasks
 
     if not os.environ.get("REDIS_URL"):  # the bench's own embedded Redis database: drop leftovers of an aborted run
         with app.connection_for_write() as conn:

@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from bench.search_quality import build_queries, load_products
-    from mmsearch.search import engine, photo
+    from mmsearch.search import photo, signals
+    from mmsearch.search.config import config
 
     products = load_products()
     if not products:
@@ -116,21 +117,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'api_photo':>18}: {results['api_photo']}", flush=True)
 
     # The parts alone: encoding, then the candidate SQL with the vectors already computed.
-    text_enc = engine.active_encoder("text_embedder")
-    image_enc = engine.active_encoder("embedder")
-    fsql, fparams = engine.filter_sql({})
-    k = engine.config()["CANDIDATES"]
+    text_enc = signals.active_encoder("text_embedder")
+    image_enc = signals.active_encoder("embedder")
+    fsql, fparams = signals.filter_sql({})
+    k = config()["CANDIDATES"]
     if text_enc:
         results["encode_text"] = summary([timed(lambda t=t: text_enc.model.embed_texts([t])) for t in texts])
     if image_enc and photos:
         images = [Image.open(io.BytesIO(d)).convert("RGB") for d in photos]
-        views = photo.PhotoViews.from_config(engine.config())  # as search by photo encodes a photo
+        views = photo.PhotoViews.from_config(config())  # as search by photo encodes a photo
         results["encode_image"] = summary([
             timed(lambda im=im: photo.query_vectors(photo.embed_views(image_enc.model, [im], views))) for im in images
         ])
         results["encode_image_views"] = views.count
     results["sql_lexical"] = summary([
-        timed(lambda t=t: engine.lexical_candidates(t, {}, k, need=24)) for t in texts
+        timed(lambda t=t: signals.lexical_candidates(t, {}, k, need=24)) for t in texts
     ])
     for name, enc, kind in (("sql_text_vector", text_enc, "product"), ("sql_image_vector", image_enc, "image")):
         if enc is None:
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def knn(qvec, enc=enc, kind=kind):
             with transaction.atomic():
-                engine.vector_candidates(kind, enc, qvec, fsql, fparams, k, {})
+                signals.vector_candidates(kind, enc, qvec, fsql, fparams, k, {})
         results[name] = summary([timed(lambda v=v: knn(v)) for v in qvecs])
     for name in ("encode_text", "encode_image", "sql_lexical", "sql_text_vector", "sql_image_vector"):
         if name in results:

@@ -80,9 +80,8 @@ def colour_forms(colour: str) -> list[str]:
 def load_products() -> dict[int, tuple]:
     """{product_id: (gender, colour, article_type)} of the active fashion products."""
     from django.apps import apps
-    from django.conf import settings
 
-    Product = apps.get_model(settings.MMSEARCH_PRODUCT_MODEL)
+    Product = apps.get_model("catalog.Product")
     rows = Product.objects.filter(active=True, sku__startswith="fashion-").values_list("id", "attributes")
     return {pid: (a.get("gender"), a.get("colour"), a.get("article_type")) for pid, a in rows}
 
@@ -133,7 +132,8 @@ def evaluate(queries: list[dict], products: dict[int, tuple], configs: list[str]
     from django.conf import settings
     from django.test import override_settings
 
-    from mmsearch.search.engine import SearchError, SearchQuery, search
+    from mmsearch.search.engine import search
+    from mmsearch.search.params import SearchError, SearchQuery
 
     base = getattr(settings, "MMSEARCH_SEARCH", {}) or {}
     out = {}
@@ -186,14 +186,13 @@ def grocery_index():
     """Embed the grocery catalogue images with the configured embedder (the pipeline's task body, run here)
     and make that key active for the measurement; the previously active key is restored afterwards."""
     from django.apps import apps
-    from django.conf import settings
 
     from mmsearch.plugins import get_model
     from mmsearch.search import vectors
     from workers.pipeline import run_images
 
     plugin = get_model("embedder")
-    Image = apps.get_model(settings.MMSEARCH_IMAGE_MODEL)
+    Image = apps.get_model("catalog.ProductImage")
     ids = list(Image.objects.filter(product__sku__startswith="grocery-").values_list("id", flat=True))
     run_images("embedder", plugin.model_key, ids)
     vectors.ensure_index("image", plugin.model_key, plugin.dim)
@@ -214,8 +213,9 @@ def _photo(photos_file: Path, row: dict, times: list[float]):
 
     from PIL import Image
 
-    from catalog.images import check_image
-    from mmsearch.search.engine import SearchError, SearchQuery, search
+    from mmsearch.images import check_image
+    from mmsearch.search.engine import search
+    from mmsearch.search.params import SearchError, SearchQuery
 
     checked = check_image((photos_file.parent / row["image"]).read_bytes())
     t0 = time.perf_counter()
@@ -244,7 +244,7 @@ def restrict_to_embedded() -> tuple[int, int]:
     active = vectors.active_model("text_embedder")
     if active is None:
         raise SystemExit("--only-embedded needs an active text_embedder (manage.py activate_model text_embedder)")
-    table = apps.get_model(settings.MMSEARCH_PRODUCT_MODEL)._meta.db_table
+    table = apps.get_model("catalog.Product")._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} p SET active = EXISTS (SELECT 1 FROM {vectors.TABLES['product']} e "

@@ -3,7 +3,7 @@ from django.contrib import admin
 from django.core.files.uploadedfile import UploadedFile
 from django.utils.html import format_html
 
-from catalog.images import ImageRejected, check_image, check_size
+from mmsearch.images import ImageRejected, check_image, check_size
 from catalog.storage import write_image_file
 from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup
 
@@ -11,7 +11,7 @@ from catalog.models import Category, Product, ProductImage, ProductTag, Tag, Tag
 class ProductImageForm(forms.ModelForm):
     """Runs an uploaded file through the same checks as the API and stores it by content (sha256)."""
 
-    # A plain file field: catalog.images.check_image is the one judge of what is an acceptable image.
+    # A plain file field: mmsearch.images.check_image is the one judge of what is an acceptable image.
     file = forms.FileField(help_text="JPEG, PNG or WebP")
 
     class Meta:

@@ -1,7 +1,7 @@
-"""The catalog's one outgoing hook: 'these products/images changed'.
+"""The catalog's one outgoing hook: 'these products/images changed' (mmsearch.adapter.catalog_changed).
 
-Catalog code sends it (after saves, imports and bulk edits); the engine and workers listen. Receivers get
-ids only, and the signal is sent after the surrounding transaction commits.
+Catalog code sends it (after saves, imports and bulk edits); the engine listens and queues the embedding work.
+Receivers get ids only, and the signal is sent after the surrounding transaction commits.
 """
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from django.db import transaction
-from django.dispatch import Signal
 
-# kwargs: product_ids (list[int]), image_ids (list[int])
-catalog_changed = Signal()
+from mmsearch.adapter import catalog_changed
 
 
 def notify_changed(product_ids: Iterable[int] = (), image_ids: Iterable[int] = ()) -> None:

@@ -1,4 +1,6 @@
-"""Product filters shared by the catalog API and search: category subtree, price range, attributes, tags."""
+"""Product filters, one implementation for the products API and for search: category subtree, price range,
+accepted tags, attribute values. The parameter grammar (names, value lists, escapes) is the engine's
+(mmsearch.search.params); values the catalog cannot apply raise its FilterError."""
 
 from __future__ import annotations
 
@@ -10,8 +12,7 @@ from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from rest_framework.exceptions import ValidationError
 
 from catalog.models import Category, Product, ProductTag
-
-ATTR_PREFIX = "attr."
+from mmsearch.search.params import ATTR_PREFIX, FilterError, price, split_values, tag_parts
 
 
 def category_q(path: str, prefix: str = "category") -> Q:
@@ -20,38 +21,75 @@ def category_q(path: str, prefix: str = "category") -> Q:
     return Q(**{f"{prefix}__path": path}) | Q(**{f"{prefix}__path__startswith": path + "/"})
 
 
-def split_values(raw: str) -> list[str]:
-    """'Red,Blue' -> ['Red', 'Blue'] ("any of"); a backslash escapes a comma or a backslash inside one value,
-    so 'The Netherlands\\, ca 140g' is the single value 'The Netherlands, ca 140g'. Blank parts are dropped."""
-    values, current, i = [], [], 0
-    while i < len(raw):
-        ch = raw[i]
-        if ch == "\\" and i + 1 < len(raw) and raw[i + 1] in ",\\":
-            current.append(raw[i + 1])
-            i += 2
-            continue
-        if ch == ",":
-            values.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-        i += 1
-    values.append("".join(current))
-    return [v.strip() for v in values if v.strip()]
+def check_categories(paths: list[str]) -> None:
+    """FilterError naming the first path that is not a category."""
+    wanted = [p.strip().strip("/") for p in paths]
+    known = set(Category.objects.filter(path__in=wanted).values_list("path", flat=True))
+    missing = [p for p in wanted if p not in known]
+    if missing:
+        raise FilterError("category", f"unknown category {missing[0]!r}")
 
 
-def escape_value(value: str) -> str:
-    """One value as split_values reads it back unchanged (commas and backslashes escaped)."""
-    return value.replace("\\", "\\\\").replace(",", "\\,")
+def filter_categories(queryset: QuerySet, paths: list[str]) -> QuerySet:
+    """Products in any of these categories or below them."""
+    q = Q()
+    for path in paths:
+        q |= category_q(path)
+    return queryset.filter(q)
 
 
-def split_tag(value: str) -> Q:
-    """'colour:red' (group:slug) or 'red' (slug in any group) -> a Q on ProductTag.tag."""
-    group, _, slug = value.rpartition(":")
-    q = Q(tag__slug=slug.strip())
-    if group:
-        q &= Q(tag__group__slug=group.strip())
-    return q
+def filter_tags(queryset: QuerySet, raw_values: list[str]) -> QuerySet:
+    """Products carrying every accepted tag named ('group:slug' or 'slug'; commas separate tags)."""
+    for raw in raw_values:
+        for group, slug in tag_parts(raw):
+            q = Q(tag__slug=slug, status=ProductTag.Status.ACCEPTED)
+            if group:
+                q &= Q(tag__group__slug=group)
+            queryset = queryset.filter(pk__in=ProductTag.objects.filter(q).values("product_id"))
+    return queryset
+
+
+def filter_attributes(queryset: QuerySet, attrs: dict[str, list[str]]) -> QuerySet:
+    """{'attr.NAME': [raw values]}: any of the values (comma-separated or repeated; a backslash escapes a comma
+    inside a value) on the attributes JSON, case-insensitive."""
+    for index, (key, raws) in enumerate(attrs.items()):
+        name = key[len(ATTR_PREFIX):]
+        if not name:
+            raise FilterError(key, "attribute name is empty; use attr.NAME=VALUE")
+        values = [v for raw in raws for v in split_values(raw)]
+        if not values:
+            raise FilterError(key, "no value given")
+        # Key transforms take the name as a literal JSON key (never parsed as an ORM lookup path).
+        text, raw = f"_attr{index}_text", f"_attr{index}_json"
+        queryset = queryset.alias(**{text: KeyTextTransform(name, "attributes"), raw: KeyTransform(name, "attributes")})
+        q = Q()
+        for value in values:
+            q |= Q(**{f"{text}__iexact": value})
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if math.isfinite(number):  # so 2012 also matches a stored 2012.0
+                q |= Q(**{raw: number})
+        queryset = queryset.filter(q)
+    return queryset
+
+
+def apply_filters(queryset: QuerySet, filters: dict[str, list[str]]) -> QuerySet:
+    """All of {category, price_min, price_max, tag, attr.NAME: [values]} (the search engine's filters)."""
+    if "category" in filters:
+        queryset = filter_categories(queryset, filters["category"])
+    if "price_min" in filters:
+        queryset = queryset.filter(price__gte=price("price_min", filters["price_min"][0]))
+    if "price_max" in filters:
+        queryset = queryset.filter(price__lte=price("price_max", filters["price_max"][0]))
+    if "tag" in filters:
+        queryset = filter_tags(queryset, filters["tag"])
+    return filter_attributes(queryset, {k: v for k, v in filters.items() if k.startswith(ATTR_PREFIX)})
+
+
+def _drf(exc: FilterError) -> ValidationError:
+    return ValidationError({exc.param: exc.message})
 
 
 class ProductFilterSet(django_filters.FilterSet):
@@ -69,50 +107,25 @@ class ProductFilterSet(django_filters.FilterSet):
         fields: list[str] = []
 
     def filter_category(self, queryset, name, value):
-        if not Category.objects.filter(path=value.strip().strip("/")).exists():
-            raise ValidationError({"category": f"unknown category {value!r}"})
-        return queryset.filter(category_q(value))
+        try:
+            check_categories([value])
+        except FilterError as exc:
+            raise _drf(exc) from None
+        return filter_categories(queryset, [value])
 
     def filter_tag(self, queryset, name, value):
-        for part in [v for v in value.split(",") if v.strip()]:
-            queryset = queryset.filter(
-                pk__in=ProductTag.objects.filter(split_tag(part), status=ProductTag.Status.ACCEPTED).values("product_id")
-            )
-        return queryset
+        return filter_tags(queryset, [value])
 
     def filter_sku(self, queryset, name, value):
         return queryset.filter(sku__in=[s.strip() for s in value.split(",") if s.strip()])
 
     @property
     def qs(self):
-        queryset = super().qs
-        return filter_attributes(queryset, self.data)
-
-
-def filter_attributes(queryset: QuerySet, params) -> QuerySet:
-    """attr.NAME=VALUE (repeat or comma-separate for any of; backslash-escape a comma inside a value) on the
-    attributes JSON; case-insensitive values."""
-    for index, key in enumerate(k for k in params if k.startswith(ATTR_PREFIX)):
-        name = key[len(ATTR_PREFIX):]
-        if not name:
-            raise ValidationError({key: "attribute name is empty; use attr.NAME=VALUE"})
-        values = [v for raw in params.getlist(key) for v in split_values(raw)]
-        if not values:
-            raise ValidationError({key: "no value given"})
-        # Key transforms take the name as a literal JSON key (never parsed as an ORM lookup path).
-        text, raw = f"_attr{index}_text", f"_attr{index}_json"
-        queryset = queryset.alias(**{text: KeyTextTransform(name, "attributes"), raw: KeyTransform(name, "attributes")})
-        q = Q()
-        for value in values:
-            q |= Q(**{f"{text}__iexact": value})
-            try:
-                number = float(value)
-            except ValueError:
-                continue
-            if math.isfinite(number):  # so 2012 also matches a stored 2012.0
-                q |= Q(**{raw: number})
-        queryset = queryset.filter(q)
-    return queryset
+        attrs = {k: self.data.getlist(k) for k in self.data if k.startswith(ATTR_PREFIX)}
+        try:
+            return filter_attributes(super().qs, attrs)
+        except FilterError as exc:
+            raise _drf(exc) from None
 
 
 def check_params(params, allowed: set[str]) -> None:

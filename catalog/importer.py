@@ -19,7 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from catalog.changes import notify_changed
-from catalog.images import CheckedImage, ImageRejected, check_image
+from mmsearch.images import CheckedImage, ImageRejected, check_image
 from catalog.models import Category, Product, ProductImage, normalize_path
 from catalog.search_text import refresh_search_vectors
 from catalog.storage import write_image_file

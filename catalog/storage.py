@@ -10,7 +10,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage, default_storage
 from django.db.models import Max
 
-from catalog.images import CheckedImage
+from mmsearch.images import CheckedImage
 from catalog.models import Product, ProductImage
 
 

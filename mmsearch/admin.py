@@ -36,7 +36,7 @@ class IndexJobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Switch search to the selected job's model (blue/green)")
     def activate_model(self, request, queryset):
-        from workers.jobs import JobError, activate
+        from mmsearch.indexing import JobError, activate
 
         jobs = list(queryset[:2])
         if len(jobs) != 1:
@@ -56,7 +56,7 @@ class IndexJobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel the selected jobs")
     def cancel_jobs(self, request, queryset):
-        from workers.jobs import cancel_job
+        from mmsearch.indexing import cancel_job
 
         cancelled = sum(cancel_job(job).status == IndexJob.Status.CANCELLED for job in queryset)
         self.message_user(request, f"{cancelled} job(s) cancelled")

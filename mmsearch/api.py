@@ -58,7 +58,7 @@ class IndexJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 
     def create(self, request, *args, **kwargs):
         """Start a job: queue embedding of the catalog for `alias`."""
-        from workers.jobs import JobError, QueueUnavailable, start_job
+        from mmsearch.indexing import JobError, QueueUnavailable, start_job
 
         params = StartJobSerializer(data=request.data)
         params.is_valid(raise_exception=True)
@@ -73,7 +73,7 @@ class IndexJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         """Cancel a queued or running job; its remaining tasks return without work."""
-        from workers.jobs import cancel_job
+        from mmsearch.indexing import cancel_job
 
         return Response(IndexJobSerializer(cancel_job(self.get_object())).data)
 

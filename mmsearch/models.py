@@ -1,21 +1,25 @@
-"""The engine's storage: vectors keyed by the model that made them, and which model is active per role.
+"""The engine's storage: vectors keyed by the model that made them, which model is active per role, and jobs.
 
-The engine refers to the catalog only through the model labels in settings (MMSEARCH_PRODUCT_MODEL,
-MMSEARCH_IMAGE_MODEL), never by importing catalog code.
+The vector tables reference the catalog's product and image tables by foreign key (by app label, so a deleted
+product takes its vectors with it); everything else the engine reads of the catalog goes through
+mmsearch.adapter. No catalog code is imported.
 """
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import models
 from pgvector.django import VectorField
+
+# The catalog tables the vectors describe (as in migration 0002).
+PRODUCT_MODEL = "catalog.Product"
+IMAGE_MODEL = "catalog.ProductImage"
 
 
 class ImageEmbedding(models.Model):
     """One vector per (image, model_key). `product` is denormalised so search can group and filter by product."""
 
-    image = models.ForeignKey(settings.MMSEARCH_IMAGE_MODEL, on_delete=models.CASCADE, related_name="+")
-    product = models.ForeignKey(settings.MMSEARCH_PRODUCT_MODEL, on_delete=models.CASCADE, related_name="+")
+    image = models.ForeignKey(IMAGE_MODEL, on_delete=models.CASCADE, related_name="+")
+    product = models.ForeignKey(PRODUCT_MODEL, on_delete=models.CASCADE, related_name="+")
     model_key = models.CharField(max_length=200)
     # No fixed dimension: one table serves every model. The HNSW index is a partial expression index per
     # model_key that casts to that model's dimension (see mmsearch.search.vectors.ensure_index).
@@ -30,7 +34,7 @@ class ImageEmbedding(models.Model):
 class ProductTextEmbedding(models.Model):
     """One vector per (product, model_key) of the product's text (title, category, attributes, tags)."""
 
-    product = models.ForeignKey(settings.MMSEARCH_PRODUCT_MODEL, on_delete=models.CASCADE, related_name="+")
+    product = models.ForeignKey(PRODUCT_MODEL, on_delete=models.CASCADE, related_name="+")
     model_key = models.CharField(max_length=200)
     vector = VectorField()
     # sha256 of the embedded text, so an unchanged product is not embedded again.

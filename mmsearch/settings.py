@@ -148,9 +148,9 @@ LOGGING = {
 }
 
 # --- engine -------------------------------------------------------------------------------------------------
-# The catalog models the engine stores vectors for (the engine's only link to the catalog).
-MMSEARCH_PRODUCT_MODEL = "catalog.Product"
-MMSEARCH_IMAGE_MODEL = "catalog.ProductImage"
+# What the engine asks of the catalog (filtering, result cards, facets, texts and files to embed): the one
+# boundary between them (mmsearch/adapter.py; docs/architecture.md).
+MMSEARCH_CATALOG_ADAPTER = "catalog.adapter.CatalogAdapter"
 
 # Model plugins by role alias: {"BACKEND": dotted path, "OPTIONS": {...}} (see README "Plugins").
 # The embedder is the trained open_clip model folder (`manage.py train_embedder --out ...`); only while that

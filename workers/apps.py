@@ -2,8 +2,7 @@ from django.apps import AppConfig
 
 
 class WorkersConfig(AppConfig):
+    """The Celery tasks (workers/tasks.py, found by the Celery app's autodiscovery) and their batch pipeline."""
+
     name = "workers"
     verbose_name = "Embedding workers"
-
-    def ready(self) -> None:
-        from workers import signals  # noqa: F401  (connects the catalog_changed receiver)

@@ -21,16 +21,18 @@ from typing import Any
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 from PIL import Image, UnidentifiedImageError
 
+from mmsearch.adapter import get_catalog
+from mmsearch.indexing import batch_size, bootstrap_activation, fail_job
 from mmsearch.models import EmbeddingFailure, IndexJob, IndexJobBatch
 from mmsearch.plugins import get_model
 from mmsearch.plugins.base import PixelEmbedder
+from mmsearch.plugins.runtime import batches as chunks
 from mmsearch.search import vectors
-from mmsearch.text import product_text
 
 logger = logging.getLogger(__name__)
 
@@ -63,21 +65,6 @@ class Outcome:
         }
 
 
-def chunks(seq: Sequence, size: int) -> list[Sequence]:
-    """Consecutive slices of at most `size` items."""
-    size = max(1, int(size))
-    return [seq[i : i + size] for i in range(0, len(seq), size)]
-
-
-def batch_size() -> int:
-    return max(1, int(settings.MMSEARCH_EMBED_BATCH_SIZE))
-
-
-def task_size() -> int:
-    """Ids per task: several batches, so decoding overlaps the forward pass within a task."""
-    return batch_size() * max(1, int(settings.MMSEARCH_EMBED_BATCHES_PER_TASK))
-
-
 # --- the job ------------------------------------------------------------------------------------------------
 
 def _job_for_task(job_id: int | None) -> IndexJob | None:
@@ -88,15 +75,6 @@ def _job_for_task(job_id: int | None) -> IndexJob | None:
         status=IndexJob.Status.RUNNING, started_at=timezone.now()
     )
     return IndexJob.objects.filter(pk=job_id).first()
-
-
-def fail_job(job_id: int | None, error: str) -> None:
-    """Mark an unfinished job failed with `error`."""
-    if job_id is None:
-        return
-    IndexJob.objects.filter(pk=job_id, status__in=[IndexJob.Status.QUEUED, IndexJob.Status.RUNNING]).update(
-        status=IndexJob.Status.FAILED, error=error, finished_at=timezone.now()
-    )
 
 
 def _check_model(alias: str, model_key: str, job_id: int | None):
@@ -111,32 +89,47 @@ def _check_model(alias: str, model_key: str, job_id: int | None):
     return plugin
 
 
-def _claim_batch(job_id: int | None, chunk: int, number: int, *, done: int, failed: int) -> bool:
-    """Inside the batch's transaction: add its ledger row; False when this batch was recorded before."""
-    if job_id is None:
-        return True
-    try:
-        with transaction.atomic():
-            IndexJobBatch.objects.create(job_id=job_id, chunk=chunk, batch=number, done=done, failed=failed)
-    except IntegrityError:
-        return False
+@dataclass
+class BatchCounts:
+    """What one write batch accounts for, and the seconds it spent per stage."""
+
+    done: int  # written or skipped
+    skipped: int
+    failed: int
+    decode_s: float = 0.0
+    forward_s: float = 0.0
+
+
+def _commit_batch(
+    plugin, alias: str, model_key: str, job_id: int | None, chunk: int, number: int, counts: BatchCounts,
+    write: Callable[[], None],
+) -> bool:
+    """One transaction: check the key, claim the batch in the job's ledger, write, count it on the job (closing
+    the job when complete). False when the ledger already had the batch (another delivery of the task wrote it)."""
+    started = time.perf_counter()
+    with transaction.atomic():
+        if plugin.model_key != model_key:  # never write under a key the plugin no longer has
+            raise ModelKeyMismatch(f"alias {alias!r} changed model_key during the task; nothing written")
+        if job_id is not None:
+            try:
+                with transaction.atomic():
+                    IndexJobBatch.objects.create(
+                        job_id=job_id, chunk=chunk, batch=number, done=counts.done, failed=counts.failed
+                    )
+            except IntegrityError:
+                return False
+        write()
+        if job_id is not None:
+            IndexJob.objects.filter(pk=job_id).update(
+                done=F("done") + counts.done, skipped=F("skipped") + counts.skipped, failed=F("failed") + counts.failed,
+                decode_seconds=F("decode_seconds") + counts.decode_s,
+                forward_seconds=F("forward_seconds") + counts.forward_s,
+                write_seconds=F("write_seconds") + (time.perf_counter() - started),
+            )
+            IndexJob.objects.filter(
+                pk=job_id, status=IndexJob.Status.RUNNING, total__lte=F("done") + F("failed")
+            ).update(status=IndexJob.Status.DONE, finished_at=timezone.now())
     return True
-
-
-def _count_batch(
-    job_id: int | None, *, done: int, skipped: int, failed: int, decode_s: float, forward_s: float, write_s: float
-) -> None:
-    """Inside the batch's transaction, after its claim: add to the job's counters and close it when complete."""
-    if job_id is None:
-        return
-    IndexJob.objects.filter(pk=job_id).update(
-        done=F("done") + done, skipped=F("skipped") + skipped, failed=F("failed") + failed,
-        decode_seconds=F("decode_seconds") + decode_s, forward_seconds=F("forward_seconds") + forward_s,
-        write_seconds=F("write_seconds") + write_s,
-    )
-    IndexJob.objects.filter(
-        pk=job_id, status=IndexJob.Status.RUNNING, total__lte=F("done") + F("failed")
-    ).update(status=IndexJob.Status.DONE, finished_at=timezone.now())
 
 
 def _recorded_batches(job_id: int | None, chunk: int) -> set[int]:
@@ -157,33 +150,11 @@ def _clear_failures(kind: str, model_key: str, item_ids: Sequence[int]) -> None:
         EmbeddingFailure.objects.filter(kind=kind, model_key=model_key, item_id__in=list(item_ids)).delete()
 
 
-def bootstrap_activation(alias: str) -> None:
-    """Make the role's own alias (e.g. `embedder`) active once it covers the catalog, if nothing is active yet.
-
-    Only the first model of a slot activates itself (a fresh install then searches without a manual step);
-    every later switch is an explicit blue/green `activate_model`.
-    """
-    from mmsearch.models import ActiveModel
-    from mmsearch.plugins import alias_role
-    from workers.jobs import JobError, activate
-
-    try:
-        if alias != alias_role(alias) or ActiveModel.objects.filter(alias=alias).exists():
-            return
-        with transaction.atomic():  # a savepoint: a lost race or refusal leaves the caller's transaction usable
-            result = activate(alias)
-        logger.info("activated %s for %s: %s", result.model_key, alias, "; ".join(map(str, result.coverage)))
-    except JobError:
-        return  # not fully indexed yet
-    except DatabaseError:
-        logger.info("activation of %s skipped (another worker is activating it)", alias, exc_info=True)
-
-
 # --- images -------------------------------------------------------------------------------------------------
 
 def decode_image(name: str, size_hint: int | None = None) -> Image.Image:
     """Read and decode a stored image to RGB; raises PermanentItemError naming what is wrong with the file."""
-    # The file passed catalog.images.check_image when it was stored; failing here means it went missing or
+    # The file passed mmsearch.images.check_image when it was stored; failing here means it went missing or
     # was damaged on disk since, which no retry can fix.
     try:
         with default_storage.open(name, "rb") as fh:
@@ -279,20 +250,17 @@ def run_images(
     force: bool = False,
 ) -> Outcome:
     """Embed these images with `alias` and store the vectors under model_key (the embed_images task body)."""
-    from catalog.models import ProductImage
-
     plugin = _check_model(alias, model_key, job_id)
     out = _outcome_for_job(job_id)
     if out.status != "ok":
         return out
     ids = sorted(set(int(i) for i in image_ids))
-    rows = {
-        r[0]: r for r in ProductImage.objects.filter(pk__in=ids).values_list("pk", "product_id", "file")
-    }
+    files = get_catalog().image_files(ids)
     have = set() if force else vectors.embedded_ids("image", model_key, ids)
     recorded = _recorded_batches(job_id, chunk)
-    batches = [(n, list(b)) for n, b in enumerate(chunks(ids, batch_size())) if n not in recorded]
-    out.duplicate_batches = len(chunks(ids, batch_size())) - len(batches)
+    all_batches = list(chunks(ids, batch_size()))
+    batches = [(n, list(b)) for n, b in enumerate(all_batches) if n not in recorded]
+    out.duplicate_batches = len(all_batches) - len(batches)
     preprocess, embed_pixels = _split_model(plugin)
     hint = _size_hint(plugin)
 
@@ -318,7 +286,7 @@ def run_images(
 
         def submit(batch_ids: list[int]) -> Future:
             decoding = [
-                (i, pool.submit(decode_image, rows[i][2], hint)) for i in batch_ids if i in rows and i not in have
+                (i, pool.submit(decode_image, files[i].name, hint)) for i in batch_ids if i in files and i not in have
             ]
             return stage.submit(prepare, decoding)
 
@@ -334,26 +302,21 @@ def run_images(
             vecs, model_failures = _embed_prepared(plugin, embed_pixels, prepared)
             forward_s = time.perf_counter() - t1
             failures = {**prepared.failures, **model_failures}
-            item_ids = prepared.ids
-            t2 = time.perf_counter()
             written = [
-                (image_id, rows[image_id][1], vec)
-                for image_id, vec in zip(item_ids, vecs) if image_id not in model_failures
+                (image_id, files[image_id].product_id, vec)
+                for image_id, vec in zip(prepared.ids, vecs) if image_id not in model_failures
             ]
             skipped = len(batch_ids) - len(written) - len(failures)
-            with transaction.atomic():
-                if plugin.model_key != model_key:  # never write under a key the plugin no longer has
-                    raise ModelKeyMismatch(f"alias {alias!r} changed model_key during the task; nothing written")
-                if not _claim_batch(job_id, chunk, number, done=len(written) + skipped, failed=len(failures)):
-                    out.duplicate_batches += 1  # another delivery of this task wrote this batch meanwhile
-                    continue
+
+            def write() -> None:
                 vectors.upsert_image_vectors(model_key, written)
                 _write_failures("image", model_key, failures)
                 _clear_failures("image", model_key, [w[0] for w in written])
-                _count_batch(
-                    job_id, done=len(written) + skipped, skipped=skipped, failed=len(failures),
-                    decode_s=decode_s, forward_s=forward_s, write_s=time.perf_counter() - t2,
-                )
+
+            counts = BatchCounts(len(written) + skipped, skipped, len(failures), decode_s, forward_s)
+            if not _commit_batch(plugin, alias, model_key, job_id, chunk, number, counts, write):
+                out.duplicate_batches += 1  # another delivery of this task wrote this batch meanwhile
+                continue
             out.done += len(written) + skipped
             out.skipped += skipped
             out.failed += len(failures)
@@ -367,25 +330,6 @@ def run_images(
 
 
 # --- product texts ------------------------------------------------------------------------------------------
-
-def product_texts(product_ids: Sequence[int]) -> dict[int, str]:
-    """{product_id: the text the models embed} (mmsearch.text.product_text over title, category, attributes, tags)."""
-    from catalog.models import Product, ProductTag
-
-    tags: dict[int, list[str]] = {}
-    for pid, name in (
-        ProductTag.objects.filter(product_id__in=product_ids, status=ProductTag.Status.ACCEPTED)
-        .order_by("product_id", "tag__group__name", "tag__name")
-        .values_list("product_id", "tag__name")
-    ):
-        tags.setdefault(pid, []).append(name)
-    return {
-        pid: product_text(title, path, attributes, tags.get(pid, ()))
-        for pid, title, path, attributes in Product.objects.filter(pk__in=product_ids).values_list(
-            "pk", "title", "category__path", "attributes"
-        )
-    }
-
 
 def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -401,11 +345,11 @@ def run_products(
     if out.status != "ok":
         return out
     ids = sorted(set(int(i) for i in product_ids))
-    texts = product_texts(ids)
+    texts = get_catalog().product_texts(ids)
     shas = {pid: text_sha256(t) for pid, t in texts.items()}
     stored = {} if force else vectors.text_hashes(model_key, ids)
     recorded = _recorded_batches(job_id, chunk)
-    all_batches = chunks(ids, batch_size())
+    all_batches = list(chunks(ids, batch_size()))
     out.duplicate_batches = sum(1 for n in range(len(all_batches)) if n in recorded)
     for number, batch_ids in enumerate(all_batches):
         if number in recorded:
@@ -413,23 +357,17 @@ def run_products(
         todo = [pid for pid in batch_ids if pid in texts and stored.get(pid) != shas[pid]]
         t1 = time.perf_counter()
         vecs = plugin.embed_texts([texts[pid] for pid in todo]) if todo else []
-        forward_s = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        skipped = len(batch_ids) - len(todo)
-        with transaction.atomic():
-            if plugin.model_key != model_key:
-                raise ModelKeyMismatch(f"alias {alias!r} changed model_key during the task; nothing written")
-            if not _claim_batch(job_id, chunk, number, done=len(batch_ids), failed=0):
-                out.duplicate_batches += 1
-                continue
+        counts = BatchCounts(len(batch_ids), len(batch_ids) - len(todo), 0, 0.0, time.perf_counter() - t1)
+
+        def write() -> None:
             vectors.upsert_product_vectors(model_key, [(pid, shas[pid], vec) for pid, vec in zip(todo, vecs)])
             _clear_failures("product", model_key, todo)
-            _count_batch(
-                job_id, done=len(batch_ids), skipped=skipped, failed=0,
-                decode_s=0.0, forward_s=forward_s, write_s=time.perf_counter() - t2,
-            )
+
+        if not _commit_batch(plugin, alias, model_key, job_id, chunk, number, counts, write):
+            out.duplicate_batches += 1
+            continue
         out.done += len(batch_ids)
-        out.skipped += skipped
+        out.skipped += counts.skipped
         out.batches += 1
     if out.batches:
         bootstrap_activation(alias)

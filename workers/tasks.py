@@ -11,6 +11,7 @@ from django.db import InterfaceError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from mmsearch.indexing import fail_job
 from workers import pipeline
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
@@ -29,7 +30,7 @@ class EmbedTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         # Called once retries are exhausted or the error is not retried; a job must not stay "running" forever.
         chunk = kwargs.get("chunk", 0)
-        pipeline.fail_job(kwargs.get("job_id"), f"{self.name} chunk {chunk}: {exc.__class__.__name__}: {exc}")
+        fail_job(kwargs.get("job_id"), f"{self.name} chunk {chunk}: {exc.__class__.__name__}: {exc}")
 
 
 @shared_task(name="workers.tasks.embed_images", base=EmbedTask)

@@ -18,7 +18,7 @@ from catalog.api.serializers import (
     TagSerializer,
 )
 from catalog.filters import ProductFilterSet, check_params
-from catalog.images import ImageRejected, check_image, check_size
+from mmsearch.images import ImageRejected, check_image, check_size
 from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup
 from catalog.storage import add_image
 

@@ -12,7 +12,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from mmsearch.search.engine import SearchError, SearchQuery, SearchResult, SearchUnavailable, parse_params, search
+from mmsearch.search.engine import SearchResult, search
+from mmsearch.search.params import SearchError, SearchQuery, SearchUnavailable, parse_params
 
 _PARAMS = [
     OpenApiParameter("mode", str, enum=["hybrid", "semantic", "lexical"], description="default hybrid"),
@@ -92,7 +93,7 @@ class ImageSearchView(_SearchView):
         """Search by a shopper's photo (multipart field `image`); filters as query or form parameters."""
         from django.http import QueryDict
 
-        from catalog.images import ImageRejected, check_image
+        from mmsearch.images import ImageRejected, check_image
 
         def build() -> SearchQuery:
             upload = request.FILES.get("image")
@@ -125,10 +126,9 @@ class SimilarView(_SearchView):
     @extend_schema(parameters=_PARAMS, responses={200: dict})
     def get(self, request: Request, sku: str) -> Response:
         """Products like this one (its image and text vectors), with filters."""
-        from django.apps import apps
-        from django.conf import settings
+        from mmsearch.adapter import get_catalog
 
-        if not apps.get_model(settings.MMSEARCH_PRODUCT_MODEL).objects.filter(sku=sku).exists():
+        if get_catalog().product_ref(sku) is None:
             return Response({"detail": f"no product with sku {sku!r}"}, status=status.HTTP_404_NOT_FOUND)
 
         def build() -> SearchQuery:

@@ -46,7 +46,7 @@ class PhotoViews:
 
     @classmethod
     def from_config(cls, conf: dict) -> PhotoViews:
-        """From a search config (engine.config()): PHOTO_QUERY_SCALES and PHOTO_QUERY_MIRROR."""
+        """From a search config (mmsearch.search.config.config()): PHOTO_QUERY_SCALES and PHOTO_QUERY_MIRROR."""
         return cls(conf["PHOTO_QUERY_SCALES"], conf["PHOTO_QUERY_MIRROR"])
 
     @property
@@ -105,17 +105,3 @@ def embed_views(embedder, images: Sequence[Image.Image], views: PhotoViews) -> n
 def query_vectors(per_view: np.ndarray) -> np.ndarray:
     """(n, dim) unit query vectors: the normalised mean of each image's view vectors."""
     return unit_rows(per_view.mean(axis=0))
-
-
-def check_settings(app_configs=None, **kwargs) -> list:
-    """Django system check (mmsearch.E008): the photo query views in settings.MMSEARCH_SEARCH."""
-    from django.core import checks
-
-    from mmsearch.search.engine import config  # engine imports this module: imported here, not at the top
-
-    try:
-        PhotoViews.from_config(config())
-    except ValueError as exc:
-        return [checks.Error(f"MMSEARCH_SEARCH: {exc}", hint="e.g. PHOTO_QUERY_SCALES = (1.0, 0.7, 0.5)",
-                             id="mmsearch.E008")]
-    return []

@@ -113,12 +113,11 @@ def activate(alias: str, model_key: str, dim: int) -> ActiveModel:
 # --- pipeline and blue/green helpers ------------------------------------------------------------------------
 
 def catalog_model(kind: str):
-    """The catalog model whose rows `kind` vectors describe (named in settings, never imported)."""
-    from django.apps import apps
-    from django.conf import settings
-
+    """The catalog model whose rows `kind` vectors describe (the target of the vector table's foreign key)."""
     _check_kind(kind)
-    return apps.get_model(settings.MMSEARCH_IMAGE_MODEL if kind == "image" else settings.MMSEARCH_PRODUCT_MODEL)
+    return ImageEmbedding._meta.get_field("image").related_model if kind == "image" else (
+        ProductTextEmbedding._meta.get_field("product").related_model
+    )
 
 
 def embedded_ids(kind: str, model_key: str, ids: Iterable[int] | None = None) -> set[int]:
@@ -179,15 +178,6 @@ def coverage(kind: str, model_key: str) -> Coverage:
     return Coverage(kind, total, embedded, failed)
 
 
-def stored_dim(kind: str, model_key: str) -> int | None:
-    """The dimension of the vectors stored for model_key (None when there are none)."""
-    table = _check_kind(kind)
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT vector_dims(vector) FROM {table} WHERE model_key = %s LIMIT 1", [model_key])
-        row = cursor.fetchone()
-    return row[0] if row else None
-
-
 def stored_keys() -> dict[str, dict[str, int]]:
     """{model_key: {"image": rows, "product": rows}} for every key in the store."""
     out: dict[str, dict[str, int]] = {}
@@ -214,31 +204,61 @@ def delete_model_key(model_key: str) -> dict[str, int]:
     return deleted
 
 
-def _knn(kind: str, alias: str, query_vector: Sequence[float] | np.ndarray, k: int) -> list[tuple]:
-    active = active_model(alias)
-    if active is None:
-        raise LookupError(f"no model is active for {alias!r}; run `manage.py activate_model {alias}`")
-    if len(query_vector) != active.dim:
-        raise ValueError(f"query vector has {len(query_vector)} dimensions; {active.model_key} has {active.dim}")
+# --- queries ------------------------------------------------------------------------------------------------
+
+def knn_sql(kind: str, dim: int, model_key: str, qvec: np.ndarray, fsql: str, fparams: list, k: int, fetch: int,
+            *, exact: bool = False, exclude: int | None = None) -> tuple[str, list]:
+    """SQL for the k nearest products (best vector per product) among the filtered ones, and its params.
+
+    `fsql` selects the ids of the products allowed; `fetch` rows are read from the index (more than k for
+    images, so products with several images still fill k). Index path: the ORDER BY matches the per-model
+    HNSW partial index, so pgvector walks the graph and, with iterative scans on, keeps walking until enough
+    rows pass the filter. Exact path: the filtered rows are scanned and sorted (the `+ 0` keeps the planner off
+    the index), for when the walk ends early.
+    """
     table = _check_kind(kind)
-    columns = "image_id, product_id" if kind == "image" else "product_id"
-    k = int(k)
-    with transaction.atomic(), connection.cursor() as cursor:
-        # HNSW returns at most ef_search candidates; raise it for larger k (SET LOCAL ends with the transaction).
-        cursor.execute(f"SET LOCAL hnsw.ef_search = {max(40, k)}")
-        cursor.execute(
-            f"SELECT {columns}, {distance_sql(active.dim)} AS distance FROM {table} "
-            f"WHERE model_key = %s ORDER BY distance LIMIT %s",
-            [vector_literal(query_vector), active.model_key, k],
+    dist = distance_sql(dim).replace("vector::", "e.vector::", 1)
+    image_col = "e.image_id" if kind == "image" else "NULL::bigint"
+    literal = vector_literal(qvec)
+    not_self = "AND e.product_id <> %s " if exclude is not None else ""
+    extra = [exclude] if exclude is not None else []
+    if exact:
+        inner = (
+            f"SELECT e.product_id, {image_col} AS image_id, {dist} + 0 AS distance FROM {table} e "
+            f"JOIN ({fsql}) f ON f.id = e.product_id WHERE e.model_key = %s {not_self}"
+            "ORDER BY distance LIMIT %s"
         )
-        return cursor.fetchall()
+        params = [literal, *fparams, model_key, *extra, 1_000_000]
+    else:
+        inner = (
+            f"SELECT e.product_id, {image_col} AS image_id, {dist} AS distance FROM {table} e "
+            # `IN (...) IS TRUE` keeps the filter a hashed per-row test on the index scan: Postgres cannot turn
+            # it into a join the planner could drive from the filtered side, so the plan stays index-first.
+            f"WHERE e.model_key = %s {not_self}AND (e.product_id IN ({fsql})) IS TRUE ORDER BY distance LIMIT %s"
+        )
+        params = [literal, model_key, *extra, *fparams, fetch]
+    sql = (
+        "SELECT product_id, image_id, distance FROM (SELECT DISTINCT ON (product_id) product_id, image_id, distance "
+        f"FROM ({inner}) s ORDER BY product_id, distance) b ORDER BY distance, product_id LIMIT %s"
+    )
+    return sql, [*params, k]
 
 
-def search_images(alias: str, query_vector: Sequence[float] | np.ndarray, k: int = 10) -> list[tuple[int, int, float]]:
-    """The k nearest images to query_vector under alias's active model: [(image_id, product_id, distance)]."""
-    return _knn("image", alias, query_vector, k)
+def set_index_options(cursor, conf: dict, k: int) -> None:
+    """Per-transaction pgvector settings: iterative scans for filtered queries and the search breadth."""
+    cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+    cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(min(1000, max(conf["EF_SEARCH"], k)))])
+    cursor.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", [str(int(conf["MAX_SCAN_TUPLES"]))])
 
 
-def search_products(alias: str, query_vector: Sequence[float] | np.ndarray, k: int = 10) -> list[tuple[int, float]]:
-    """The k nearest product texts to query_vector under alias's active model: [(product_id, distance)]."""
-    return _knn("product", alias, query_vector, k)
+def product_vector(kind: str, model_key: str, product_id: int) -> np.ndarray | None:
+    """The stored vector(s) of one product for model_key, averaged over its images and re-normalised."""
+    table = _check_kind(kind)
+    with connection.cursor() as cursor:
+        # As real[]: a raw cursor has no pgvector type adapter, so the vector column would arrive as text.
+        cursor.execute(f"SELECT vector::real[] FROM {table} WHERE model_key = %s AND product_id = %s", [model_key, product_id])
+        rows = [np.asarray(r[0], dtype=np.float32) for r in cursor.fetchall()]
+    if not rows:
+        return None
+    vec = np.mean(rows, axis=0)
+    return vec / max(float(np.linalg.norm(vec)), 1e-12)

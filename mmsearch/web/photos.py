@@ -18,7 +18,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from PIL import Image
 
-from catalog.images import ImageRejected, check_image
+from mmsearch.images import ImageRejected, check_image
 
 PREFIX = "query-photos"
 _KEY = re.compile(r"^[0-9a-f]{32}$")

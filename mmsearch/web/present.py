@@ -8,10 +8,8 @@ from decimal import Decimal, InvalidOperation
 
 from django.http import QueryDict
 
-from catalog.filters import escape_value, split_values
+from mmsearch.search.params import ATTR_PREFIX, escape_value, is_filter, split_values
 
-ATTR_PREFIX = "attr."
-FILTER_KEYS = ("category", "price_min", "price_max", "tag")
 # Query-string keys that describe the search but are not filters.
 SEARCH_KEYS = ("q", "mode", "photo", "limit")
 CURRENCY_SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "INR": "₹", "JPY": "¥"}
@@ -38,12 +36,8 @@ def url_with(params: QueryDict, *, set_: dict[str, str | None] | None = None, to
     return f"?{encoded}" if encoded else "?"
 
 
-def is_filter_key(key: str) -> bool:
-    return key in FILTER_KEYS or key.startswith(ATTR_PREFIX)
-
-
 def has_filters(params: QueryDict) -> bool:
-    return any(is_filter_key(k) and any(v.strip() for v in params.getlist(k)) for k in params)
+    return any(is_filter(k) and any(v.strip() for v in params.getlist(k)) for k in params)
 
 
 def label_for(name: str) -> str:
@@ -177,7 +171,7 @@ def price_facet(params: QueryDict, buckets: list[dict], currency: str = "") -> F
 def active_filters(params: QueryDict, currency: str = "") -> list[ActiveFilter]:
     out = []
     for key in params:
-        if not is_filter_key(key):
+        if not is_filter(key):
             continue
         for value in params.getlist(key):
             if not value.strip():

@@ -13,9 +13,9 @@ from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET, require_POST
 
 from catalog.models import Product, ProductTag
-from mmsearch.search.engine import SearchError, SearchQuery, SearchUnavailable, parse_params, search
+from mmsearch.search.engine import browse, search
+from mmsearch.search.params import SearchError, SearchQuery, SearchUnavailable, parse_params
 from mmsearch.web import photos, present
-from mmsearch.web.browse import browse
 
 # How many similar products the product page shows.
 SIMILAR_COUNT = 8

@@ -6,7 +6,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from catalog.images import check_image
+from mmsearch.images import check_image
 from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup
 from catalog.storage import add_image
 

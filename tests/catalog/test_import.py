@@ -218,7 +218,7 @@ def test_demo_catalog_imports_cleanly():
 
 
 def test_catalog_changed_is_sent_after_commit_with_ids_only(catalog_writer, django_capture_on_commit_callbacks):
-    from catalog.changes import catalog_changed
+    from mmsearch.adapter import catalog_changed
 
     received = []
 

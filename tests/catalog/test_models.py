@@ -6,7 +6,7 @@ import pytest
 from django.contrib.postgres.search import SearchQuery
 from django.db import connection
 
-from catalog.images import check_image
+from mmsearch.images import check_image
 from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup, normalize_path
 from catalog.storage import add_image
 
@@ -190,7 +190,7 @@ def test_image_bytes_are_kept_unless_orientation_applies(image_bytes):
 
 def test_tag_and_category_changes_queue_re_embedding(db, django_capture_on_commit_callbacks):
     """A product's text includes its accepted tags and category path, so changing them re-indexes it."""
-    from catalog.changes import catalog_changed
+    from mmsearch.adapter import catalog_changed
     from catalog.models import Category, Product, ProductTag, Tag, TagGroup
 
     received: list[list[int]] = []

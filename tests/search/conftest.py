@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from django.db import connection
 
-from catalog.images import check_image
+from mmsearch.images import check_image
 from catalog.models import Category, Product, ProductTag, Tag, TagGroup
 from catalog.storage import add_image
 from mmsearch import plugins

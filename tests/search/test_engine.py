@@ -10,9 +10,10 @@ from PIL import Image
 
 from catalog.models import ProductImage
 from mmsearch import plugins
-from mmsearch.search import engine, vectors
-from mmsearch.search.engine import SearchError, SearchQuery, SearchUnavailable, parse_params, search
-from mmsearch.search.facets import price_facets
+from catalog.facets import price_facets
+from mmsearch.search import params, vectors
+from mmsearch.search.engine import search
+from mmsearch.search.params import SearchError, SearchQuery, SearchUnavailable, parse_params
 from mmsearch.search.fusion import Candidate, rrf
 from tests.conftest import make_image
 from tests.search.conftest import COLOURS
@@ -83,7 +84,7 @@ def test_semantic_mode_uses_only_the_vectors(shop):
 
 
 def test_filters_combine_with_every_mode(shop):
-    for mode in engine.MODES:
+    for mode in params.MODES:
         apparel = search(SearchQuery(text="red cotton", mode=mode, filters={"category": ["Apparel"]}))
         assert apparel.hits and all(h.category.startswith("Apparel/") for h in apparel.hits)  # subtree
         women = search(SearchQuery(text="red cotton", mode=mode, filters={"attr.gender": ["women"]}))

@@ -6,7 +6,8 @@ import pytest
 from django.db import connection, transaction
 
 from catalog.models import Category, Product
-from mmsearch.search import engine, vectors
+from mmsearch.search import signals, vectors
+from mmsearch.search.config import config
 from tests.search.conftest import random_unit
 
 N = 20_000
@@ -42,7 +43,7 @@ def big_catalog(django_db_setup, django_db_blocker):
 
 def _explain(sql: str, params: list) -> str:
     with connection.cursor() as cursor:
-        engine.set_index_options(cursor, engine.config(), 24)
+        vectors.set_index_options(cursor, config(), 24)
         cursor.execute("EXPLAIN " + sql, params)
         return "\n".join(row[0] for row in cursor.fetchall())
 
@@ -50,15 +51,15 @@ def _explain(sql: str, params: list) -> str:
 @pytest.mark.django_db
 def test_one_percent_filter_uses_hnsw_and_fills_the_page(big_catalog):
     query = random_unit(1, DIM, seed=7)[0]
-    enc = engine.Encoder("text_embedder", None, KEY, DIM)
+    enc = signals.Encoder("text_embedder", None, KEY, DIM)
     filters = {"attr.bucket": ["7"]}
-    fsql, fparams = engine.filter_sql(filters)
+    fsql, fparams = signals.filter_sql(filters)
     with transaction.atomic():
-        sql, params = engine.knn_sql("product", DIM, KEY, query, fsql, fparams, 24)
+        sql, params = vectors.knn_sql("product", DIM, KEY, query, fsql, fparams, 24, 24)
         plan = _explain(sql, params)
         assert vectors.index_name("product", KEY) in plan, plan  # the planner picked the HNSW index itself
         debug: dict = {}
-        got = engine.vector_candidates("product", enc, query, fsql, fparams, 24, debug)
+        got = signals.vector_candidates("product", enc, query, fsql, fparams, 24, debug)
     assert len(got) == 24
     assert debug["exact"] is False  # the iterative index scan alone filled the page
     # Every hit is in the bucket, and the hits are the true 24 nearest of the bucket (exact ground truth).
@@ -76,11 +77,11 @@ def test_exact_search_takes_over_when_the_index_walk_ends_early(big_catalog, set
     # A scan budget far below what a 1% filter needs: the index returns too few, the exact path fills the page.
     settings.MMSEARCH_SEARCH = {**settings.MMSEARCH_SEARCH, "MAX_SCAN_TUPLES": 50, "EF_SEARCH": 10}
     query = random_unit(1, DIM, seed=8)[0]
-    enc = engine.Encoder("text_embedder", None, KEY, DIM)
-    fsql, fparams = engine.filter_sql({"attr.bucket": ["3"]})
+    enc = signals.Encoder("text_embedder", None, KEY, DIM)
+    fsql, fparams = signals.filter_sql({"attr.bucket": ["3"]})
     with transaction.atomic():
         debug: dict = {}
-        got = engine.vector_candidates("product", enc, query, fsql, fparams, 24, debug)
+        got = signals.vector_candidates("product", enc, query, fsql, fparams, 24, debug)
     assert debug["exact"] is True
     assert len(got) == 24
     in_bucket = set(Product.objects.filter(attributes__bucket="3").values_list("id", flat=True))

@@ -10,7 +10,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
-from mmsearch.search import photo
+from mmsearch.search.config import check_settings
 from mmsearch.search.photo import PhotoViews, embed_views, query_vectors, views_problem
 from tests.training.plugins import ColourEmbedder
 
@@ -77,9 +77,9 @@ def test_query_vector_is_the_mean_of_the_views():
 
 
 def test_settings_check_reports_bad_views(settings):
-    assert photo.check_settings() == []
+    assert check_settings() == []
     settings.MMSEARCH_SEARCH = {"PHOTO_QUERY_SCALES": [1.0, 2.0]}
-    errors = photo.check_settings()
+    errors = check_settings()
     assert [e.id for e in errors] == ["mmsearch.E008"] and "not 2.0" in errors[0].msg
 
 

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from catalog.images import check_image
+from mmsearch.images import check_image
 from catalog.models import Category, Product, ProductTag, Tag, TagGroup
 from catalog.storage import add_image
 from mmsearch import plugins

@@ -49,7 +49,7 @@ def test_attribute_facets_leave_out_blank_and_single_values():
 
 
 def test_split_values_reads_escaped_commas():
-    from catalog.filters import escape_value, split_values
+    from mmsearch.search.params import escape_value, split_values
 
     assert split_values("Red, Blue,,") == ["Red", "Blue"]
     assert split_values(r"Italy\, ca 180g,Spain") == ["Italy, ca 180g", "Spain"]

@@ -29,6 +29,20 @@ def models(settings):
     plugins.reset()
 
 
+def nearest_images(query, k: int = 5, alias: str = "embedder") -> list[int]:
+    """Image ids of the k nearest images under alias's active key, through the search engine's vector signal."""
+    from django.db import transaction
+
+    from mmsearch.search import signals, vectors
+
+    active = vectors.active_model(alias)
+    encoder = signals.Encoder(alias, None, active.model_key, active.dim)
+    fsql, fparams = signals.filter_sql({})
+    with transaction.atomic():
+        hits = signals.vector_candidates("image", encoder, query, fsql, fparams, k, {})
+    return [hit.extra["image_id"] for hit in hits]
+
+
 def purge_broker() -> None:
     """Empty this run's Redis database (MMSEARCH_REDIS_DB): queued, unacked and result keys."""
     from mmsearch.celery import app

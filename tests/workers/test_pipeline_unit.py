@@ -12,8 +12,10 @@ from mmsearch.models import EmbeddingFailure, ImageEmbedding, IndexJob, IndexJob
 from mmsearch.plugins import get_model
 from mmsearch.search import vectors
 from mmsearch.text import product_text
-from tests.workers.conftest import import_demo
-from workers import jobs, pipeline
+from mmsearch import indexing as jobs
+from mmsearch.search.params import SearchUnavailable
+from tests.workers.conftest import import_demo, nearest_images
+from workers import pipeline
 
 pytestmark = pytest.mark.django_db
 
@@ -160,10 +162,10 @@ def test_knn_uses_the_partial_hnsw_index(demo):
     name = vectors.ensure_index("image", KEY, 64)
     vectors.activate("embedder", KEY, 64)
     query = get_model("embedder").embed_texts(["red"])[0]
-    hits = vectors.search_images("embedder", query, k=5)
+    hits = nearest_images(query, k=5)
     stored = {e.image_id: np.asarray(e.vector, dtype=float) for e in ImageEmbedding.objects.filter(model_key=KEY)}
     brute = sorted(stored, key=lambda i: 1 - float(stored[i] @ query))[:5]
-    assert [h[0] for h in hits] == brute
+    assert hits == brute
     with connection.cursor() as cursor:
         cursor.execute("SET enable_seqscan = off")
         cursor.execute(
@@ -174,8 +176,8 @@ def test_knn_uses_the_partial_hnsw_index(demo):
         plan = "\n".join(r[0] for r in cursor.fetchall())
         cursor.execute("SET enable_seqscan = on")
     assert name in plan
-    with pytest.raises(ValueError, match="32 dimensions"):
-        vectors.search_images("embedder", query[:32])
+    with pytest.raises(SearchUnavailable, match="makes 32-d vectors but the active index is 64-d"):
+        nearest_images(query[:32])
 
 
 def test_openclip_plugin_preprocesses_off_the_forward_path(demo, settings, tmp_path):

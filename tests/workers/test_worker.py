@@ -15,8 +15,9 @@ from catalog.models import Product, ProductImage
 from mmsearch.models import ActiveModel, EmbeddingFailure, ImageEmbedding, IndexJob, IndexJobBatch, ProductTextEmbedding
 from mmsearch.plugins import get_model
 from mmsearch.search import vectors
-from tests.workers.conftest import import_demo, wait_for, wait_job
-from workers import jobs, tasks
+from mmsearch import indexing as jobs
+from tests.workers.conftest import import_demo, nearest_images, wait_for, wait_job
+from workers import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -147,7 +148,7 @@ def test_blue_green_swap(worker_factory):
         return sorted(stored, key=lambda i: (1 - float(stored[i] @ query), i))[:k]
 
     def search(model) -> list[int]:
-        return [hit[0] for hit in vectors.search_images("embedder", model.embed_texts(["red fruit"])[0], k=5)]
+        return nearest_images(model.embed_texts(["red fruit"])[0], k=5)
 
     assert search(blue) == brute_force(KEY, blue.embed_texts(["red fruit"])[0])
     # Not filled yet: the switch is refused, with the coverage.
@@ -167,7 +168,7 @@ def test_blue_green_swap(worker_factory):
     active = ActiveModel.objects.get(alias="embedder")
     assert (active.model_key, active.dim) == (KEY_V2, 32)
     assert search(green) == brute_force(KEY_V2, green.embed_texts(["red fruit"])[0])
-    with pytest.raises(ValueError, match="64 dimensions"):
+    with pytest.raises(ValueError, match="makes 64-d vectors but the active index is 32-d"):
         search(blue)
 
     with pytest.raises(CommandError, match="is active for embedder"):

@@ -17,7 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--force", action="store_true", help="switch even if some items have no vector yet")
 
     def handle(self, *args, alias: str, as_role: str | None, force: bool, **options):
-        from workers.jobs import JobError, activate
+        from mmsearch.indexing import JobError, activate
 
         try:
             result = activate(alias, as_role=as_role, force=force)

@@ -12,7 +12,7 @@ class Command(BaseCommand):
         parser.add_argument("model_key")
 
     def handle(self, *args, model_key: str, **options):
-        from workers.jobs import JobError, drop
+        from mmsearch.indexing import JobError, drop
 
         try:
             deleted = drop(model_key)

@@ -32,7 +32,7 @@ class Command(BaseCommand):
 
         torch.set_num_threads(max(1, threads))
         from mmsearch.plugins import PluginError
-        from mmsearch.search.engine import config as search_config
+        from mmsearch.search.config import config as search_config
         from mmsearch.search.photo import PhotoViews
         from mmsearch.training.data import DataError
         from mmsearch.training.evaluation import evaluate, load_embedder, write_plots

@@ -25,7 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=0, help="with --wait: give up waiting after this many seconds")
 
     def handle(self, *args, alias: str, only_missing: bool, force: bool, kind: str | None, wait: bool, timeout: float, **options):
-        from workers.jobs import JobError, start_job
+        from mmsearch.indexing import JobError, start_job
 
         try:
             job = start_job(alias, only_missing=only_missing, force=force, kind=kind)

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from django.db import connection
 
-from mmsearch.search.sql import tables
+from catalog.models import Category, Product, ProductTag, Tag, TagGroup
 
 # Attribute values per attribute name returned in facets (the most frequent first).
 MAX_VALUES = 30
@@ -21,10 +21,11 @@ def compute(product_ids: Sequence[int], price_buckets: int = 5) -> dict:
     ids = list(product_ids)
     if not ids:
         return facets
-    t = tables()
+    product, category = Product._meta.db_table, Category._meta.db_table
+    product_tag, tag, group = ProductTag._meta.db_table, Tag._meta.db_table, TagGroup._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT c.path, count(*) FROM {t.product} p JOIN {t.category} c ON c.id = p.category_id "
+            f"SELECT c.path, count(*) FROM {product} p JOIN {category} c ON c.id = p.category_id "
             "WHERE p.id = ANY(%s) GROUP BY c.path",
             [ids],
         )
@@ -37,7 +38,7 @@ def compute(product_ids: Sequence[int], price_buckets: int = 5) -> dict:
         facets["category"] = [{"value": v, "count": n} for v, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
         cursor.execute(
-            f"SELECT kv.key, kv.value, count(*) FROM {t.product} p, "
+            f"SELECT kv.key, kv.value, count(*) FROM {product} p, "
             "jsonb_each_text(CASE WHEN jsonb_typeof(p.attributes) = 'object' THEN p.attributes ELSE '{}'::jsonb END) kv "
             "WHERE p.id = ANY(%s) GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2",
             [ids],
@@ -50,17 +51,17 @@ def compute(product_ids: Sequence[int], price_buckets: int = 5) -> dict:
         facets["attributes"] = attributes
 
         cursor.execute(
-            f"SELECT g.slug, t.slug, t.name, count(DISTINCT pt.product_id) FROM {t.product_tag} pt "
-            f"JOIN {t.tag} t ON t.id = pt.tag_id JOIN {t.tag_group} g ON g.id = t.group_id "
-            "WHERE pt.product_id = ANY(%s) AND pt.status = 'accepted' GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC, 2",
-            [ids],
+            f"SELECT g.slug, t.slug, t.name, count(DISTINCT pt.product_id) FROM {product_tag} pt "
+            f"JOIN {tag} t ON t.id = pt.tag_id JOIN {group} g ON g.id = t.group_id "
+            "WHERE pt.product_id = ANY(%s) AND pt.status = %s GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC, 2",
+            [ids, ProductTag.Status.ACCEPTED.value],
         )
         tags: dict[str, list[dict]] = {}
         for group, slug, name, n in cursor.fetchall():
             tags.setdefault(group, []).append({"value": slug, "name": name, "count": n})
         facets["tags"] = tags
 
-        cursor.execute(f"SELECT price FROM {t.product} WHERE id = ANY(%s) AND price IS NOT NULL", [ids])
+        cursor.execute(f"SELECT price FROM {product} WHERE id = ANY(%s) AND price IS NOT NULL", [ids])
         prices = [row[0] for row in cursor.fetchall()]
     facets["price"] = price_facets(prices, price_buckets)
     return facets

@@ -1,4 +1,4 @@
-"""Validation and normalisation of product images, shared by uploads and imports."""
+"""Validation and normalisation of uploaded images: catalog uploads and imports, and shoppers' photo queries."""
 
 from __future__ import annotations
 

@@ -1,23 +1,28 @@
-"""Planning and control of embedding work: jobs, change-driven enqueueing, and the blue/green switch.
+"""The engine's indexing operations: index jobs, change-driven enqueueing, and the blue/green switch.
 
 Used by the management commands, the REST API, the admin and the catalog_changed receiver, so each
-operation has one implementation.
+operation has one implementation. Work is sent to the Celery tasks of workers/ by task name (ids only), so the
+engine does not import the workers; the workers call back into this module (fail_job, bootstrap_activation).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import DatabaseError, transaction
 from django.db.models import Exists, OuterRef
+from django.dispatch import receiver
 from django.utils import timezone
 
+from mmsearch.adapter import catalog_changed
 from mmsearch.models import ActiveModel, EmbeddingFailure, ImageEmbedding, IndexJob, ProductTextEmbedding
 from mmsearch.plugins import PluginError, alias_role, get_model, model_settings
+from mmsearch.plugins.runtime import batches
 from mmsearch.search import vectors
-from workers import pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +62,27 @@ def index_aliases() -> list[str]:
     return sorted(out)
 
 
-def _task(kind: str):
-    from workers import tasks
+# The Celery tasks (workers/tasks.py) that embed each item kind; routed to queues by CELERY_TASK_ROUTES.
+TASKS = {"image": "workers.tasks.embed_images", "product": "workers.tasks.embed_products"}
 
-    return tasks.embed_images if kind == "image" else tasks.embed_products
+
+def batch_size() -> int:
+    """Items per forward pass and per write transaction (MMSEARCH_EMBED_BATCH_SIZE)."""
+    return max(1, int(settings.MMSEARCH_EMBED_BATCH_SIZE))
+
+
+def task_size() -> int:
+    """Ids per task: several batches, so decoding overlaps the forward pass within a task."""
+    return batch_size() * max(1, int(settings.MMSEARCH_EMBED_BATCHES_PER_TASK))
+
+
+def fail_job(job_id: int | None, error: str) -> None:
+    """Mark an unfinished job failed with `error`."""
+    if job_id is None:
+        return
+    IndexJob.objects.filter(pk=job_id, status__in=[IndexJob.Status.QUEUED, IndexJob.Status.RUNNING]).update(
+        status=IndexJob.Status.FAILED, error=error, finished_at=timezone.now()
+    )
 
 
 def enqueue(
@@ -68,11 +90,12 @@ def enqueue(
     force: bool = False, retry: bool = True,
 ) -> int:
     """Send `ids` as tasks of MMSEARCH_EMBED_BATCH_SIZE x MMSEARCH_EMBED_BATCHES_PER_TASK; returns tasks sent."""
-    task = _task(kind)
+    from mmsearch.celery import app
+
     sent = 0
-    for offset, part in enumerate(pipeline.chunks(list(ids), pipeline.task_size())):
-        task.apply_async(
-            args=(alias, model_key, list(part)),
+    for offset, part in enumerate(batches(list(ids), task_size())):
+        app.send_task(
+            TASKS[kind], args=(alias, model_key, list(part)),
             kwargs={"job_id": job_id, "chunk": first_chunk + offset, "force": force},
             retry=retry,
         )
@@ -123,12 +146,11 @@ def start_job(alias: str = "embedder", *, only_missing: bool = False, force: boo
     for k in kinds:
         vectors.ensure_index(k, model_key, plugin.dim)
     ids = {k: _item_ids(k, model_key, only_missing) for k in kinds}
-    per_task = pipeline.task_size()
-    tasks = {k: len(pipeline.chunks(ids[k], per_task)) for k in kinds}
+    tasks = {k: math.ceil(len(ids[k]) / task_size()) for k in kinds}
     job = IndexJob.objects.create(
         alias=alias, model_key=model_key, kind=kind, only_missing=only_missing, force=force,
         total=sum(len(v) for v in ids.values()),
-        batches=sum(len(pipeline.chunks(ids[k], pipeline.batch_size())) for k in kinds),
+        batches=sum(math.ceil(len(ids[k]) / batch_size()) for k in kinds),
     )
     if job.total == 0:
         now = timezone.now()
@@ -142,7 +164,7 @@ def start_job(alias: str = "embedder", *, only_missing: bool = False, force: boo
             enqueue(k, alias, model_key, ids[k], job_id=job.pk, first_chunk=first, force=force)
             first += tasks[k]
     except Exception as exc:
-        pipeline.fail_job(job.pk, f"could not queue the job's tasks: {exc}")
+        fail_job(job.pk, f"could not queue the job's tasks: {exc}")
         raise QueueUnavailable(f"could not queue job {job.pk} ({exc.__class__.__name__}: {exc}); is the broker running?") from exc
     job.refresh_from_db()
     return job
@@ -205,3 +227,35 @@ def drop(model_key: str) -> dict[str, int]:
     if model_key not in vectors.stored_keys() and not EmbeddingFailure.objects.filter(model_key=model_key).exists():
         raise JobError(f"no vectors are stored for {model_key!r}; stored keys: {', '.join(vectors.stored_keys()) or 'none'}")
     return vectors.delete_model_key(model_key)
+
+
+def bootstrap_activation(alias: str) -> None:
+    """Make the role's own alias (e.g. `embedder`) active once it covers the catalog, if nothing is active yet.
+
+    Only the first model of a slot activates itself (a fresh install then searches without a manual step);
+    every later switch is an explicit blue/green `activate_model`.
+    """
+    try:
+        if alias != alias_role(alias) or ActiveModel.objects.filter(alias=alias).exists():
+            return
+        with transaction.atomic():  # a savepoint: a lost race or refusal leaves the caller's transaction usable
+            result = activate(alias)
+        logger.info("activated %s for %s: %s", result.model_key, alias, "; ".join(map(str, result.coverage)))
+    except JobError:
+        return  # not fully indexed yet
+    except DatabaseError:
+        logger.info("activation of %s skipped (another worker is activating it)", alias, exc_info=True)
+
+
+@receiver(catalog_changed, dispatch_uid="mmsearch.indexing.enqueue_on_change")
+def enqueue_on_change(sender, product_ids=(), image_ids=(), **kwargs) -> None:
+    """Queue embedding work for changed ids (after commit); never let a broker problem break a save."""
+    if not getattr(settings, "MMSEARCH_AUTO_INDEX", True):
+        return
+    try:
+        enqueue_changed(product_ids=product_ids, image_ids=image_ids)
+    except Exception:  # noqa: BLE001 - any failure here (broker down, plugin misconfigured) must not fail the save
+        logger.warning(
+            "could not queue embedding of %d products / %d images; `manage.py reindex` will pick them up",
+            len(product_ids), len(image_ids), exc_info=True,
+        )

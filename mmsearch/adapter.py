@@ -1,0 +1,98 @@
+"""The engine's one boundary with the catalog: what it asks of the catalog, and the signal it listens to.
+
+The engine (search, vector store, indexing, plugins, training) never imports catalog code. Everything it needs
+from products and images goes through the object named by settings.MMSEARCH_CATALOG_ADAPTER, which provides
+the methods of `CatalogAdapter` (the catalog's implementation is `catalog.adapter.CatalogAdapter`). The only
+other link is by app label: the engine's vector tables reference the catalog's product and image tables by
+foreign key (mmsearch/models.py), so deleting a product deletes its vectors.
+
+The catalog tells the engine what changed by sending `catalog_changed` (ids only, after commit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any, Protocol, runtime_checkable
+
+from django.dispatch import Signal
+
+# Sent by the catalog after a commit that created or changed rows. kwargs: product_ids, image_ids (lists of int).
+catalog_changed = Signal()
+
+
+@dataclass(frozen=True)
+class ProductCard:
+    """What a result list shows of one product."""
+
+    product_id: int
+    sku: str
+    title: str
+    price: Decimal | None
+    currency: str
+    category: str | None
+    # (image id, URL) in the product's image order.
+    images: tuple[tuple[int, str | None], ...]
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image the engine embeds: its product and its name in the default storage."""
+
+    image_id: int
+    product_id: int
+    name: str
+
+
+@runtime_checkable
+class CatalogAdapter(Protocol):
+    """What the engine asks of a catalog. Filters are {name: [values]} with the names of
+    mmsearch.search.params (category, price_min, price_max, tag, attr.NAME); values arrive validated as to
+    syntax, and the adapter raises mmsearch.search.params.FilterError for values it cannot apply (e.g. an
+    unknown category)."""
+
+    # Columns of the product table that the lexical signals read: the weighted full-text vector and the title.
+    search_vector_column: str
+    title_column: str
+
+    def products(self, filters: dict[str, list[str]]) -> Any:
+        """A queryset of the active products matching `filters` (all active products for {})."""
+
+    def check_filters(self, filters: dict[str, list[str]]) -> None:
+        """Raise FilterError when a filter value names nothing the catalog has (e.g. an unknown category)."""
+
+    def cards(self, product_ids: Sequence[int]) -> dict[int, ProductCard]:
+        """Cards of these products (missing ids are left out: deleted meanwhile)."""
+
+    def facets(self, product_ids: Sequence[int], price_buckets: int) -> dict:
+        """Facet counts over these products: {"category": [...], "attributes": {...}, "tags": {...}, "price": [...]}."""
+
+    def product_ref(self, sku: str) -> tuple[int, str] | None:
+        """(id, title) of the product with this sku, or None."""
+
+    def product_texts(self, product_ids: Sequence[int]) -> dict[int, str]:
+        """{product id: the text the models embed} (mmsearch.text.product_text of the product's fields)."""
+
+    def image_files(self, image_ids: Sequence[int]) -> dict[int, ImageFile]:
+        """The stored files of these images (missing ids are left out)."""
+
+
+@lru_cache(maxsize=1)
+def get_catalog() -> CatalogAdapter:
+    """The configured adapter, built once per process (settings are fixed at start-up)."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+    from django.utils.module_loading import import_string
+
+    path = getattr(settings, "MMSEARCH_CATALOG_ADAPTER", "catalog.adapter.CatalogAdapter")
+    try:
+        adapter = import_string(path)()
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"MMSEARCH_CATALOG_ADAPTER = {path!r} cannot be imported: {exc}") from exc
+    if not isinstance(adapter, CatalogAdapter):
+        raise ImproperlyConfigured(
+            f"MMSEARCH_CATALOG_ADAPTER = {path!r} lacks methods of mmsearch.adapter.CatalogAdapter"
+        )
+    return adapter

@@ -1,0 +1,230 @@
+"""The search signals: each turns a query into a ranked candidate list restricted to the filtered products.
+
+  lexical       websearch_to_tsquery over the products' full-text vector, ranked with ts_rank_cd (all words
+                first, then some of them)
+  trigram       pg_trgm word similarity of the query's unknown words to the title, for typos
+  text_vector   kNN of the query's text_embedder vector over product-text vectors of the active key
+  image_vector  kNN of the query's embedder vector (text-to-image, or photo-to-image) over image vectors of
+                the active key; a product with several images counts once, by its best image
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection
+
+from mmsearch.adapter import get_catalog
+from mmsearch.plugins import PluginError, alias_role, get_model, model_settings
+from mmsearch.search import vectors
+from mmsearch.search.config import config
+from mmsearch.search.fusion import Candidate
+from mmsearch.search.params import SearchUnavailable
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def filter_sql(filters: dict[str, list[str]]) -> tuple[str, list]:
+    """SQL selecting the ids of the filtered active products, and its parameters, for use in `id IN (...)`."""
+    sql, params = get_catalog().products(filters).values("id").query.sql_with_params()
+    return sql, list(params)
+
+
+# --- query encoding -----------------------------------------------------------------------------------------
+
+@dataclass
+class Encoder:
+    role: str
+    model: Any
+    model_key: str
+    dim: int
+
+
+def active_encoder(role: str) -> Encoder | None:
+    """The configured plugin whose model_key is the active key for `role` (None if there is none)."""
+    active = vectors.active_model(role)
+    if active is None:
+        return None
+    for alias in model_settings():
+        try:
+            if alias_role(alias) != role:
+                continue
+            model = get_model(alias)
+        except PluginError:
+            continue
+        # Query and stored vectors must come from the same model: never mix two keys in one search.
+        if model.model_key == active.model_key:
+            return Encoder(role, model, active.model_key, active.dim)
+    return None
+
+
+def encode_text(encoder: Encoder, text: str) -> np.ndarray:
+    """The query vector for `text`, cached per (model_key, text) in the Django cache."""
+    norm = " ".join(text.lower().split())
+    key = "mmsearch:qvec:" + hashlib.sha256(f"{encoder.model_key}\0{norm}".encode()).hexdigest()
+    cached = cache.get(key)
+    if cached is not None:
+        return np.frombuffer(cached, dtype=np.float32)
+    vec = np.asarray(encoder.model.embed_texts([norm])[0], dtype=np.float32)
+    cache.set(key, vec.tobytes(), config()["QUERY_CACHE_SECONDS"])
+    return vec
+
+
+# --- lexical ------------------------------------------------------------------------------------------------
+
+@dataclass
+class QueryWords:
+    """The query's words as the full-text configuration sees them."""
+
+    lexemes: list[str]  # tsquery literals of the words that are not stop words, e.g. "'kurta'"
+    known: list[str]  # those that occur in some active product's full-text vector
+    unknown: list[str]  # words (as typed) that occur nowhere: likely typos, left to the trigram signal
+    plain: bool  # no quotes or negation: the query may be relaxed to some of its words
+
+
+def _columns() -> tuple[str, str, str]:
+    """(product table, full-text vector column, title column), quoted for SQL."""
+    catalog = get_catalog()
+    table = catalog.products({}).model._meta.db_table
+    return f'"{table}"', f'"{table}"."{catalog.search_vector_column}"', f'"{table}"."{catalog.title_column}"'
+
+
+def analyse_words(text: str) -> QueryWords:
+    """One round trip: each word's lexeme and whether any active product has it (a GIN lookup per word)."""
+    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
+    plain = '"' not in text and not re.search(r"(^|\s)-\w", text)
+    if not words:
+        return QueryWords([], [], [], plain)
+    from django.db.models import BooleanField
+    from django.db.models.expressions import RawSQL
+
+    _, sv, _ = _columns()
+    # A correlated subquery on the active products; `q` is the outer query's tsquery of one word.
+    has_word = get_catalog().products({}).filter(RawSQL(f"{sv} @@ q", [], output_field=BooleanField()))
+    exists_sql, exists_params = has_word.values("id")[:1].query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT w, q::text, (q::text <> '' AND EXISTS ({exists_sql})) "
+            "FROM unnest(%s::text[]) WITH ORDINALITY AS u(w, n), plainto_tsquery(%s::regconfig, w) AS q ORDER BY n",
+            [*exists_params, words, settings.MMSEARCH_FTS_CONFIG],
+        )
+        rows = cursor.fetchall()
+    lexemes = [lx for _, lx, _ in rows if lx]
+    known = list(dict.fromkeys(lx for _, lx, found in rows if found))
+    unknown = [w for w, lx, found in rows if lx and not found and len(w) >= 3 and not w.isdigit()]
+    return QueryWords(lexemes, known, unknown, plain)
+
+
+def _some_of(lexemes: list[str]) -> str:
+    """A tsquery matching at least two of the lexemes (any one when there are fewer than three)."""
+    if len(lexemes) < 3:
+        return " | ".join(f"({lx})" for lx in lexemes)
+    pairs = [f"(({a}) & ({b}))" for i, a in enumerate(lexemes) for b in lexemes[i + 1:]]
+    return " | ".join(pairs)
+
+
+def _ranked(filters: dict[str, list[str]], score: tuple[str, list], match: tuple[str, list], k: int,
+            exclude: list[int] | None = None) -> list[Candidate]:
+    """The k filtered products with the highest `score` among those where `match` holds.
+
+    Built on the filtered queryset itself, so the filter is a condition on the same rows the GIN index finds
+    (no semi-join that would read every product to evaluate the filter first)."""
+    from django.db.models import BooleanField, FloatField
+    from django.db.models.expressions import RawSQL
+
+    queryset = get_catalog().products(filters).filter(RawSQL(match[0], match[1], output_field=BooleanField()))
+    if exclude:
+        queryset = queryset.exclude(id__in=exclude)
+    rows = (
+        queryset.annotate(_score=RawSQL(score[0], score[1], output_field=FloatField()))
+        .order_by("-_score", "id").values_list("id", "_score")[:k]
+    )
+    return [Candidate(pid, float(value)) for pid, value in rows]
+
+
+def lexical_candidates(text: str, filters: dict[str, list[str]], k: int, words: QueryWords | None = None,
+                       need: int | None = None) -> list[Candidate]:
+    """Full-text matches ranked by ts_rank_cd: products with all the words (websearch syntax) first; when those
+    do not fill the `need` results asked for, products with at least two of the words (one for short queries).
+
+    The relaxed stages rank every row they match (thousands for common words), so they run only when the
+    strict matches leave the page short."""
+    need = min(k, need or k)
+    cfg = settings.MMSEARCH_FTS_CONFIG
+    words = words or analyse_words(text)
+    _, sv, _ = _columns()
+    strict = (f"{sv} @@ websearch_to_tsquery(%s::regconfig, %s)", [cfg, text])
+    found = _ranked(filters, (f"1.0 + ts_rank_cd({sv}, websearch_to_tsquery(%s::regconfig, %s))", [cfg, text]), strict, k)
+    stages = []
+    if words.plain and words.known and len(words.lexemes) > 1:
+        stages.append((need, _some_of(words.known[:8])))
+        if len(words.known) >= 3:
+            # Still (almost) nothing: any one of the words, so the shopper sees the nearest matches.
+            stages.append((10, " | ".join(f"({lx})" for lx in words.known[:8])))
+    for wanted, tsquery in stages:
+        if len(found) >= wanted:
+            break
+        partial = _ranked(
+            filters, (f"ts_rank_cd({sv}, %s::tsquery)", [tsquery]), (f"{sv} @@ %s::tsquery", [tsquery]),
+            k - len(found), exclude=[c.item_id for c in found],
+        )
+        for cand in partial:
+            cand.extra["partial"] = True
+        found += partial
+    return found
+
+
+def trigram_candidates(text: str, filters: dict[str, list[str]], k: int, threshold: float,
+                       words: QueryWords | None = None) -> list[Candidate]:
+    """Titles containing something like the query's unknown words (pg_trgm <%, GIN index on the title).
+
+    Only words that match no product are looked up: they are the likely typos, and a short trigram query
+    keeps the index lookup cheap."""
+    words = words or analyse_words(text)
+    if not words.unknown:
+        return []
+    typed = " ".join(words.unknown)
+    _, _, title = _columns()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('pg_trgm.word_similarity_threshold', %s, true)", [str(threshold)])
+    return _ranked(filters, (f"word_similarity(%s, {title})", [typed]), (f"%s <%% {title}", [typed]), k)
+
+
+# --- vectors ------------------------------------------------------------------------------------------------
+
+def vector_candidates(kind: str, encoder: Encoder, qvec: np.ndarray, fsql: str, fparams: list, k: int,
+                      debug: dict, *, exclude: int | None = None) -> list[Candidate]:
+    """kNN through the HNSW index; if it returns fewer than k products, an exact search over the filtered rows."""
+    conf = config()
+    if qvec.shape[0] != encoder.dim:
+        raise SearchUnavailable(
+            f"the {encoder.role} model {encoder.model_key} makes {qvec.shape[0]}-d vectors but the active index is "
+            f"{encoder.dim}-d; re-activate the model"
+        )
+    fetch = k * (conf["IMAGE_OVERFETCH"] if kind == "image" else 1)
+    with connection.cursor() as cursor:
+        vectors.set_index_options(cursor, conf, k)
+        sql, params = vectors.knn_sql(kind, encoder.dim, encoder.model_key, qvec, fsql, fparams, k, fetch, exclude=exclude)
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+        debug["exact"] = False
+        if len(rows) < k:
+            sql, params = vectors.knn_sql(
+                kind, encoder.dim, encoder.model_key, qvec, fsql, fparams, k, fetch, exact=True, exclude=exclude
+            )
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+            debug["exact"] = True
+    out = []
+    for pid, image_id, distance in rows:
+        extra: dict = {"model_key": encoder.model_key}
+        if image_id is not None:
+            extra["image_id"] = image_id
+        out.append(Candidate(pid, 1.0 - float(distance), extra))  # cosine similarity
+    return out
