@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmsearch.management.commands.train_embedder import PRESETS
     from mmsearch.training.model import ARCHS
-    from mmsearch.training.trainer import TrainConfig, Trainer, resolve_device
+    from mmsearch.plugins.runtime import resolve_device
+    from mmsearch.training.trainer import TrainConfig, Trainer
 
     device = resolve_device(args.device)
     result = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu",

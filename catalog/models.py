@@ -114,15 +114,10 @@ class Product(models.Model):
         return f"{self.sku}: {self.title}"
 
 
-def image_upload_to(instance: "ProductImage", filename: str) -> str:
-    # Content-addressed: identical bytes share one file across products.
-    ext = filename.rsplit(".", 1)[-1].lower() if "." in filename else "jpg"
-    return f"images/{instance.sha256[:2]}/{instance.sha256}.{ext}"
-
-
 class ProductImage(models.Model):
     product = models.ForeignKey(Product, related_name="images", on_delete=models.CASCADE)
-    file = models.ImageField(upload_to=image_upload_to, max_length=300)
+    # Stored by content (catalog.storage.image_name: images/ab/abcd....jpg), never through upload_to.
+    file = models.ImageField(max_length=300)
     sha256 = models.CharField(max_length=64, db_index=True)
     width = models.PositiveIntegerField(default=0)
     height = models.PositiveIntegerField(default=0)

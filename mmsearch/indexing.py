@@ -205,16 +205,40 @@ def activate(alias: str, *, as_role: str | None = None, force: bool = False) -> 
     cover = [vectors.coverage(k, key) for k in ROLE_KINDS[role]]
     incomplete = [c for c in cover if not c.complete]
     if incomplete and not force:
-        raise JobError(
-            f"{key} is not fully indexed ({'; '.join(map(str, cover))}); run `manage.py reindex --alias {alias} "
-            "--only-missing --wait`, or pass --force to switch anyway"
+        legacy = stored_legacy_keys(alias)
+        hint = (
+            f"its vectors are stored under the earlier key {legacy[0]}: run `manage.py rekey_model {alias}`"
+            if legacy else
+            f"run `manage.py reindex --alias {alias} --only-missing --wait`, or pass --force to switch anyway"
         )
+        raise JobError(f"{key} is not fully indexed ({'; '.join(map(str, cover))}); {hint}")
     for k in ROLE_KINDS[role]:
         vectors.ensure_index(k, key, dim)
     previous = vectors.active_model(slot)
     vectors.activate(slot, key, dim)
     logger.info("search slot %s switched from %s to %s", slot, previous.model_key if previous else None, key)
     return Activation(slot, alias, key, previous.model_key if previous else None, cover)
+
+
+def stored_legacy_keys(alias: str) -> list[str]:
+    """Keys under which vectors of alias's model are stored from before model keys named content, not place."""
+    stored = vectors.stored_keys()
+    return [key for key in getattr(get_model(alias), "legacy_model_keys", ()) if key in stored]
+
+
+def rekey(alias: str) -> dict[str, dict[str, int]]:
+    """Move the vectors stored under alias's legacy keys to its current model_key; {old key: rows per kind}."""
+    embedding_role(alias)
+    plugin = get_model(alias)
+    legacy = stored_legacy_keys(alias)
+    if not legacy:
+        raise JobError(f"no vectors of {alias!r} are stored under an earlier key; nothing to re-key ({plugin.model_key})")
+    if plugin.model_key in vectors.stored_keys():
+        raise JobError(
+            f"vectors are stored under both {plugin.model_key} and {', '.join(legacy)}; drop one "
+            "(manage.py drop_model KEY) before re-keying"
+        )
+    return {old: vectors.rename_model_key(old, plugin.model_key, plugin.dim) for old in legacy}
 
 
 def drop(model_key: str) -> dict[str, int]:

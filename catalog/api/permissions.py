@@ -11,9 +11,3 @@ class IsStaffOrReadOnly(BasePermission):
             return True
         return bool(request.user and request.user.is_authenticated and request.user.is_staff)
 
-
-class IsStaff(BasePermission):
-    message = "This endpoint requires a staff account."
-
-    def has_permission(self, request, view) -> bool:
-        return bool(request.user and request.user.is_authenticated and request.user.is_staff)

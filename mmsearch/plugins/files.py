@@ -53,6 +53,37 @@ def sha12(path: str | os.PathLike) -> str:
     return digest.hexdigest()[:12]
 
 
+# Files of a Hugging Face / sentence-transformers folder that shape its outputs besides the weights (at the top
+# level or one folder down, e.g. 1_Pooling/config.json). Model cards, READMEs and evaluation reports do not.
+CONFIG_NAMES = (
+    "config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "vocab.txt", "vocab.json", "merges.txt", "modules.json", "sentence_bert_config.json",
+    "config_sentence_transformers.json", "open_clip_config.json",
+)
+
+
+def config_files(folder: str | os.PathLike) -> list[Path]:
+    """The files of `folder` named in CONFIG_NAMES, at its top level or one folder down, in a stable order."""
+    folder = Path(folder)
+    found = [p for name in CONFIG_NAMES for p in (folder / name, *folder.glob(f"*/{name}")) if p.is_file()]
+    return sorted(set(found), key=lambda p: p.relative_to(folder).as_posix())
+
+
+def content_key(weights: str | os.PathLike, configs: list[Path] = ()) -> str:
+    """12 hex digits naming a local model by what it computes: its weights and the config files that shape its
+    outputs, never where it is stored (a renamed or moved folder keeps its key; an edited config gets a new one).
+    JSON configs count by their content, not their formatting."""
+    parts = [sha12(weights)]
+    for path in configs:
+        path = Path(path)
+        if path.suffix == ".json":
+            body = json.dumps(json.loads(path.read_text(encoding="utf-8")), sort_keys=True).encode()
+        else:
+            body = path.read_bytes()
+        parts.append(f"{path.name}:{hashlib.sha256(body).hexdigest()}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
 def find_weights(folder: Path, names: tuple[str, ...]) -> Path:
     """The first of `names` present in `folder`; FileNotFoundError naming what was expected otherwise."""
     for name in names:

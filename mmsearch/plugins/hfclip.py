@@ -2,7 +2,7 @@
 
 `model` is a hub name (e.g. "openai/clip-vit-base-patch32", "google/siglip-base-patch16-224"; downloads in
 production) or a local folder written by `save_pretrained` (model config + weights + processor files).
-model_key: "hfclip:<hub name>" or "hfclip:<folder name>:<sha256[:12] of the weights file>".
+model_key: "hfclip:<hub name>" or "hfclip:local:<content key of the weights and configs>" (files.content_key).
 
 Construction only validates and stores options; transformers is imported and the weights loaded on first use.
 With text_only=True no image processor is loaded.
@@ -74,13 +74,18 @@ class HFClipEmbedder(runtime.PixelModel):
 
     @property
     def model_key(self) -> str:
-        """'hfclip:<hub name>' or 'hfclip:<folder name>:<sha256[:12] of the weights>'."""
+        """'hfclip:<hub name>' or 'hfclip:local:<content key>' for a folder."""
         if self._model_key is None:
             if self.folder is not None:
-                self._model_key = f"hfclip:{self.folder.name}:{files.sha12(self.weights)}"
+                self._model_key = f"hfclip:local:{files.content_key(self.weights, files.config_files(self.folder))}"
             else:
                 self._model_key = f"hfclip:{self.model}"
         return self._model_key
+
+    @property
+    def legacy_model_keys(self) -> tuple[str, ...]:
+        """The earlier key of a folder (its name + weights hash), for `manage.py rekey_model`."""
+        return (f"hfclip:{self.folder.name}:{files.sha12(self.weights)}",) if self.folder is not None else ()
 
     @property
     def dim(self) -> int:

