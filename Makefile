@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.installed-stamp
 DATA   ?= demo/grocery/products.jsonl
 ADDR   ?= 127.0.0.1:8000
 export DJANGO_SETTINGS_MODULE := mmsearch.settings
+# Every target here is development (demo, tests, training, benchmarks): DEBUG on, the development SECRET_KEY.
+# Production sets DEBUG=0 and its own SECRET_KEY (deploy/README.md).
+export DEBUG ?= 1
 
 .PHONY: install services services-stop migrate demo test train bench clean-var browser
 

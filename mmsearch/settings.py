@@ -3,6 +3,10 @@
 Everything a deployment changes comes from the environment (12-factor): DATABASE_URL, REDIS_URL,
 SECRET_KEY, DEBUG, ALLOWED_HOSTS, MEDIA_ROOT. Unset DATABASE_URL / REDIS_URL mean the embedded services
 (`manage.py services start`), which is what the demo and the tests use.
+
+Safe by default: DEBUG is off unless DEBUG=1 (set by `make demo` and by the test settings), and with DEBUG off
+start-up refuses a missing or development SECRET_KEY and turns on HTTPS-only cookies, HSTS and the SSL redirect
+(`manage.py check --deploy` passes with the environment of deploy/README.md).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import os
 from pathlib import Path
 
 import dj_database_url
+
+from django.core.exceptions import ImproperlyConfigured
 
 from mmsearch import services
 
@@ -24,10 +30,28 @@ def env_bool(name: str, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-insecure-key-change-me")
+DEBUG = env_bool("DEBUG", False)
+_DEV_SECRET_KEY = "dev-only-insecure-key-change-me"
+SECRET_KEY = os.environ.get("SECRET_KEY", _DEV_SECRET_KEY if DEBUG else "")
+if not DEBUG and (SECRET_KEY == _DEV_SECRET_KEY or len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5):
+    raise ImproperlyConfigured(
+        "SECRET_KEY must be set to a long random string (50+ characters) when DEBUG is off, e.g. "
+        "SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(64))'); "
+        "for development set DEBUG=1 (make demo and make test do)"
+    )
 ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+# HTTPS: on by default in production. Behind a proxy that terminates TLS, set SECURE_PROXY_SSL_HEADER=1 so the
+# X-Forwarded-Proto header it sets tells Django the request was HTTPS.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("SECURE_PROXY_SSL_HEADER", False) else None
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -93,6 +117,17 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "var" / "static"))
 MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / "var" / "media"))
+# Shoppers' query photos: a storage of their own outside MEDIA_ROOT, never served, deleted after
+# MMSEARCH_QUERY_PHOTO_TTL seconds (mmsearch/web/photos.py).
+MMSEARCH_QUERY_PHOTO_ROOT = Path(os.environ.get("MMSEARCH_QUERY_PHOTO_ROOT", BASE_DIR / "var" / "query-photos"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "query_photos": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": MMSEARCH_QUERY_PHOTO_ROOT, "base_url": None},
+    },
+}
 SERVE_MEDIA = env_bool("SERVE_MEDIA", DEBUG)
 
 REST_FRAMEWORK = {
@@ -107,6 +142,16 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "EXCEPTION_HANDLER": "catalog.api.errors.exception_handler",
+    # Per-client request rates of the public endpoints that cost model time (views set throttle_scope);
+    # MMSEARCH_THROTTLE=0 turns them off (load tests). Counts live in the Django cache.
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"] if env_bool("MMSEARCH_THROTTLE", True) else [],
+    "DEFAULT_THROTTLE_RATES": {
+        "search": os.environ.get("MMSEARCH_THROTTLE_SEARCH", "600/min"),
+        "photo_search": os.environ.get("MMSEARCH_THROTTLE_PHOTO", "60/min"),
+        "similar": os.environ.get("MMSEARCH_THROTTLE_SIMILAR", "600/min"),
+        "ask": os.environ.get("MMSEARCH_THROTTLE_ASK", "60/min"),
+        "token": os.environ.get("MMSEARCH_THROTTLE_TOKEN", "10/min"),
+    },
 }
 
 SPECTACULAR_SETTINGS = {
@@ -199,3 +244,6 @@ MMSEARCH_SEARCH = {
     "MAX_LIMIT": 100,
     "MAX_QUERY_CHARS": 200,
 }
+# The search API's `debug` block (per-signal timings, candidate counts) goes to staff tokens only, or to
+# everyone when this is on (development).
+MMSEARCH_SEARCH_DEBUG = env_bool("MMSEARCH_SEARCH_DEBUG", DEBUG)

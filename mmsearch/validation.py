@@ -34,6 +34,19 @@ class BadNumber(BadValue):
     """A number is not a number, or is outside what the database column holds."""
 
 
+class SkuConverter:
+    """URL path converter for a sku: any characters but control characters (a NUL in a URL is a 404, not a
+    database error). Registered as <sku:...> in mmsearch/urls.py."""
+
+    regex = r"[^\x00-\x1f\x7f]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
 def text_problem(value: str, *, multiline: bool = False) -> str | None:
     """Why `value` cannot be stored as text (None when it can): NUL, other control characters (tab, CR and
     newline only when `multiline`), lone surrogates. PostgreSQL refuses NUL; the rest is never wanted."""

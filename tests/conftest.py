@@ -31,8 +31,12 @@ def fast_password_hasher(settings):
 
 @pytest.fixture(autouse=True)
 def media_root(settings, tmp_path):
-    """Each test writes images into its own media folder."""
+    """Each test writes images (and shoppers' query photos) into folders of its own."""
     settings.MEDIA_ROOT = tmp_path / "media"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "query_photos": {**settings.STORAGES["query_photos"], "OPTIONS": {"location": tmp_path / "query-photos", "base_url": None}},
+    }
     return settings.MEDIA_ROOT
 
 

@@ -6,6 +6,7 @@ import io
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.authentication import TokenAuthentication
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -25,12 +26,22 @@ _PARAMS = [
 ]
 
 
+def shows_debug(request: Request | None) -> bool:
+    """The `debug` block is for staff tokens, or for everyone when settings.MMSEARCH_SEARCH_DEBUG is on."""
+    from django.conf import settings
+
+    if getattr(settings, "MMSEARCH_SEARCH_DEBUG", False):
+        return True
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_authenticated and user.is_staff)
+
+
 def result_data(result: SearchResult, request: Request | None = None) -> dict:
     """The JSON shape of a SearchResult (prices as strings, image URLs absolute when a request is given)."""
     def url(u: str | None) -> str | None:
         return request.build_absolute_uri(u) if (u and request is not None) else u
 
-    return {
+    data = {
         "mode": result.mode,
         "total": result.total,
         "page": result.page,
@@ -46,8 +57,10 @@ def result_data(result: SearchResult, request: Request | None = None) -> dict:
             for h in result.hits
         ],
         "facets": result.facets,
-        "debug": result.debug,
     }
+    if shows_debug(request):
+        data["debug"] = result.debug
+    return data
 
 
 def _error(exc: SearchError) -> Response:
@@ -56,9 +69,10 @@ def _error(exc: SearchError) -> Response:
 
 
 class _SearchView(APIView):
-    # Public, read-only searching: no session (so no CSRF) and no staff check.
+    # Public, read-only searching: no session (so no CSRF) and no staff check; a staff token adds `debug`.
     permission_classes = [AllowAny]
-    authentication_classes: list = []
+    authentication_classes = [TokenAuthentication]
+    throttle_scope = "search"
 
     def run(self, request: Request, query_fn) -> Response:
         try:
@@ -84,6 +98,7 @@ class SearchView(_SearchView):
 
 class ImageSearchView(_SearchView):
     parser_classes = [MultiPartParser, FormParser]
+    throttle_scope = "photo_search"
 
     @extend_schema(
         request={"multipart/form-data": inline_serializer("ImageSearch", {"image": serializers.ImageField()})},
@@ -123,6 +138,7 @@ class ImageSearchView(_SearchView):
 
 
 class SimilarView(_SearchView):
+    throttle_scope = "similar"
     @extend_schema(parameters=_PARAMS, responses={200: dict})
     def get(self, request: Request, sku: str) -> Response:
         """Products like this one (its image and text vectors), with filters."""

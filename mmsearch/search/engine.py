@@ -133,7 +133,8 @@ def search(query: SearchQuery) -> SearchResult:
                 raise SearchUnavailable("search by photo is not available: no image embedding model is active yet")
             t0 = time.perf_counter()
             views = photo.PhotoViews.from_config(conf)
-            qvec = photo.query_vectors(photo.embed_views(enc.model, [query.image], views))[0]
+            per_view = signals.run_model(enc, photo.embed_views, enc.model, [query.image], views)
+            qvec = photo.query_vectors(per_view)[0]
             debug["encode_ms"] = {"embedder": round((time.perf_counter() - t0) * 1000, 2)}
             debug["photo_views"] = views.count
             run("image_vector", signals.vector_candidates, "image", enc, qvec, fsql, fparams, k)

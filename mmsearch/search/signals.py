@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,7 @@ from mmsearch.search.fusion import Candidate
 from mmsearch.search.params import SearchUnavailable
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+logger = logging.getLogger(__name__)
 
 
 def filter_sql(filters: dict[str, list[str]]) -> tuple[str, list]:
@@ -57,11 +60,25 @@ def active_encoder(role: str) -> Encoder | None:
                 continue
             model = get_model(alias)
         except PluginError:
+            logger.exception("model alias %r cannot be built; it is left out of search", alias)
             continue
         # Query and stored vectors must come from the same model: never mix two keys in one search.
         if model.model_key == active.model_key:
             return Encoder(role, model, active.model_key, active.dim)
     return None
+
+
+def run_model(encoder: Encoder, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args), a call into encoder's model; a model that fails is logged and answered as SearchUnavailable
+    (503), so one broken plugin never takes the web process down or shows a traceback."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - any plugin failure is the server's condition, not the shopper's
+        logger.exception("the %s model %s failed", encoder.role, encoder.model_key)
+        raise SearchUnavailable(
+            f"the {encoder.role} model {encoder.model_key} failed ({exc.__class__.__name__}: {exc}); "
+            "search with it is unavailable until it is fixed (see the server log)"
+        ) from exc
 
 
 def encode_text(encoder: Encoder, text: str) -> np.ndarray:
@@ -71,7 +88,7 @@ def encode_text(encoder: Encoder, text: str) -> np.ndarray:
     cached = cache.get(key)
     if cached is not None:
         return np.frombuffer(cached, dtype=np.float32)
-    vec = np.asarray(encoder.model.embed_texts([norm])[0], dtype=np.float32)
+    vec = np.asarray(run_model(encoder, encoder.model.embed_texts, [norm])[0], dtype=np.float32)
     cache.set(key, vec.tobytes(), config()["QUERY_CACHE_SECONDS"])
     return vec
 

@@ -15,12 +15,12 @@ import time
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
+from django.core.files.storage import storages
 from PIL import Image
 
 from mmsearch.images import ImageRejected, check_image
 
-PREFIX = "query-photos"
+PREFIX = "query-photos"  # a folder of the private `query_photos` storage (settings.STORAGES), never served
 _KEY = re.compile(r"^[0-9a-f]{32}$")
 # Longest side kept; the embedders look at 224 px or less, and a smaller file keeps storage and latency low.
 MAX_SIDE = 768
@@ -38,6 +38,10 @@ def _name(key: str) -> str:
     return f"{PREFIX}/{key}.jpg"
 
 
+def _storage():
+    return storages["query_photos"]
+
+
 def save(data: bytes) -> str:
     """Check and store an uploaded photo; return its key (raises PhotoError with the reason)."""
     try:
@@ -52,8 +56,8 @@ def save(data: bytes) -> str:
     encoded = out.getvalue()
     key = hashlib.sha256(encoded).hexdigest()[:32]
     name = _name(key)
-    if not default_storage.exists(name):
-        default_storage.save(name, ContentFile(encoded))
+    if not _storage().exists(name):
+        _storage().save(name, ContentFile(encoded))
     prune()
     return key
 
@@ -67,9 +71,9 @@ def open_bytes(key: str) -> bytes:
     if not valid_key(key):
         raise PhotoError("The photo reference is not valid; upload the photo again.")
     name = _name(key)
-    if not default_storage.exists(name):
+    if not _storage().exists(name):
         raise PhotoError("That photo search has expired; upload the photo again.")
-    with default_storage.open(name, "rb") as fh:
+    with _storage().open(name, "rb") as fh:
         return fh.read()
 
 
@@ -83,17 +87,17 @@ def prune(now: float | None = None) -> int:
     """Delete photos older than the TTL; returns how many were deleted."""
     now = time.time() if now is None else now
     try:
-        _, files = default_storage.listdir(PREFIX)
+        _, files = _storage().listdir(PREFIX)
     except FileNotFoundError:
         return 0
     deleted = 0
     for filename in files:
         name = f"{PREFIX}/{filename}"
         try:
-            age = now - default_storage.get_modified_time(name).timestamp()
+            age = now - _storage().get_modified_time(name).timestamp()
         except (FileNotFoundError, NotImplementedError):
             continue
         if age > ttl_seconds():
-            default_storage.delete(name)
+            _storage().delete(name)
             deleted += 1
     return deleted

@@ -7,5 +7,5 @@ urlpatterns = [
     path("search", views.search_page, name="web-search"),
     path("search/photo", views.photo_upload, name="web-photo-search"),
     path("search/photo/<str:key>.jpg", views.query_photo, name="web-query-photo"),
-    path("p/<path:sku>", views.product_page, name="web-product"),
+    path("p/<sku:sku>", views.product_page, name="web-product"),
 ]

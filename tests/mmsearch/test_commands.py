@@ -32,7 +32,8 @@ def test_services_start_is_idempotent():
 
 
 @pytest.mark.django_db
-def test_demo_no_serve_loads_the_catalog_and_an_admin():
+def test_demo_no_serve_loads_the_catalog_and_an_admin(settings):
+    settings.DEBUG = True  # the demo is development-only (pytest-django runs tests with DEBUG off)
     data = Path(settings.BASE_DIR) / "demo" / "grocery" / "products.jsonl"
     out = io.StringIO()
     call_command("demo", "--data", str(data), "--no-serve", stdout=out, stderr=io.StringIO())
@@ -43,6 +44,7 @@ def test_demo_no_serve_loads_the_catalog_and_an_admin():
     assert "0 created, 0 updated, 81 unchanged" in out.getvalue()
 
 
-def test_demo_refuses_a_missing_file(tmp_path):
+def test_demo_refuses_a_missing_file(tmp_path, settings):
+    settings.DEBUG = True
     with pytest.raises(CommandError, match="no such file"):
         call_command("demo", "--data", str(tmp_path / "nope.jsonl"), "--no-serve")

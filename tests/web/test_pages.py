@@ -5,9 +5,10 @@ from __future__ import annotations
 import html
 import io
 import re
+from pathlib import Path
 
 import pytest
-from django.core.files.storage import default_storage
+from django.core.files.storage import default_storage, storages
 from PIL import Image
 
 from mmsearch.models import ActiveModel
@@ -205,15 +206,23 @@ def test_photo_and_words_together_are_refused(client, shop):
     assert "Search with words or with a photo, not both at once." in response.content.decode()
 
 
+def test_query_photos_are_private(client, settings, shop):
+    key = photos.save(make_image(size=(40, 40)))
+    assert storages["query_photos"].exists(f"query-photos/{key}.jpg")
+    assert not default_storage.exists(f"query-photos/{key}.jpg")  # not under MEDIA_ROOT
+    assert not list(Path(settings.MEDIA_ROOT).rglob(f"{key}*"))
+    assert client.get(f"/media/query-photos/{key}.jpg").status_code == 404  # the test settings serve MEDIA_ROOT
+
+
 def test_old_photos_are_pruned(settings, shop):
     key = photos.save(make_image(size=(40, 40)))
-    assert default_storage.exists(f"query-photos/{key}.jpg")
+    assert storages["query_photos"].exists(f"query-photos/{key}.jpg")
     settings.MMSEARCH_QUERY_PHOTO_TTL = 60
     import time
 
     assert photos.prune(now=time.time() + 30) == 0
     assert photos.prune(now=time.time() + 120) == 1
-    assert not default_storage.exists(f"query-photos/{key}.jpg")
+    assert not storages["query_photos"].exists(f"query-photos/{key}.jpg")
 
 
 def test_photo_search_without_an_active_image_model_is_a_503(client, shop):

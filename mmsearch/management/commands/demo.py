@@ -28,6 +28,9 @@ class Command(BaseCommand):
                             help="do not train a small embedder on --data when no trained one exists")
 
     def handle(self, *args, data: Path, addr: str, no_serve: bool, no_train: bool = False, **options):
+        if not settings.DEBUG:
+            raise CommandError("the demo runs in development mode only (DEBUG=1, as `make demo` sets it): it creates "
+                               "the superuser admin / admin; see deploy/README.md for production")
         if not data.is_file():
             raise CommandError(f"{data}: no such file (give DATA=path/to/products.jsonl)")
         if not no_serve and not no_train:
@@ -77,7 +80,15 @@ class Command(BaseCommand):
         User = get_user_model()
         if not User.objects.filter(username="admin").exists():
             User.objects.create_superuser("admin", "admin@example.com", "admin")
-            self.stdout.write("Created the demo superuser admin / admin (change it before exposing the site).")
+        self.stdout.write("The demo superuser admin / admin exists for this demo; it is removed when the demo stops "
+                          "(unless its password was changed).")
+
+    def _remove_admin(self) -> None:
+        """The demo superuser does not outlive the demo (a changed password means someone adopted it)."""
+        user = get_user_model().objects.filter(username="admin").first()
+        if user is not None and user.check_password("admin"):
+            user.delete()
+            self.stdout.write("Removed the demo superuser admin.")
 
     def _serve(self, addr: str) -> None:
         python = sys.executable
@@ -124,6 +135,7 @@ class Command(BaseCommand):
                     pass
                 _signal_group(child, signal.SIGKILL)  # whatever is left of its group, pool processes included
                 child.wait()
+            self._remove_admin()
             self.stdout.write("Stopped the worker and the web server (the embedded services keep running; "
                               "`make services-stop` stops them).")
         if not stopping:
