@@ -48,6 +48,7 @@ bench: services
 	$(BIN)/python bench/pipeline.py $(BENCH_ARGS)
 	$(BIN)/python bench/search_latency.py
 	$(BIN)/python bench/search_quality.py --grocery
+	$(BIN)/python bench/load.py $(LOAD_ARGS)
 
 clean-var: services-stop
 	rm -rf var
