@@ -8,11 +8,15 @@ does the indexing):
 
     export DEBUG=1 MMSEARCH_DB_NAME=loadbench MMSEARCH_AUTO_INDEX=0
     .venv/bin/python manage.py migrate --no-input
-    .venv/bin/python manage.py import_catalog ../shared/datasets/fashion/products.jsonl --no-progress
+    .venv/bin/python manage.py import_catalog ../shared/datasets/fashion/products.jsonl --no-progress  # ~1 min
     .venv/bin/python -m celery -A mmsearch worker -Q embed --pool solo &      # stop it by its pid afterwards
-    .venv/bin/python manage.py reindex --alias embedder --wait
-    .venv/bin/python manage.py reindex --alias text_embedder --wait
-    unset DEBUG; .venv/bin/python bench/load.py
+    .venv/bin/python manage.py reindex --alias embedder --wait                # images + texts, ~4 min (hashing)
+    .venv/bin/python manage.py reindex --alias text_embedder --wait           # MiniLM texts, ~20 min on 2 cores
+    .venv/bin/python bench/load.py --note "..."                               # or: make bench
+
+(The DEBUG of this shell does not matter: the server always gets DEBUG=0, and this process, which only reads
+the catalog, gets a random SECRET_KEY when none is set.) In the suite, tests/test_load.py runs the same runner
+for 5 s with 4 clients on a slice of demo/grocery.
 
 What it does:
 1. Reads the catalog (this process, through the ORM): a seeded sample of active products gives the queries
@@ -645,6 +649,8 @@ def plot(report: dict, path: Path) -> None:
     ax.set_xticks(range(len(kinds)))
     ax.set_xticklabels([f"{k}\n{report['kinds'][k]['throughput_rps']:.1f}/s" for k in kinds])
     ax.set_yscale("log")
+    top = max([report["kinds"][k].get("p99_ms", 1) for k in kinds] + [1])
+    ax.set_ylim(top=top * 3)  # headroom for the legend and the labels
     ax.set_ylabel("latency (ms, log scale)")
     m, c = report["machine"], report["catalog"]
     ax.set_title(f"mmsearch under gunicorn ({report['server']['workers']} workers): {report['clients']} clients, "
@@ -655,7 +661,7 @@ def plot(report: dict, path: Path) -> None:
     if report.get("not_measured"):
         ax.text(0.99, 0.98, "not measured: " + ", ".join(report["not_measured"]), transform=ax.transAxes,
                 ha="right", va="top", fontsize=8)
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", ncol=3, fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -679,10 +685,12 @@ def error_lines(report: dict) -> list[str]:
     """One line per request kind that had errors (warm-up included)."""
     lines = []
     for kind, entry in report["errors"].items():
-        sent = report["kinds"].get(kind, {}).get("count", 0)
+        stats = report["kinds"].get(kind, {})
+        measured, sent = stats.get("errors", 0), stats.get("count", 0)
         first, n = next(iter(entry["messages"].items()))
-        lines.append(f"ERROR {kind}: {entry['count']} failed (of {sent} measured + warm-up); "
-                     f"{len(entry['messages'])} distinct; e.g. x{n} {first}")
+        lines.append(f"ERROR {kind}: {entry['count']} failed ({measured} of {sent} measured, "
+                     f"{entry['count'] - measured} in warm-up); {len(entry['messages'])} distinct messages, "
+                     f"e.g. x{n} {first}")
     return lines
 
 
@@ -724,7 +732,14 @@ def main(argv: list[str] | None = None) -> int:
     import django
 
     django.setup()
-    plan = build_plan(sample=args.sample, seed=args.seed)
+    from django.db import DatabaseError
+
+    try:
+        plan = build_plan(sample=args.sample, seed=args.seed)
+    except DatabaseError as exc:
+        print(f"ERROR catalog: cannot read the catalog of {os.environ.get('MMSEARCH_DB_NAME', 'mmsearch')}: {exc}",
+              file=sys.stderr)
+        return 2
     server = Server(workers=args.workers, settings_module=args.settings, threads_per_worker=args.threads_per_worker)
     try:
         server.start()
