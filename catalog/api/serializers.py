@@ -1,10 +1,35 @@
 from __future__ import annotations
 
+import math
+
 from django.db import transaction
+from django.db.models import Max
+from django.db.models.functions import Length
 from django.utils.text import slugify
 from rest_framework import serializers
+from rest_framework.validators import UniqueValidator
 
-from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup
+from catalog.importer import ATTRIBUTE_TEXT_MAX, CATEGORY_NAME_MAX, CATEGORY_PATH_MAX, DESCRIPTION_MAX
+from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup, normalize_path
+from mmsearch.validation import INT32_MAX, BadValue, clean_text, text_problem
+
+
+class _UniqueText(UniqueValidator):
+    """UniqueValidator that leaves text the database cannot compare (NUL, lone surrogates) to the field's own
+    checks instead of sending it in a query."""
+
+    def __call__(self, value, serializer_field):
+        if isinstance(value, str) and text_problem(value, multiline=True):
+            return
+        super().__call__(value, serializer_field)
+
+
+def _clean(value, **kwargs) -> str:
+    """clean_text, with its complaint as this field's validation error (the field name is added by DRF)."""
+    try:
+        return clean_text(value, **kwargs)
+    except BadValue as exc:
+        raise serializers.ValidationError(exc.problem) from None
 
 
 class CategorySerializer(serializers.ModelSerializer):
@@ -18,7 +43,7 @@ class CategorySerializer(serializers.ModelSerializer):
     def validate_name(self, value: str) -> str:
         if "/" in value:
             raise serializers.ValidationError("a category name may not contain '/'")
-        return value.strip()
+        return _clean(value, name="name", max_length=CATEGORY_NAME_MAX)
 
     def validate(self, attrs: dict) -> dict:
         name = attrs.get("name", getattr(self.instance, "name", ""))
@@ -29,6 +54,16 @@ class CategorySerializer(serializers.ModelSerializer):
                 raise serializers.ValidationError({"parent": "a category cannot be moved below itself"})
             node = node.parent
         path = f"{parent.path}/{name}" if parent else name
+        # The paths below a renamed or moved node grow with it; each must still fit the column.
+        longest = len(path)
+        if self.instance is not None:
+            below = Category.objects.filter(path__startswith=self.instance.path + "/").aggregate(m=Max(Length("path")))["m"]
+            if below:
+                longest = max(longest, below - len(self.instance.path) + len(path))
+        if longest > CATEGORY_PATH_MAX:
+            raise serializers.ValidationError(
+                {"name": f"the category path would be {longest} characters long; the limit is {CATEGORY_PATH_MAX}"}
+            )
         clash = Category.objects.filter(path=path)
         if self.instance is not None:
             clash = clash.exclude(pk=self.instance.pk)
@@ -66,6 +101,7 @@ class ProductSerializer(serializers.ModelSerializer):
             "images", "tags", "created_at", "updated_at",
         ]
         read_only_fields = ["created_at", "updated_at"]
+        extra_kwargs = {"sku": {"validators": [_UniqueText(queryset=Product.objects.all())]}}
 
     def get_tags(self, product: Product) -> list[str]:
         return sorted(
@@ -76,20 +112,59 @@ class ProductSerializer(serializers.ModelSerializer):
         if not isinstance(value, dict):
             raise serializers.ValidationError("must be an object of name -> string or number")
         for key, item in value.items():
+            problem = text_problem(key)
+            if problem:
+                raise serializers.ValidationError(f"attribute name {key!r} {problem}")
+            if not key.strip() or len(key) > CATEGORY_NAME_MAX:
+                raise serializers.ValidationError(f"attribute name {key!r} must have 1 to {CATEGORY_NAME_MAX} characters")
             if isinstance(item, bool) or not isinstance(item, (str, int, float)):
                 raise serializers.ValidationError(f"attribute '{key}' must be a string or a number")
+            if isinstance(item, float) and not math.isfinite(item):
+                raise serializers.ValidationError(f"attribute '{key}' must be a finite number")
+            if isinstance(item, str):
+                problem = text_problem(item, multiline=True)
+                if problem:
+                    raise serializers.ValidationError(f"attribute '{key}' {problem}")
+                if len(item) > ATTRIBUTE_TEXT_MAX:
+                    raise serializers.ValidationError(f"attribute '{key}' is longer than {ATTRIBUTE_TEXT_MAX} characters")
         return value
+
+    def validate_title(self, value: str) -> str:
+        return _clean(value, name="title", max_length=500)
+
+    def validate_brand(self, value: str) -> str:
+        return _clean(value, name="brand", max_length=200, allow_empty=True)
+
+    def validate_description(self, value: str) -> str:
+        return _clean(value, name="description", max_length=DESCRIPTION_MAX, allow_empty=True, multiline=True)
+
+    def validate_category(self, value):
+        if value is None:
+            return None
+        value = _clean(value, name="category", allow_empty=True)
+        if not value:
+            return None
+        try:
+            path = normalize_path(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        for level in path.split("/"):
+            if len(level) > CATEGORY_NAME_MAX:
+                raise serializers.ValidationError(
+                    f"the level {level[:40]!r}... is {len(level)} characters long; the limit is {CATEGORY_NAME_MAX} a level"
+                )
+        if len(path) > CATEGORY_PATH_MAX:
+            raise serializers.ValidationError(f"the path is {len(path)} characters long; the limit is {CATEGORY_PATH_MAX}")
+        return path
 
     def validate_currency(self, value: str) -> str:
         value = (value or "").strip().upper()
-        if value and (len(value) != 3 or not value.isalpha()):
+        if value and (len(value) != 3 or not value.isascii() or not value.isalpha()):
             raise serializers.ValidationError("use a 3-letter ISO 4217 code such as EUR")
         return value
 
     def validate_sku(self, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise serializers.ValidationError("may not be blank")
+        value = _clean(value, name="sku", max_length=128)
         if self.instance is not None and value != self.instance.sku:
             raise serializers.ValidationError("the sku of an existing product cannot change")
         return value
@@ -116,7 +191,7 @@ class ProductSerializer(serializers.ModelSerializer):
 
 class ImageUploadSerializer(serializers.Serializer):
     file = serializers.FileField(help_text="JPEG, PNG or WebP")
-    position = serializers.IntegerField(min_value=0, required=False)
+    position = serializers.IntegerField(min_value=0, max_value=INT32_MAX, required=False)
 
 
 def _derived_slug(serializer: serializers.ModelSerializer, attrs: dict, clash) -> str:

@@ -4,7 +4,7 @@ from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
@@ -21,12 +21,51 @@ from catalog.filters import ProductFilterSet, check_params
 from mmsearch.images import ImageRejected, check_image, check_size
 from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup
 from catalog.storage import add_image
+from mmsearch.validation import BadValue, check_json_text, text_problem
 
 COMMON_PARAMS = {"page", "page_size", "format"}
 
 
-class StrictParamsMixin:
-    """Reject query parameters the list endpoint does not know."""
+def check_request_text(request, url_kwargs: dict) -> None:
+    """Refuse text the database cannot hold (NUL, control characters, lone surrogates) wherever it comes in:
+    the URL (404: no row can have such a key), the query string and the body (400 naming the parameter)."""
+    for name, value in url_kwargs.items():
+        problem = isinstance(value, str) and text_problem(value)
+        if problem:
+            raise NotFound(f"not found: the {name} in the URL {problem}")
+    for name, values in request.query_params.lists():
+        problem = text_problem(name)
+        if problem:
+            raise ValidationError({"query": f"parameter name {name!r} {problem}"})
+        for value in values:
+            problem = text_problem(value)
+            if problem:
+                raise ValidationError({name: problem})
+    data = request.data
+    if hasattr(data, "lists"):  # a form: each name may repeat; files are not text
+        items = [(name, v) for name, values in data.lists() for v in values if isinstance(v, str)]
+    else:
+        items = data.items() if isinstance(data, dict) else ()
+    for name, value in items:
+        problem = isinstance(name, str) and text_problem(name)
+        if problem:
+            raise ValidationError({"body": f"field name {name!r} {problem}"})
+        try:
+            check_json_text(value, name=name)
+        except BadValue as exc:
+            raise ValidationError({exc.name: exc.problem}) from None
+
+
+class CleanTextMixin:
+    """Run check_request_text after authentication and permissions (so anonymous writes still get 401/403)."""
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        check_request_text(request, kwargs)
+
+
+class StrictParamsMixin(CleanTextMixin):
+    """Reject query parameters the list endpoint does not know, and text the database cannot hold."""
 
     def filter_queryset(self, queryset):
         if self.action == "list":
