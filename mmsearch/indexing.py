@@ -19,7 +19,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from mmsearch.adapter import catalog_changed
-from mmsearch.models import ActiveModel, EmbeddingFailure, ImageEmbedding, IndexJob, ProductTextEmbedding
+from mmsearch.models import ActiveModel, EmbeddingFailure, ImageEmbedding, IndexJob, IndexOutbox, ProductTextEmbedding
 from mmsearch.plugins import PluginError, alias_role, get_model, model_settings
 from mmsearch.plugins.runtime import batches
 from mmsearch.search import vectors
@@ -97,7 +97,9 @@ def enqueue(
         app.send_task(
             TASKS[kind], args=(alias, model_key, list(part)),
             kwargs={"job_id": job_id, "chunk": first_chunk + offset, "force": force},
-            retry=retry,
+            # Progress is read from the job's row, never from task results: no result-store subscription, which
+            # would also tie this process to one Redis connection that an outage breaks for good.
+            retry=retry, ignore_result=True,
         )
         sent += 1
     return sent
@@ -116,6 +118,29 @@ def enqueue_changed(product_ids: Iterable[int] = (), image_ids: Iterable[int] = 
         if "product" in kinds and product_ids:
             sent += enqueue("product", alias, model_key, product_ids, retry=False)
     return sent
+
+
+def drain_outbox(limit: int = 10_000) -> int:
+    """Queue the items the outbox holds (changes made while the broker was down); returns items sent.
+
+    Rows are deleted only after their tasks were sent, so an outbox drained while the broker is still down
+    keeps them; an item queued twice is embedded once (the tasks skip what is already current)."""
+    rows = list(IndexOutbox.objects.order_by("id").values_list("id", "kind", "item_id")[:limit])
+    if not rows:
+        return 0
+    ids = {"image": [i for _, k, i in rows if k == "image"], "product": [i for _, k, i in rows if k == "product"]}
+    enqueue_changed(product_ids=ids["product"], image_ids=ids["image"])
+    IndexOutbox.objects.filter(id__in=[pk for pk, _, _ in rows]).delete()
+    logger.info("queued %d items the outbox held", len(rows))
+    return len(rows)
+
+
+def _remember(product_ids: Sequence[int], image_ids: Sequence[int]) -> None:
+    IndexOutbox.objects.bulk_create(
+        [IndexOutbox(kind="product", item_id=i) for i in product_ids]
+        + [IndexOutbox(kind="image", item_id=i) for i in image_ids],
+        ignore_conflicts=True,
+    )
 
 
 def _item_ids(kind: str, model_key: str, only_missing: bool) -> list[int]:
@@ -273,13 +298,22 @@ def bootstrap_activation(alias: str) -> None:
 
 @receiver(catalog_changed, dispatch_uid="mmsearch.indexing.enqueue_on_change")
 def enqueue_on_change(sender, product_ids=(), image_ids=(), **kwargs) -> None:
-    """Queue embedding work for changed ids (after commit); never let a broker problem break a save."""
+    """Queue embedding work for changed ids (after commit); never let a broker problem break a save: what
+    cannot be sent waits in the outbox (IndexOutbox) until the broker is back."""
     if not getattr(settings, "MMSEARCH_AUTO_INDEX", True):
         return
     try:
         enqueue_changed(product_ids=product_ids, image_ids=image_ids)
     except Exception:  # noqa: BLE001 - any failure here (broker down, plugin misconfigured) must not fail the save
         logger.warning(
-            "could not queue embedding of %d products / %d images; `manage.py reindex` will pick them up",
+            "could not queue embedding of %d products / %d images; they wait in the index outbox",
             len(product_ids), len(image_ids), exc_info=True,
         )
+        try:
+            _remember(list(product_ids), list(image_ids))
+        except DatabaseError:
+            logger.error("the index outbox is unreachable too; `manage.py reindex` will pick the items up",
+                         exc_info=True)
+        return
+    if IndexOutbox.objects.exists():  # the broker is back: send what waited
+        drain_outbox()

@@ -60,6 +60,20 @@ class EmbeddingFailure(models.Model):
         constraints = [models.UniqueConstraint(fields=["kind", "item_id", "model_key"], name="embfail_unique")]
 
 
+class IndexOutbox(models.Model):
+    """Items whose embedding could not be queued (the broker was down when the catalog changed).
+
+    Written by the catalog_changed receiver when sending fails; the periodic `drain_index_outbox` task (and
+    every later successful send) queues them and deletes the rows it sent, so a broker outage loses nothing."""
+
+    kind = models.CharField(max_length=10)  # "image" | "product"
+    item_id = models.BigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "item_id"], name="indexoutbox_once")]
+
+
 class ActiveModel(models.Model):
     """Which model_key answers searches for a role alias (blue/green: switched in one UPDATE)."""
 

@@ -102,7 +102,8 @@ TEMPLATES = [
 ]
 
 if os.environ.get("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
+    # Persistent connections, checked before reuse: a restarted or failed-over server costs one reconnect.
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60, conn_health_checks=True)}
 else:
     DATABASES = {"default": services.database_settings()}
 
@@ -177,6 +178,12 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 600}
+# Celery beat (`celery -A mmsearch beat`, or a worker started with -B): catalog changes made while the broker
+# was down wait in the index outbox; this queues them once it is back.
+CELERY_BEAT_SCHEDULE = {
+    "drain-index-outbox": {"task": "workers.tasks.drain_index_outbox", "schedule": 60.0},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(services.VAR_DIR / "celerybeat-schedule")
 
 # --- catalog limits -----------------------------------------------------------------------------------------
 MMSEARCH_UPLOAD_MAX_BYTES = int(os.environ.get("MMSEARCH_UPLOAD_MAX_BYTES", 10 * 1024 * 1024))
@@ -226,6 +233,7 @@ MMSEARCH_MODELS = {
 CELERY_TASK_ROUTES = {
     "workers.tasks.embed_images": {"queue": "embed"},
     "workers.tasks.embed_products": {"queue": "embed"},
+    "workers.tasks.drain_index_outbox": {"queue": "embed"},  # the outbox holds embedding work
 }
 # Items per forward pass, and forward passes per task (a task decodes batch n+1 while batch n runs).
 MMSEARCH_EMBED_BATCH_SIZE = int(os.environ.get("MMSEARCH_EMBED_BATCH_SIZE", 32))

@@ -11,7 +11,7 @@ from django.db import InterfaceError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mmsearch.indexing import fail_job
+from mmsearch.indexing import drain_outbox, fail_job
 from workers import pipeline
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
@@ -31,6 +31,12 @@ class EmbedTask(Task):
         # Called once retries are exhausted or the error is not retried; a job must not stay "running" forever.
         chunk = kwargs.get("chunk", 0)
         fail_job(kwargs.get("job_id"), f"{self.name} chunk {chunk}: {exc.__class__.__name__}: {exc}")
+
+
+@shared_task(name="workers.tasks.drain_index_outbox", autoretry_for=TRANSIENT_ERRORS, retry_backoff=2, max_retries=8)
+def drain_index_outbox() -> int:
+    """Queue what the catalog changed while the broker was down (run every minute by Celery beat)."""
+    return drain_outbox()
 
 
 @shared_task(name="workers.tasks.embed_images", base=EmbedTask)

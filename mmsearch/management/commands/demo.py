@@ -96,7 +96,7 @@ class Command(BaseCommand):
         children: list[subprocess.Popen] = [
             subprocess.Popen(
                 [python, "-m", "celery", "-A", "mmsearch", "worker", "--loglevel", "INFO", "--concurrency", "1",
-                 "-Q", "celery,embed,caption,tag,qa", "-n", "demo@%h"],
+                 "-Q", "celery,embed,caption,tag,qa", "-n", "demo@%h", "--beat"],
                 env=env, cwd=settings.BASE_DIR, start_new_session=True,
             ),
             subprocess.Popen([python, "manage.py", "runserver", addr, "--noreload"], env=env, cwd=settings.BASE_DIR,
