@@ -225,7 +225,8 @@ def test_every_command_exists():
 
 def test_every_routed_queue_has_a_worker_and_an_autoscaler():
     def queues(argv):
-        return {q for cmd in commands_of(argv) if cmd[0] == "celery" for q in cmd[cmd.index("-Q") + 1].split(",")}
+        return {q for cmd in commands_of(argv) if cmd[0] == "celery" and "-Q" in cmd
+                for q in cmd[cmd.index("-Q") + 1].split(",")}
 
     routed = {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()} | {"celery"}
     services = compose_app_services()
@@ -259,3 +260,11 @@ def test_gpu_workers_ask_for_a_gpu():
             (container,) = doc["spec"]["template"]["spec"]["containers"]
             assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
             assert "--pool" in container["command"] and "solo" in container["command"]
+
+
+def test_one_beat_drains_the_index_outbox():
+    assert settings.CELERY_BEAT_SCHEDULE["drain-index-outbox"]["task"] == "workers.tasks.drain_index_outbox"
+    beat = compose()["services"]["beat"]
+    assert "profiles" not in beat and beat["command"][:4] == ["celery", "-A", "mmsearch", "beat"]
+    (deployment,) = [d for d in k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "beat"]
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
