@@ -76,11 +76,43 @@ class Captioner(Protocol):
         """One caption per image."""
 
 
+# The templates a tag group's prompts use when it names none: "{group}: {tag}" is how product texts write an
+# attribute ("colour: Red", mmsearch.text.product_text), so the same wording serves training and tagging.
+DEFAULT_TAG_TEMPLATES: tuple[str, ...] = ("{group}: {tag}", "a photo of a {tag} product", "{tag}")
+
+
+@dataclass(frozen=True)
+class VocabTag:
+    slug: str
+    name: str
+    synonyms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VocabGroup:
+    """One facet of a merchant's vocabulary (colour, pattern ...): the tags an image is scored against, one
+    softmax per group. `version` changes whenever anything that changes the scores does."""
+
+    slug: str
+    name: str
+    tags: tuple[VocabTag, ...]
+    templates: tuple[str, ...] = DEFAULT_TAG_TEMPLATES
+
+    @property
+    def version(self) -> str:
+        import hashlib
+        import json
+
+        body = json.dumps([self.name, list(self.templates), [[t.slug, t.name, list(t.synonyms)] for t in self.tags]])
+        return hashlib.sha256(body.encode()).hexdigest()[:8]
+
+
 @dataclass(frozen=True)
 class TagScore:
     group: str
-    tag: str
-    score: float
+    tag: str  # the tag's slug
+    score: float  # probability within the group (calibrated when `calibrated`)
+    calibrated: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,8 +125,8 @@ class TagSuggestions:
 class Tagger(Protocol):
     model_key: str
 
-    def tag(self, images: Sequence[Image.Image], vocabulary: dict[str, list[str]]) -> list[TagSuggestions]:
-        """Score each image against a vocabulary {group: [tag, ...]}; one TagSuggestions per image."""
+    def tag(self, images: Sequence[Image.Image], vocabulary: Sequence[VocabGroup]) -> list[TagSuggestions]:
+        """Score each image against every group of the vocabulary; one TagSuggestions per image."""
 
 
 @dataclass(frozen=True)
