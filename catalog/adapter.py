@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from catalog import facets
+from catalog import facets, vocabulary
 from catalog.filters import apply_filters, check_categories
-from catalog.models import Product, ProductImage, ProductTag
-from mmsearch.adapter import ImageFile, ProductCard
+from catalog.models import Product, ProductImage, ProductTag, Tag
+from mmsearch.adapter import ImageFile, ProductCard, TagRow
 from mmsearch.text import product_text
 
 
@@ -63,3 +63,58 @@ class CatalogAdapter:
     def image_files(self, image_ids: Sequence[int]) -> dict[int, ImageFile]:
         rows = ProductImage.objects.filter(pk__in=list(image_ids)).values_list("pk", "product_id", "file")
         return {pk: ImageFile(pk, product_id, name) for pk, product_id, name in rows}
+
+    # --- tagging --------------------------------------------------------------------------------------------
+    def vocabulary(self):
+        return vocabulary.vocabulary()
+
+    def product_ids(self, filters: dict[str, list[str]], skus: Sequence[str] | None = None) -> list[int]:
+        queryset = self.products(filters)
+        if skus is not None:
+            queryset = queryset.filter(sku__in=list(skus))
+        return list(queryset.order_by("id").values_list("id", flat=True))
+
+    def product_images(self, product_ids: Sequence[int]) -> dict[int, list[ImageFile]]:
+        out: dict[int, list[ImageFile]] = {}
+        for pk, product_id, name in (
+            ProductImage.objects.filter(product_id__in=list(product_ids)).order_by("product_id", "position", "id")
+            .values_list("pk", "product_id", "file")
+        ):
+            out.setdefault(product_id, []).append(ImageFile(pk, product_id, name))
+        return out
+
+    def tagged_products(self, product_ids: Sequence[int], model_keys: Sequence[str]) -> set[int]:
+        keys = set(model_keys)
+        seen: dict[int, set[str]] = {}
+        for pid, key in (
+            ProductTag.objects.filter(product_id__in=list(product_ids), model_key__in=keys)
+            .values_list("product_id", "model_key").distinct()
+        ):
+            seen.setdefault(pid, set()).add(key)
+        return {pid for pid, found in seen.items() if found >= keys}
+
+    def store_suggestions(self, rows: Sequence[TagRow]) -> int:
+        from catalog.signals import text_changed
+
+        tags = {
+            (g, s): pk for pk, g, s in Tag.objects.filter(group__slug__in={r.group for r in rows})
+            .values_list("pk", "group__slug", "slug")
+        }
+        wanted = [(r, tags[(r.group, r.tag)]) for r in rows if (r.group, r.tag) in tags]
+        existing = set(
+            ProductTag.objects.filter(product_id__in={r.product_id for r, _ in wanted}, model_key__in={r.model_key for r, _ in wanted})
+            .values_list("product_id", "tag_id", "model_key")
+        )
+        new = [
+            ProductTag(
+                product_id=r.product_id, tag_id=tag_id, source=ProductTag.Source.MODEL, score=r.score,
+                model_key=r.model_key, status=ProductTag.Status.ACCEPTED if r.accept else ProductTag.Status.SUGGESTED,
+            )
+            for r, tag_id in wanted if (r.product_id, tag_id, r.model_key) not in existing
+        ]
+        # A suggestion already there (even one a person rejected) is left as it is.
+        ProductTag.objects.bulk_create(new, ignore_conflicts=True)
+        accepted = {pt.product_id for pt in new if pt.status == ProductTag.Status.ACCEPTED}
+        if accepted:
+            text_changed(sorted(accepted))  # auto-accepted tags join the full text, facets and product texts
+        return len(new)

@@ -1,6 +1,7 @@
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.files.uploadedfile import UploadedFile
+from django.db.models import Q
 from django.utils.html import format_html
 
 from mmsearch.images import ImageRejected, check_image, check_size
@@ -67,15 +68,76 @@ class ProductTagInline(admin.TabularInline):
     fields = ["tag", "source", "status", "score", "model_key"]
 
 
+def thumbnail(product: Product | None, height: int = 48) -> str:
+    """The product's first image, small (the review screens decide by looking)."""
+    image = product.images.all()[0] if product is not None and product.images.all() else None
+    if image is None or not image.file:
+        return "-"
+    return format_html('<img src="{}" alt="{}" style="max-height:{}px;max-width:{}px">', image.file.url, product.title,
+                       height, height * 2)
+
+
+class CategoryTreeFilter(admin.SimpleListFilter):
+    """A category filter that stays usable with hundreds of categories: the top level, then the children of the
+    chosen one (a tree walked one level at a time) instead of a flat list of every path."""
+
+    title = "category"
+    parameter_name = "category_path"
+    field = "category__path"
+
+    def lookups(self, request, model_admin):
+        chosen = self.value()
+        if not chosen:
+            return [(c.path, c.name) for c in Category.objects.filter(parent=None).order_by("name")]
+        parent = chosen.rpartition("/")[0]
+        rows = [(parent, f"↑ {parent}")] if parent else []
+        rows.append((chosen, f"▸ {chosen.rsplit('/', 1)[-1]}"))
+        return rows + [(c.path, f"   {c.name}") for c in Category.objects.filter(parent__path=chosen).order_by("name")]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        return queryset.filter(Q(**{self.field: value}) | Q(**{f"{self.field}__startswith": value + "/"}))
+
+
+def _start_tag_job(modeladmin, request, **selection) -> None:
+    from mmsearch.indexing import JobError, start_tag_job
+
+    try:
+        job = start_tag_job(**selection)
+    except JobError as exc:
+        modeladmin.message_user(request, str(exc), messages.ERROR)
+        return
+    modeladmin.message_user(
+        request, format_html('Tag job {} started for {} products: <a href="/admin/mmsearch/indexjob/{}/change/">'
+                             "progress</a>, then review the suggestions under Product tags.", job.pk, job.total, job.pk),
+        messages.SUCCESS,
+    )
+
+
 @admin.register(Product)
 class ProductAdmin(admin.ModelAdmin):
-    list_display = ["sku", "title", "category", "brand", "price", "currency", "active", "updated_at"]
-    list_filter = ["active", "currency", ("category", admin.RelatedOnlyFieldListFilter)]
+    list_display = ["image", "sku", "title", "category", "brand", "price", "currency", "active", "updated_at"]
+    list_display_links = ["sku", "title"]
+    list_filter = ["active", "currency", CategoryTreeFilter]
     search_fields = ["sku", "title", "brand", "description"]
     readonly_fields = ["created_at", "updated_at"]
     autocomplete_fields = ["category"]
     inlines = [ProductImageInline, ProductTagInline]
     list_select_related = ["category"]
+    actions = ["suggest_tags"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("images")
+
+    @admin.display(description="image")
+    def image(self, product: Product) -> str:
+        return thumbnail(product)
+
+    @admin.action(description="Suggest tags (a tag job; select all to tag the whole catalog)")
+    def suggest_tags(self, request, queryset):
+        _start_tag_job(self, request, skus=list(queryset.values_list("sku", flat=True)))
 
 
 @admin.register(Category)
@@ -83,6 +145,11 @@ class CategoryAdmin(admin.ModelAdmin):
     list_display = ["path", "name", "parent"]
     search_fields = ["path", "name"]
     autocomplete_fields = ["parent"]
+    actions = ["suggest_tags"]
+
+    @admin.action(description="Suggest tags for the products in these categories (and below)")
+    def suggest_tags(self, request, queryset):
+        _start_tag_job(self, request, filters={"category": list(queryset.values_list("path", flat=True))})
 
 
 @admin.register(ProductImage)
@@ -98,11 +165,37 @@ class ProductImageAdmin(admin.ModelAdmin):
         return False
 
 
+class TagGroupForm(forms.ModelForm):
+    class Meta:
+        model = TagGroup
+        fields = ["name", "slug", "description", "templates"]
+        help_texts = {"templates": "comma-separated, each with {tag} (and optionally {group}), e.g. a photo of a {tag} "
+                                   "pattern; empty: the defaults"}
+
+    def clean_templates(self):
+        from catalog.vocabulary import template_problem
+
+        templates = self.cleaned_data.get("templates") or []
+        for template in templates:
+            problem = template_problem(template)
+            if problem:
+                raise forms.ValidationError(problem)
+        return templates
+
+
 @admin.register(TagGroup)
 class TagGroupAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug"]
+    form = TagGroupForm
+    list_display = ["name", "slug", "templates", "version"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
+
+    @admin.display(description="vocabulary version")
+    def version(self, group: TagGroup) -> str:
+        from catalog.vocabulary import vocabulary
+
+        found = vocabulary([group.slug])
+        return found[0].version if found else "- (fewer than 2 tags)"
 
 
 @admin.register(Tag)
@@ -114,23 +207,63 @@ class TagAdmin(admin.ModelAdmin):
 
 @admin.action(description="Accept selected tags")
 def accept_tags(modeladmin, request, queryset):
-    for pt in queryset:
-        pt.status = ProductTag.Status.ACCEPTED
-        pt.save(update_fields=["status", "updated_at"])
+    from catalog.tags import set_status
+
+    modeladmin.message_user(request, f"{set_status(queryset, ProductTag.Status.ACCEPTED)} tags accepted")
 
 
 @admin.action(description="Reject selected tags")
 def reject_tags(modeladmin, request, queryset):
-    for pt in queryset:
-        pt.status = ProductTag.Status.REJECTED
-        pt.save(update_fields=["status", "updated_at"])
+    from catalog.tags import set_status
+
+    modeladmin.message_user(request, f"{set_status(queryset, ProductTag.Status.REJECTED)} tags rejected")
+
+
+class ConfidenceFilter(admin.SimpleListFilter):
+    title = "confidence"
+    parameter_name = "confidence"
+    RANGES = {"0.95-1": (0.95, 1.01), "0.8-0.95": (0.8, 0.95), "0.5-0.8": (0.5, 0.8), "0-0.5": (0.0, 0.5)}
+
+    def lookups(self, request, model_admin):
+        return [(k, f"{k.replace('-', ' – ')}") for k in self.RANGES]
+
+    def queryset(self, request, queryset):
+        if self.value() not in self.RANGES:
+            return queryset
+        low, high = self.RANGES[self.value()]
+        return queryset.filter(score__gte=low, score__lt=high)
+
+
+class ProductCategoryFilter(CategoryTreeFilter):
+    field = "product__category__path"
 
 
 @admin.register(ProductTag)
 class ProductTagAdmin(admin.ModelAdmin):
-    list_display = ["product", "tag", "source", "status", "score", "model_key", "updated_at"]
-    list_filter = ["status", "source", "tag__group", "model_key"]
-    search_fields = ["product__sku", "product__title", "tag__name"]
+    """The review queue: each suggestion with its product's picture, title and confidence; a page of them is
+    accepted or rejected in one action."""
+
+    list_display = ["image", "product_title", "tag", "confidence", "status", "source", "model_key"]
+    list_display_links = ["product_title"]
+    list_filter = ["status", "source", "tag__group", ConfidenceFilter, ProductCategoryFilter, "model_key"]
+    search_fields = ["product__sku", "product__title", "tag__name", "tag__slug"]
     raw_id_fields = ["product"]
     autocomplete_fields = ["tag"]
     actions = [accept_tags, reject_tags]
+    list_per_page = 50
+    ordering = ["-score", "id"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("product", "tag__group").prefetch_related("product__images")
+
+    @admin.display(description="image")
+    def image(self, pt: ProductTag) -> str:
+        return thumbnail(pt.product, 64)
+
+    @admin.display(description="product", ordering="product__title")
+    def product_title(self, pt: ProductTag) -> str:
+        return f"{pt.product.title} ({pt.product.sku})"
+
+    @admin.display(description="confidence", ordering="score")
+    def confidence(self, pt: ProductTag) -> str:
+        return "-" if pt.score is None else f"{pt.score:.2f}"

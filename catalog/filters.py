@@ -128,6 +128,34 @@ class ProductFilterSet(django_filters.FilterSet):
             raise _drf(exc) from None
 
 
+class ProductTagFilterSet(django_filters.FilterSet):
+    """The review queue's filters: status, source, model, group and tag, confidence range, product category."""
+
+    group = django_filters.CharFilter(field_name="tag__group__slug", help_text="tag group slug, e.g. colour")
+    tag = django_filters.CharFilter(method="filter_tag", help_text="'group:slug' or 'slug'")
+    min_score = django_filters.NumberFilter(field_name="score", lookup_expr="gte")
+    max_score = django_filters.NumberFilter(field_name="score", lookup_expr="lte")
+    category = django_filters.CharFilter(method="filter_category", help_text="the product's category path or below")
+    product__sku = django_filters.CharFilter()
+
+    class Meta:
+        model = ProductTag
+        fields = ["status", "source", "model_key"]
+
+    def filter_tag(self, queryset, name, value):
+        q = Q()
+        for group, slug in tag_parts(value):
+            q |= Q(tag__slug=slug, **({"tag__group__slug": group} if group else {}))
+        return queryset.filter(q)
+
+    def filter_category(self, queryset, name, value):
+        try:
+            check_categories([value])
+        except FilterError as exc:
+            raise _drf(exc) from None
+        return queryset.filter(category_q(value, prefix="product__category"))
+
+
 def check_params(params, allowed: set[str]) -> None:
     """Refuse unknown query parameters, so a typo in a filter name is an error and not a silent no-op."""
     unknown = sorted(k for k in params if k not in allowed and not k.startswith(ATTR_PREFIX))

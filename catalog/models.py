@@ -138,6 +138,9 @@ class TagGroup(models.Model):
     name = models.CharField(max_length=100, unique=True)
     slug = models.SlugField(max_length=100, unique=True)
     description = models.TextField(blank=True, default="")
+    # How the tagger words a tag of this group: "{tag}" is the tag's name or a synonym, "{group}" the group's
+    # name, e.g. "a photo of a {tag} pattern". Empty: mmsearch.plugins.base.DEFAULT_TAG_TEMPLATES.
+    templates = ArrayField(models.CharField(max_length=200), default=list, blank=True)
 
     class Meta:
         ordering = ["name"]

@@ -46,6 +46,18 @@ class ImageFile:
     name: str
 
 
+@dataclass(frozen=True)
+class TagRow:
+    """One model suggestion for the catalog: a tag of a group on a product, with the key of what made it."""
+
+    product_id: int
+    group: str  # group slug
+    tag: str  # tag slug
+    score: float
+    model_key: str
+    accept: bool = False  # at or above the group's auto-accept threshold
+
+
 @runtime_checkable
 class CatalogAdapter(Protocol):
     """What the engine asks of a catalog. Filters are {name: [values]} with the names of
@@ -77,6 +89,22 @@ class CatalogAdapter(Protocol):
 
     def image_files(self, image_ids: Sequence[int]) -> dict[int, ImageFile]:
         """The stored files of these images (missing ids are left out)."""
+
+    # --- tagging --------------------------------------------------------------------------------------------
+    def vocabulary(self) -> list[Any]:
+        """The merchant's tag vocabulary: [mmsearch.plugins.base.VocabGroup, ...]."""
+
+    def product_ids(self, filters: dict[str, list[str]], skus: Sequence[str] | None = None) -> list[int]:
+        """Ids of the active products matching filters (and skus, when given), in id order."""
+
+    def product_images(self, product_ids: Sequence[int]) -> dict[int, list[ImageFile]]:
+        """{product id: its images in order} (products without images are left out)."""
+
+    def tagged_products(self, product_ids: Sequence[int], model_keys: Sequence[str]) -> set[int]:
+        """Which of these products have suggestions from every one of these model keys already."""
+
+    def store_suggestions(self, rows: Sequence[TagRow]) -> int:
+        """Store model suggestions (never overwriting a person's decision); returns rows created."""
 
 
 @lru_cache(maxsize=1)

@@ -1,6 +1,8 @@
-"""REST endpoints for indexing jobs (staff only): start a job, list jobs, read one job's progress, cancel it.
+"""REST endpoints for jobs (staff only): start a job, list jobs, read one job's progress, cancel it.
 
     POST /api/v1/index-jobs/            {"alias": "embedder", "only_missing": false, "force": false, "kind": "all"}
+    POST /api/v1/index-jobs/            {"alias": "tagger", "kind": "tags", "filters": {"category": ["Apparel"]},
+                                         "skus": [...], "only_missing": true}    suggest tags
     GET  /api/v1/index-jobs/            newest first
     GET  /api/v1/index-jobs/{id}/       progress, counters, timings, error
     POST /api/v1/index-jobs/{id}/cancel
@@ -22,22 +24,27 @@ class IndexJobSerializer(serializers.ModelSerializer):
     progress = serializers.FloatField(read_only=True)
     elapsed_seconds = serializers.FloatField(read_only=True, allow_null=True)
     items_per_second = serializers.FloatField(read_only=True, allow_null=True)
+    eta_seconds = serializers.FloatField(read_only=True, allow_null=True)
 
     class Meta:
         model = IndexJob
         fields = [
             "id", "alias", "model_key", "kind", "only_missing", "force", "status", "total", "done", "skipped",
             "failed", "progress", "batches", "decode_seconds", "forward_seconds", "write_seconds",
-            "elapsed_seconds", "items_per_second", "error", "created_at", "started_at", "finished_at",
+            "elapsed_seconds", "items_per_second", "eta_seconds", "error", "created_at", "started_at", "finished_at",
         ]
         read_only_fields = fields
 
 
 class StartJobSerializer(serializers.Serializer):
-    alias = serializers.CharField(default="embedder", max_length=100)
-    only_missing = serializers.BooleanField(default=False)
+    alias = serializers.CharField(required=False, max_length=100, help_text="default embedder (tag jobs: tagger)")
+    only_missing = serializers.BooleanField(required=False, help_text="default false (tag jobs: true)")
     force = serializers.BooleanField(default=False)
     kind = serializers.ChoiceField(choices=IndexJob.Kind.choices, required=False)
+    # Tag jobs: which products (default all active ones), as the search filters name them.
+    filters = serializers.DictField(child=serializers.ListField(child=serializers.CharField(max_length=500), max_length=100),
+                                    required=False)
+    skus = serializers.ListField(child=serializers.CharField(max_length=128), required=False, max_length=100_000)
 
 
 class BrokerUnavailable(APIException):
@@ -57,13 +64,23 @@ class IndexJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         return StartJobSerializer if self.action == "create" else IndexJobSerializer
 
     def create(self, request, *args, **kwargs):
-        """Start a job: queue embedding of the catalog for `alias`."""
-        from mmsearch.indexing import JobError, QueueUnavailable, start_job
+        """Start a job: embed the catalog for `alias`, or (kind=tags) suggest tags for the chosen products."""
+        from mmsearch.indexing import JobError, QueueUnavailable, start_job, start_tag_job
 
         params = StartJobSerializer(data=request.data)
         params.is_valid(raise_exception=True)
+        data = dict(params.validated_data)
         try:
-            job = start_job(**params.validated_data)
+            if data.get("kind") == IndexJob.Kind.TAGS:
+                if data.get("force"):
+                    raise JobError("force is for embedding jobs; a tag job skips only what this model tagged already")
+                job = start_tag_job(data.get("alias", "tagger"), filters=data.get("filters"), skus=data.get("skus"),
+                                    only_missing=data.get("only_missing", True))
+            else:
+                if {"filters", "skus"} & set(data):
+                    raise JobError("filters and skus choose the products of a tag job (kind=tags) only")
+                data.setdefault("alias", "embedder")
+                job = start_job(**data)
         except QueueUnavailable as exc:
             raise BrokerUnavailable(str(exc)) from exc
         except JobError as exc:

@@ -63,7 +63,8 @@ def index_aliases() -> list[str]:
 
 
 # The Celery tasks (workers/tasks.py) that embed each item kind; routed to queues by CELERY_TASK_ROUTES.
-TASKS = {"image": "workers.tasks.embed_images", "product": "workers.tasks.embed_products"}
+TASKS = {"image": "workers.tasks.embed_images", "product": "workers.tasks.embed_products",
+         "tag": "workers.tasks.tag_products"}
 
 
 def batch_size() -> int:
@@ -171,12 +172,52 @@ def start_job(alias: str = "embedder", *, only_missing: bool = False, force: boo
     for k in kinds:
         vectors.ensure_index(k, model_key, plugin.dim)
     ids = {k: _item_ids(k, model_key, only_missing) for k in kinds}
-    tasks = {k: math.ceil(len(ids[k]) / task_size()) for k in kinds}
     job = IndexJob.objects.create(
         alias=alias, model_key=model_key, kind=kind, only_missing=only_missing, force=force,
         total=sum(len(v) for v in ids.values()),
         batches=sum(math.ceil(len(ids[k]) / batch_size()) for k in kinds),
     )
+    return _queue_job(job, [(k, ids[k]) for k in kinds])
+
+
+def start_tag_job(alias: str = "tagger", *, filters: dict[str, list[str]] | None = None,
+                  skus: Sequence[str] | None = None, only_missing: bool = True) -> IndexJob:
+    """A job that has `alias` (a tagger) suggest tags for the active products matching filters / skus (all by
+    default), on the `tag` queue; with only_missing, products already tagged by this model for every group of
+    the vocabulary are skipped, so a rerun does only what is left."""
+    from mmsearch.adapter import get_catalog
+    from mmsearch.search.params import SearchError, check_filters
+
+    try:
+        role = alias_role(alias)
+    except PluginError as exc:
+        raise JobError(str(exc)) from exc
+    if role != "tagger":
+        raise JobError(f"alias {alias!r} has role {role!r}; tag jobs need a tagger alias")
+    try:
+        filters = check_filters(filters or {})
+    except SearchError as exc:
+        raise JobError(str(exc)) from exc
+    catalog = get_catalog()
+    vocabulary = catalog.vocabulary()
+    if not vocabulary:
+        raise JobError("the tag vocabulary is empty: create groups and tags in the admin, or from the catalog's "
+                       "attributes with `manage.py create_vocabulary`")
+    plugin = get_model(alias)
+    ids = catalog.product_ids(filters, skus)
+    if only_missing and ids:
+        keys = [plugin.group_key(group) for group in vocabulary]
+        done = set().union(*(catalog.tagged_products(part, keys) for part in batches(ids, 5000)))
+        ids = [i for i in ids if i not in done]
+    job = IndexJob.objects.create(
+        alias=alias, model_key=plugin.model_key, kind=IndexJob.Kind.TAGS, only_missing=only_missing,
+        total=len(ids), batches=math.ceil(len(ids) / batch_size()),
+    )
+    return _queue_job(job, [("tag", ids)])
+
+
+def _queue_job(job: IndexJob, work: list[tuple[str, list[int]]]) -> IndexJob:
+    """Send a new job's tasks (chunk numbers unique within the job: they key its batch ledger)."""
     if job.total == 0:
         now = timezone.now()
         IndexJob.objects.filter(pk=job.pk).update(status=IndexJob.Status.DONE, started_at=now, finished_at=now)
@@ -184,10 +225,9 @@ def start_job(alias: str = "embedder", *, only_missing: bool = False, force: boo
         return job
     first = 0
     try:
-        for k in kinds:
-            # Chunk numbers are unique within the job: they key the batch ledger.
-            enqueue(k, alias, model_key, ids[k], job_id=job.pk, first_chunk=first, force=force)
-            first += tasks[k]
+        for kind, ids in work:
+            enqueue(kind, job.alias, job.model_key, ids, job_id=job.pk, first_chunk=first, force=job.force)
+            first += math.ceil(len(ids) / task_size())
     except Exception as exc:
         fail_job(job.pk, f"could not queue the job's tasks: {exc}")
         raise QueueUnavailable(f"could not queue job {job.pk} ({exc.__class__.__name__}: {exc}); is the broker running?") from exc

@@ -87,7 +87,8 @@ class ActiveModel(models.Model):
 
 
 class IndexJob(models.Model):
-    """A bulk embedding run for one model alias: totals and counters updated atomically by the workers."""
+    """A bulk run of one model alias over catalog items (embedding images and texts, or suggesting tags):
+    totals and counters updated atomically by the workers, a ledger of written batches, cancel and resume."""
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -100,6 +101,7 @@ class IndexJob(models.Model):
         ALL = "all", "images and product texts"
         IMAGES = "images"
         PRODUCTS = "products", "product texts"
+        TAGS = "tags", "tag suggestions"
 
     alias = models.CharField(max_length=100)
     model_key = models.CharField(max_length=200)
@@ -123,6 +125,7 @@ class IndexJob(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        verbose_name = "job"
 
     def __str__(self) -> str:
         return f"job {self.pk} {self.alias} ({self.status} {self.done + self.failed}/{self.total})"
@@ -148,6 +151,14 @@ class IndexJob(models.Model):
     def items_per_second(self) -> float | None:
         elapsed = self.elapsed_seconds
         return (self.done + self.failed) / elapsed if elapsed else None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the rate so far (None before the first batch, 0 once finished)."""
+        if self.finished:
+            return 0.0
+        rate = self.items_per_second
+        return max(0.0, (self.total - self.done - self.failed) / rate) if rate else None
 
 
 class IndexJobBatch(models.Model):

@@ -234,6 +234,7 @@ CELERY_TASK_ROUTES = {
     "workers.tasks.embed_images": {"queue": "embed"},
     "workers.tasks.embed_products": {"queue": "embed"},
     "workers.tasks.drain_index_outbox": {"queue": "embed"},  # the outbox holds embedding work
+    "workers.tasks.tag_products": {"queue": "tag"},
 }
 # Items per forward pass, and forward passes per task (a task decodes batch n+1 while batch n runs).
 MMSEARCH_EMBED_BATCH_SIZE = int(os.environ.get("MMSEARCH_EMBED_BATCH_SIZE", 32))
@@ -243,6 +244,11 @@ MMSEARCH_DECODE_THREADS = int(os.environ.get("MMSEARCH_DECODE_THREADS", 2))
 MMSEARCH_AUTO_INDEX = env_bool("MMSEARCH_AUTO_INDEX", True)
 # Aliases kept current on change; None = every configured embedder / text_embedder alias.
 MMSEARCH_INDEX_ALIASES = None
+
+# --- tagging ------------------------------------------------------------------------------------------------
+# Tag jobs accept a suggestion outright when its calibrated confidence reaches its group's auto-accept threshold
+# (chosen for MMSEARCH_MODELS["tagger"]'s target precision, 0.95 by default); otherwise it waits for review.
+MMSEARCH_TAG_AUTO_ACCEPT = env_bool("MMSEARCH_TAG_AUTO_ACCEPT", False)
 
 # --- search (mmsearch.search.engine.DEFAULTS lists every key) -------------------------------------------------
 # Weighted reciprocal rank fusion of the lexical, trigram and vector signals; RRF_K is the fusion constant.

@@ -1,4 +1,4 @@
-"""Celery tasks on the `embed` queue. Messages carry ids, the alias and the model_key only (never objects).
+"""Celery tasks on the `embed` and `tag` queues. Messages carry ids, the alias and the model_key only (never objects).
 
 acks_late (global setting): a task killed mid-way is redelivered; the pipeline's ledger makes that safe.
 Transient infrastructure errors retry with exponential backoff; a wrong model_key fails without retrying.
@@ -13,11 +13,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mmsearch.indexing import drain_outbox, fail_job
 from workers import pipeline
+from workers.tagging import run_tags
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
 
 
-class EmbedTask(Task):
+class JobTask(Task):
     """Retries transient errors with backoff; a task that fails for good fails its job, saying why."""
 
     autoretry_for = TRANSIENT_ERRORS
@@ -39,7 +40,7 @@ def drain_index_outbox() -> int:
     return drain_outbox()
 
 
-@shared_task(name="workers.tasks.embed_images", base=EmbedTask)
+@shared_task(name="workers.tasks.embed_images", base=JobTask)
 def embed_images(
     alias: str, model_key: str, image_ids: list[int], job_id: int | None = None, chunk: int = 0, force: bool = False
 ) -> dict:
@@ -47,7 +48,15 @@ def embed_images(
     return pipeline.run_images(alias, model_key, image_ids, job_id=job_id, chunk=chunk, force=force).as_dict()
 
 
-@shared_task(name="workers.tasks.embed_products", base=EmbedTask)
+@shared_task(name="workers.tasks.tag_products", base=JobTask)
+def tag_products(
+    alias: str, model_key: str, product_ids: list[int], job_id: int | None = None, chunk: int = 0, force: bool = False,
+) -> dict:
+    """Suggest tags for products with the tagger for `alias`, refusing to write unless its model_key matches."""
+    return run_tags(alias, model_key, product_ids, job_id=job_id, chunk=chunk, force=force).as_dict()
+
+
+@shared_task(name="workers.tasks.embed_products", base=JobTask)
 def embed_products(
     alias: str, model_key: str, product_ids: list[int], job_id: int | None = None, chunk: int = 0,
     force: bool = False,

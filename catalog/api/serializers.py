@@ -236,11 +236,20 @@ class TagSerializer(serializers.ModelSerializer):
         return attrs
 
 
+class BulkStatusSerializer(serializers.Serializer):
+    ids = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), min_length=1, max_length=10_000)
+    status = serializers.ChoiceField(choices=["accepted", "rejected"])
+    changed = serializers.IntegerField(read_only=True)
+
+
 class ProductTagSerializer(serializers.ModelSerializer):
     product = serializers.SlugRelatedField(slug_field="sku", queryset=Product.objects.all())
     tag = serializers.PrimaryKeyRelatedField(queryset=Tag.objects.all())
+    group = serializers.CharField(source="tag.group.slug", read_only=True)
+    tag_name = serializers.CharField(source="tag.name", read_only=True)
 
     class Meta:
         model = ProductTag
-        fields = ["id", "product", "tag", "source", "score", "model_key", "status", "created_at", "updated_at"]
+        fields = ["id", "product", "tag", "group", "tag_name", "source", "score", "model_key", "status", "created_at",
+                  "updated_at"]
         read_only_fields = ["created_at", "updated_at"]

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
 from catalog.api.serializers import (
+    BulkStatusSerializer,
     CategorySerializer,
     ImageUploadSerializer,
     ProductImageSerializer,
@@ -17,7 +18,7 @@ from catalog.api.serializers import (
     TagGroupSerializer,
     TagSerializer,
 )
-from catalog.filters import ProductFilterSet, check_params
+from catalog.filters import ProductFilterSet, ProductTagFilterSet, check_params
 from mmsearch.images import ImageRejected, check_image, check_size
 from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup
 from catalog.storage import add_image
@@ -143,6 +144,17 @@ class ProductTagViewSet(StrictParamsMixin, viewsets.ModelViewSet):
     """Tags on products, manual or suggested by a model; accepting or rejecting one is a PATCH of status."""
 
     serializer_class = ProductTagSerializer
-    queryset = ProductTag.objects.select_related("product", "tag__group")
-    filterset_fields = ["status", "source", "model_key", "product__sku"]
-    extra_params = {"status", "source", "model_key", "product__sku"}
+    queryset = ProductTag.objects.select_related("product", "tag__group").order_by("id")
+    filterset_class = ProductTagFilterSet
+
+    @extend_schema(request=BulkStatusSerializer, responses={200: BulkStatusSerializer})
+    @action(detail=False, methods=["post"], url_path="bulk")
+    def bulk(self, request):
+        """Accept or reject many suggestions at once: {"ids": [...], "status": "accepted" | "rejected"}."""
+        from catalog.tags import set_status
+
+        params = BulkStatusSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        ids = params.validated_data["ids"]
+        changed = set_status(ProductTag.objects.filter(pk__in=ids), params.validated_data["status"])
+        return Response({**params.validated_data, "changed": changed})

@@ -131,6 +131,17 @@ def embedded_ids(kind: str, model_key: str, ids: Iterable[int] | None = None) ->
     return set(qs.values_list(field, flat=True))
 
 
+def image_vectors(model_key: str, image_ids: Iterable[int]) -> dict[int, np.ndarray]:
+    """{image_id: its stored vector} for model_key (images without one are left out)."""
+    with connection.cursor() as cursor:
+        # As real[]: a raw cursor has no pgvector type adapter.
+        cursor.execute(
+            f"SELECT image_id, vector::real[] FROM {TABLES['image']} WHERE model_key = %s AND image_id = ANY(%s)",
+            [model_key, list(image_ids)],
+        )
+        return {image_id: np.asarray(vec, dtype=np.float32) for image_id, vec in cursor.fetchall()}
+
+
 def text_hashes(model_key: str, product_ids: Iterable[int]) -> dict[int, str]:
     """{product_id: text_sha256} of the stored product-text vectors for model_key."""
     return dict(
