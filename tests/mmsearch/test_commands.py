@@ -39,6 +39,10 @@ def test_demo_no_serve_loads_the_catalog_and_an_admin(settings):
     call_command("demo", "--data", str(data), "--no-serve", stdout=out, stderr=io.StringIO())
     assert Product.objects.count() == 81
     assert get_user_model().objects.get(username="admin").is_superuser
+    from catalog.vocabulary import vocabulary
+
+    groups = {g.slug: len(g.tags) for g in vocabulary()}  # a starting tag vocabulary from the catalog
+    assert groups["category-level-1"] == 3 and groups["category-level-2"] == 43
     assert "81 created" in out.getvalue()
     call_command("demo", "--data", str(data), "--no-serve", stdout=out, stderr=io.StringIO())
     assert "0 created, 0 updated, 81 unchanged" in out.getvalue()

@@ -40,6 +40,9 @@ class Command(BaseCommand):
             call_command("import_catalog", str(data), stdout=self.stdout, stderr=self.stderr)
         except CommandError as exc:
             self.stderr.write(f"warning: {exc}")
+        # A starting tag vocabulary from the catalog's attributes and category levels (admins edit it in the
+        # admin and run "Suggest tags" on products or categories).
+        call_command("create_vocabulary", "--category-levels", "1,2", stdout=self.stdout, stderr=self.stderr)
         if not no_serve:
             # Whatever an earlier run or another model left unembedded is queued too (cheap when nothing is).
             for alias in ("embedder", "text_embedder"):
