@@ -30,11 +30,11 @@ def check_categories(paths: list[str]) -> None:
         raise FilterError("category", f"unknown category {missing[0]!r}")
 
 
-def filter_categories(queryset: QuerySet, paths: list[str]) -> QuerySet:
-    """Products in any of these categories or below them."""
+def filter_categories(queryset: QuerySet, paths: list[str], prefix: str = "category") -> QuerySet:
+    """Rows (products, or rows whose `prefix` leads to a category) in any of these categories or below them."""
     q = Q()
     for path in paths:
-        q |= category_q(path)
+        q |= category_q(path, prefix)
     return queryset.filter(q)
 
 
@@ -92,6 +92,15 @@ def _drf(exc: FilterError) -> ValidationError:
     return ValidationError({exc.param: exc.message})
 
 
+def _known_category(queryset: QuerySet, value: str, prefix: str) -> QuerySet:
+    """The products API's category parameter: an unknown path is a 400, not an empty page."""
+    try:
+        check_categories([value])
+    except FilterError as exc:
+        raise _drf(exc) from None
+    return filter_categories(queryset, [value], prefix)
+
+
 class ProductFilterSet(django_filters.FilterSet):
     category = django_filters.CharFilter(method="filter_category", help_text="category path; includes subcategories")
     price_min = django_filters.NumberFilter(field_name="price", lookup_expr="gte")
@@ -107,11 +116,7 @@ class ProductFilterSet(django_filters.FilterSet):
         fields: list[str] = []
 
     def filter_category(self, queryset, name, value):
-        try:
-            check_categories([value])
-        except FilterError as exc:
-            raise _drf(exc) from None
-        return filter_categories(queryset, [value])
+        return _known_category(queryset, value, "category")
 
     def filter_tag(self, queryset, name, value):
         return filter_tags(queryset, [value])
@@ -149,11 +154,7 @@ class ProductTagFilterSet(django_filters.FilterSet):
         return queryset.filter(q)
 
     def filter_category(self, queryset, name, value):
-        try:
-            check_categories([value])
-        except FilterError as exc:
-            raise _drf(exc) from None
-        return queryset.filter(category_q(value, prefix="product__category"))
+        return _known_category(queryset, value, "product__category")
 
 
 def check_params(params, allowed: set[str]) -> None:
