@@ -646,11 +646,17 @@ def plot(report: dict, path: Path) -> None:
         bars = ax.bar([x + (i - 1) * width for x in range(len(kinds))], values, width, label=q[:3], color=colour)
         for bar, v in zip(bars, values):
             ax.annotate(f"{v:.0f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
+    took = [(x, report["kinds"][k]["server_took_p50_ms"]) for x, k in enumerate(kinds)
+            if report["kinds"][k].get("server_took_p50_ms")]
+    if took:  # the engine's own time (took_ms in the response): the rest of the latency is queueing and HTTP
+        ax.scatter([x for x, _ in took], [v for _, v in took], marker="_", s=400, color="black", zorder=3,
+                   label="server took_ms p50")
     ax.set_xticks(range(len(kinds)))
     ax.set_xticklabels([f"{k}\n{report['kinds'][k]['throughput_rps']:.1f}/s" for k in kinds])
     ax.set_yscale("log")
     top = max([report["kinds"][k].get("p99_ms", 1) for k in kinds] + [1])
-    ax.set_ylim(top=top * 3)  # headroom for the legend and the labels
+    low = min([report["kinds"][k].get(q, top) or top for k in kinds for q in ("p50_ms", "server_took_p50_ms")] + [top])
+    ax.set_ylim(bottom=low / 2, top=top * 3)  # headroom for the legend and the labels
     ax.set_ylabel("latency (ms, log scale)")
     m, c = report["machine"], report["catalog"]
     ax.set_title(f"mmsearch under gunicorn ({report['server']['workers']} workers): {report['clients']} clients, "
@@ -661,7 +667,7 @@ def plot(report: dict, path: Path) -> None:
     if report.get("not_measured"):
         ax.text(0.99, 0.98, "not measured: " + ", ".join(report["not_measured"]), transform=ax.transAxes,
                 ha="right", va="top", fontsize=8)
-    ax.legend(loc="upper left", ncol=3, fontsize=8)
+    ax.legend(loc="upper left", ncol=4, fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
