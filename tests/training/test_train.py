@@ -13,6 +13,7 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from mmsearch import plugins
+from mmsearch.plugins import files
 from mmsearch.training import data as D
 from mmsearch.training.model import MINILM, build_from_init
 from mmsearch.training.trainer import pooled_text_features, to_pixels
@@ -98,7 +99,8 @@ def test_trained_folder_loads_through_the_plugin(shop, tmp_path):
     try:
         with override_settings(MMSEARCH_MODELS=models):
             embedder = plugins.get_model("embedder")
-            assert embedder.model_key == f"openclip:shop:{card['weights']['sha256'][:12]}"
+            assert embedder.model_key == f"openclip:local:{files.content_key(out / 'open_clip_model.safetensors', [out / 'open_clip_config.json'])}"
+            assert embedder.legacy_model_keys == (f"openclip:shop:{card['weights']['sha256'][:12]}",)
             assert embedder.dim == 64
             paths = [p.images[0] for p in D.load_products(products)]
             images = [D.open_rgb(p) for p in paths]

@@ -167,14 +167,17 @@ def test_knn_uses_the_partial_hnsw_index(demo):
     brute = sorted(stored, key=lambda i: 1 - float(stored[i] @ query))[:5]
     assert hits == brute
     with connection.cursor() as cursor:
+        # Off: a scan and a sort (the tiny table's cheapest plan), so the plan shows whether the index matches.
         cursor.execute("SET enable_seqscan = off")
+        cursor.execute("SET enable_sort = off")
         cursor.execute(
             f"EXPLAIN SELECT image_id FROM mmsearch_imageembedding WHERE model_key = %s "
             f"ORDER BY {vectors.distance_sql(64)} LIMIT 5",
             [KEY, vectors.vector_literal(query)],
         )
         plan = "\n".join(r[0] for r in cursor.fetchall())
-        cursor.execute("SET enable_seqscan = on")
+        cursor.execute("RESET enable_seqscan")
+        cursor.execute("RESET enable_sort")
     assert name in plan
     with pytest.raises(SearchUnavailable, match="makes 32-d vectors but the active index is 64-d"):
         nearest_images(query[:32])
