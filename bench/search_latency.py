@@ -7,6 +7,9 @@ Cases (each query once, after one warm-up request):
   api_semantic     GET /api/v1/search?mode=semantic          (query-vector cache cleared before each request)
   api_hybrid       GET /api/v1/search                         (cache cleared: encoding included)
   api_hybrid_cached  the same requests again, query vectors from the cache
+  understanding    each query twice, cache cleared before each, alternating which goes first: hybrid with
+                   understand=0 and with query understanding (the default); p50/p95 of both and of the
+                   understanding's own parts (vocabulary check and matching, the understood list, the boosts)
   api_filtered     GET /api/v1/search?attr.gender=...&category=Apparel  (hybrid, cache cleared)
   api_photo        POST /api/v1/search/image with grocery shopper photos (needs an active embedder)
   sql_lexical / sql_text_vector / sql_image_vector: the candidate SQL alone (vectors precomputed)
@@ -97,6 +100,34 @@ def main(argv: list[str] | None = None) -> int:
     api_case("api_hybrid", {}, True)
     api_case("api_hybrid_cached", {}, False)
     api_case("api_filtered", {"attr.gender": "Women", "category": "Apparel"}, True)
+
+    # Query understanding's cost: the same request with and without it, interleaved so load drift cancels.
+    pairs: dict[str, list[float]] = {"off": [], "on": [], "parts": []}
+    for i, text in enumerate(texts):
+        order = ("0", "1") if i % 2 == 0 else ("1", "0")
+        for flag in order:
+            cache.clear()
+            t0 = time.perf_counter()
+            response = client.get("/api/v1/search", {"q": text, "understand": flag})
+            pairs["on" if flag == "1" else "off"].append((time.perf_counter() - t0) * 1000)
+            if flag == "1" and response.status_code == 200:
+                debug = response.json().get("debug") or {}
+                own = sum((debug.get("understand_ms") or {}).values())
+                own += (debug.get("signals", {}).get("understood") or {}).get("ms", 0.0)
+                pairs["parts"].append(own)
+    results["api_hybrid_understand_off"] = summary(pairs["off"])
+    results["api_hybrid_understand_on"] = summary(pairs["on"])
+    if pairs["parts"]:
+        results["understanding_own_ms"] = summary(pairs["parts"])
+    off, on = results["api_hybrid_understand_off"], results["api_hybrid_understand_on"]
+    results["understanding_added"] = {
+        "p50_ms": round(on["p50_ms"] - off["p50_ms"], 1), "p95_ms": round(on["p95_ms"] - off["p95_ms"], 1),
+        "p95_share": round((on["p95_ms"] - off["p95_ms"]) / off["p95_ms"], 3) if off["p95_ms"] else None,
+    }
+    for name in ("api_hybrid_understand_off", "api_hybrid_understand_on", "understanding_own_ms"):
+        if name in results:
+            print(f"{name:>26}: p50 {results[name]['p50_ms']:7.1f} ms  p95 {results[name]['p95_ms']:7.1f} ms", flush=True)
+    print(f"{'understanding added':>26}: {results['understanding_added']}", flush=True)
 
     photos = []
     if args.photos.exists():

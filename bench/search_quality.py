@@ -6,8 +6,9 @@ The labelled set is generated from the catalog's own attributes: every (gender, 
 least 10 active products is a candidate, rendered the way shoppers type (synonyms such as ladies/gents,
 shades = sunglasses, joggers = track pants, tee = tshirts; singular/plural; several word orders). A hit is
 relevant when its article type, colour and gender all match. The four phrasings of the search issue are
-always included. Runs through mmsearch.search.engine.search with each mode's settings; prints a table and
-writes bench/results/search_quality.json.
+always included. Runs through mmsearch.search.engine.search with each mode's settings (the single signals and
+`hybrid_no_understanding` with query understanding off); prints a table and writes
+bench/results/search_quality.json. The shoppers'-words set with its held-out half is bench/query_understanding.py.
 
 --grocery also measures search by photo: every photo of ../shared/datasets/grocery/photos-val.jsonl is
 searched through the image path (check_image, the active embedder, the image index) and accuracy@1/@5 is
@@ -118,13 +119,15 @@ def is_relevant(query: dict, attrs: tuple | None) -> bool:
 
 
 CONFIGS = {
-    # name: (mode, weight overrides); the single-signal rows show what each part reaches alone.
-    "lexical": ("lexical", {}),
-    "text_vector": ("semantic", {"image_vector": 0.0}),
-    "image_vector": ("semantic", {"text_vector": 0.0}),
-    "semantic": ("semantic", {}),
-    "hybrid": ("hybrid", {}),
-    "hybrid_no_image": ("hybrid", {"image_vector": 0.0}),
+    # name: (mode, weight overrides, query understanding); the single-signal rows show what each part reaches
+    # alone, so they run without understanding (its list and boosts are a signal of their own).
+    "lexical": ("lexical", {}, False),
+    "text_vector": ("semantic", {"image_vector": 0.0}, False),
+    "image_vector": ("semantic", {"text_vector": 0.0}, False),
+    "semantic": ("semantic", {}, False),
+    "hybrid_no_understanding": ("hybrid", {}, False),
+    "hybrid": ("hybrid", {}, True),
+    "hybrid_no_image": ("hybrid", {"image_vector": 0.0}, True),
 }
 
 
@@ -138,14 +141,14 @@ def evaluate(queries: list[dict], products: dict[int, tuple], configs: list[str]
     base = getattr(settings, "MMSEARCH_SEARCH", {}) or {}
     out = {}
     for name in configs:
-        mode, weights = CONFIGS[name]
+        mode, weights, understand = CONFIGS[name]
         conf = {**base, "WEIGHTS": {**base.get("WEIGHTS", {}), **weights}}
         precisions, times = [], []
         try:
             with override_settings(MMSEARCH_SEARCH=conf):
                 for q in queries:
                     t0 = time.perf_counter()
-                    result = search(SearchQuery(text=q["q"], mode=mode, limit=10))
+                    result = search(SearchQuery(text=q["q"], mode=mode, limit=10, understand=understand))
                     times.append((time.perf_counter() - t0) * 1000)
                     if name == "image_vector" and "image_vector" not in result.debug["signals"]:
                         raise SearchError("no active image embedder")
@@ -272,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     from django.conf import settings
 
     from mmsearch.search import vectors
+    from mmsearch.search.config import config
 
     if args.only_embedded:
         kept, left = restrict_to_embedded()
@@ -290,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "database": settings.DATABASES["default"]["NAME"], "products": len(products), "active_models": active,
         "only_embedded": args.only_embedded,
-        "weights": (getattr(settings, "MMSEARCH_SEARCH", {}) or {}).get("WEIGHTS"),
+        "weights": config()["WEIGHTS"], "boosts": config()["BOOSTS"],
         "results": evaluate(queries, products, configs), "queries": queries,
     }
     if args.grocery:

@@ -118,3 +118,159 @@ class CatalogAdapter:
         if accepted:
             text_changed(sorted(accepted))  # auto-accepted tags join the full text, facets and product texts
         return len(new)
+
+    # --- query understanding --------------------------------------------------------------------------------
+    # Attributes with more distinct values than this are identifiers (or free text), not a vocabulary.
+    VOCABULARY_MAX_VALUES = 200
+
+    def search_vocabulary(self):
+        from django.db import connection
+        from django.db.models import Count
+        from django.utils.text import slugify
+
+        from catalog.models import Category, SearchSynonym, TagGroup
+        from mmsearch.adapter import VocabularyTerm
+
+        table = Product._meta.db_table
+        with connection.cursor() as cursor:
+            # String values only: numbers (a year) are not words a shopper uses to name products.
+            cursor.execute(
+                f"SELECT kv.key, kv.value #>> '{{}}', count(*) FROM {table} p, "
+                "jsonb_each(CASE WHEN jsonb_typeof(p.attributes) = 'object' THEN p.attributes ELSE '{}'::jsonb END) kv "
+                "WHERE p.active AND jsonb_typeof(kv.value) = 'string' AND kv.value #>> '{}' <> '' GROUP BY 1, 2"
+            )
+            rows = cursor.fetchall()
+        values: dict[str, dict[str, int]] = {}
+        for key, value, count in rows:
+            values.setdefault(key, {})[value] = count
+        terms: dict[tuple[str, str], dict] = {}
+        for key, found in values.items():
+            if not 2 <= len(found) <= self.VOCABULARY_MAX_VALUES:
+                continue
+            for value, count in found.items():
+                terms[(f"attr.{key}", value.upper())] = {
+                    "filter": f"attr.{key}", "value": value, "label": value, "names": [value], "synonyms": [],
+                    "merchant": [], "products": count,
+                }
+        # Categories: each node by its own name, counting the active products of its subtree.
+        counts: dict[str, int] = {}
+        for path, count in (
+            Product.objects.filter(active=True, category__isnull=False).values_list("category__path")
+            .annotate(n=Count("id")).values_list("category__path", "n")
+        ):
+            parts = path.split("/")
+            for depth in range(1, len(parts) + 1):
+                sub = "/".join(parts[:depth])
+                counts[sub] = counts.get(sub, 0) + count
+        for path, name in Category.objects.values_list("path", "name"):
+            if counts.get(path):
+                terms[("category", path)] = {
+                    "filter": "category", "value": path, "label": name, "names": [name], "synonyms": [],
+                    "merchant": [], "products": counts[path],
+                }
+        # Tags: a group made from an attribute (catalog.vocabulary.create_from_catalog) names the same values,
+        # so its tags' synonyms join that attribute's terms instead of repeating them.
+        accepted = dict(
+            ProductTag.objects.filter(status=ProductTag.Status.ACCEPTED, product__active=True)
+            .values_list("tag_id").annotate(n=Count("id")).values_list("tag_id", "n")
+        )
+        attribute_by_slug = {slugify(key): key for key in values}
+        for group in TagGroup.objects.prefetch_related("tags"):
+            for tag in group.tags.all():
+                synonyms = [s for s in tag.synonyms if s and s.strip()]
+                twin = terms.get((f"attr.{attribute_by_slug.get(group.slug, '')}", tag.name.upper()))
+                if twin is not None:
+                    twin["synonyms"] += synonyms
+                    continue
+                terms[("tag", f"{group.slug}:{tag.slug}")] = {
+                    "filter": "tag", "value": f"{group.slug}:{tag.slug}", "label": tag.name, "names": [tag.name],
+                    "synonyms": synonyms, "merchant": [], "products": accepted.get(tag.id, 0),
+                }
+        for phrase, field, value in SearchSynonym.objects.filter(active=True).values_list("phrase", "field", "value"):
+            key = (field, value.upper()) if field.startswith("attr.") else (field, value)
+            if key not in terms and field == "tag" and ":" not in value:  # a bare tag slug: the first group's
+                key = next((k for k in terms if k[0] == "tag" and k[1].endswith(f":{value}")), key)
+            if key in terms:
+                terms[key]["merchant"].append(phrase)
+        return [
+            VocabularyTerm(
+                filter=t["filter"], value=t["value"], label=t["label"], names=tuple(t["names"]),
+                synonyms=tuple(dict.fromkeys(t["synonyms"])), merchant=tuple(dict.fromkeys(t["merchant"])),
+                products=t["products"],
+            )
+            for _, t in sorted(terms.items())
+        ]
+
+    def search_vocabulary_version(self) -> str:
+        from django.db import connection
+
+        from catalog.models import Category, SearchSynonym, TagGroup
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT (SELECT md5(coalesce(string_agg(id || ':' || phrase || ':' || field || ':' || value || ':' || active, "
+                f"',' ORDER BY id), '')) FROM {SearchSynonym._meta.db_table}), "
+                f"(SELECT md5(coalesce(string_agg(id || ':' || slug || ':' || name || ':' || array_to_string(synonyms, '|'), ',' "
+                f"ORDER BY id), '')) FROM {Tag._meta.db_table}), "
+                f"(SELECT count(*) || ':' || coalesce(max(id), 0) FROM {TagGroup._meta.db_table}), "
+                f"(SELECT md5(coalesce(string_agg(id || ':' || path, ',' ORDER BY id), '')) FROM {Category._meta.db_table})"
+            )
+            return "/".join(str(part) for part in cursor.fetchone())
+
+    def products_having(self, filters: dict[str, list[str]], values: dict[str, list[str]]):
+        from django.db.models import Q
+
+        from catalog.filters import category_q
+
+        queryset = self.products(filters)
+        for name, wanted in values.items():
+            if name.startswith("attr."):
+                # The vocabulary's own spelling: a containment test the attributes' GIN index answers.
+                q = Q()
+                for value in wanted:
+                    q |= Q(attributes__contains={name[5:]: value})
+                queryset = queryset.filter(q)
+            elif name == "category":
+                q = Q()
+                for path in wanted:
+                    q |= category_q(path)
+                queryset = queryset.filter(q)
+            elif name == "tag":
+                queryset = apply_filters(queryset, {"tag": wanted})
+            else:
+                return queryset.none()
+        return queryset
+
+    def which_have(self, product_ids, values: dict[str, list[str]]) -> dict[str, set[int]]:
+        from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q
+
+        from catalog.filters import category_q
+
+        ids = list(product_ids)
+        names = list(values)
+        if not ids or not names:
+            return {name: set() for name in names}
+        conditions = {}
+        for i, name in enumerate(names):
+            q = Q(pk__in=[])
+            if name.startswith("attr."):
+                for value in values[name]:
+                    q |= Q(attributes__contains={name[5:]: value})
+            elif name == "category":
+                for path in values[name]:
+                    q |= category_q(path)
+            elif name == "tag":
+                tagged = apply_filters(Product.objects.filter(pk=OuterRef("pk")), {"tag": values[name]})
+                conditions[f"_h{i}"] = Exists(tagged)
+                continue
+            conditions[f"_h{i}"] = ExpressionWrapper(q, output_field=BooleanField())
+        out: dict[str, set[int]] = {name: set() for name in names}
+        # One pass over the candidates' rows (by primary key): each test is evaluated on a row already read.
+        from django.db.models.expressions import RawSQL
+
+        by_id = RawSQL(f'"{Product._meta.db_table}"."id" = ANY(%s)', [ids], output_field=BooleanField())
+        for row in Product.objects.filter(by_id).order_by().annotate(**conditions).values_list("pk", *conditions):
+            for i, name in enumerate(names):
+                if row[i + 1]:
+                    out[name].add(row[0])
+        return out

@@ -267,3 +267,19 @@ class ProductTagAdmin(admin.ModelAdmin):
     @admin.display(description="confidence", ordering="score")
     def confidence(self, pt: ProductTag) -> str:
         return "-" if pt.score is None else f"{pt.score:.2f}"
+
+
+from catalog.models import SearchSynonym  # noqa: E402 - the merchant's search synonyms (query understanding)
+
+
+@admin.register(SearchSynonym)
+class SearchSynonymAdmin(admin.ModelAdmin):
+    """Shoppers' words for the catalog's values ('jumper' → article type Sweaters). Search reads an edit at its
+    next request: no restart, no reindex."""
+
+    list_display = ["phrase", "field", "value", "active", "note", "updated_at"]
+    list_editable = ["active"]
+    list_filter = ["active", "field"]
+    search_fields = ["phrase", "value", "note"]
+    fields = ["phrase", "field", "value", "active", "note"]
+    ordering = ["phrase"]

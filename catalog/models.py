@@ -200,3 +200,69 @@ class ProductTag(models.Model):
 
     def __str__(self) -> str:
         return f"{self.product_id} {self.tag} ({self.status})"
+
+
+from django.db.models.fields.json import KeyTextTransform  # noqa: E402 - used by SearchSynonym only
+from django.db.models.functions import Lower, Upper  # noqa: E402
+
+
+class SearchSynonym(models.Model):
+    """A merchant's word for something the catalog names: search reads `phrase` in a shopper's query as `value`
+    of `field` (e.g. 'jumper' as attr.article_type = Sweaters), a soft boost like the catalog's own words
+    (mmsearch.search.understanding). Edits are seen by the next search, without a restart."""
+
+    phrase = models.CharField(max_length=100, help_text="what shoppers type, e.g. 'jumper' or 'ladies'")
+    field = models.CharField(
+        max_length=110, help_text="what it names: attr.NAME (e.g. attr.colour), category, or tag"
+    )
+    value = models.CharField(
+        max_length=500, help_text="the attribute value (e.g. Sweaters), category path (Apparel/Topwear) or tag (group:slug)"
+    )
+    active = models.BooleanField(default=True)
+    note = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["phrase", "field", "value"]
+        constraints = [
+            models.UniqueConstraint(Lower("phrase"), "field", "value", name="searchsynonym_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.phrase} → {self.field}={self.value}"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from mmsearch.validation import BadText, clean_text
+
+        errors = {}
+        try:
+            self.phrase = " ".join(clean_text(self.phrase, name="phrase", max_length=100).lower().split())
+        except BadText as exc:
+            errors["phrase"] = str(exc)
+        self.field, self.value = (self.field or "").strip(), (self.value or "").strip()
+        if self.field == "category":
+            if not Category.objects.filter(path=self.value.strip("/")).exists():
+                errors["value"] = f"no category {self.value!r}"
+            self.value = self.value.strip("/")
+        elif self.field == "tag":
+            group, _, slug = self.value.rpartition(":")
+            tags = Tag.objects.filter(slug=slug) if not group else Tag.objects.filter(slug=slug, group__slug=group)
+            if not tags.exists():
+                errors["value"] = f"no tag {self.value!r} (use group:slug)"
+        elif self.field.startswith("attr.") and self.field[5:]:
+            name = self.field[5:]
+            found = (
+                Product.objects.filter(active=True).annotate(_v=Upper(KeyTextTransform(name, "attributes")))
+                .filter(_v=self.value.upper()).values_list("attributes", flat=True).first()
+            )
+            if found is None:
+                errors["value"] = f"no active product has {name} = {self.value!r}"
+            else:  # the catalog's spelling, so the synonym names exactly that value
+                self.value = str(found.get(name, self.value))
+        else:
+            errors["field"] = "use attr.NAME (e.g. attr.colour), category or tag"
+        if errors:
+            raise ValidationError(errors)

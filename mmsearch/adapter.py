@@ -106,6 +106,24 @@ class CatalogAdapter(Protocol):
     def store_suggestions(self, rows: Sequence[TagRow]) -> int:
         """Store model suggestions (never overwriting a person's decision); returns rows created."""
 
+    # --- query understanding (mmsearch.search.understanding) -------------------------------------------------
+    def search_vocabulary(self) -> list["VocabularyTerm"]:
+        """Everything a shopper's words can name: attribute values, category names, tags (with their synonyms)
+        and the merchant's search synonyms, as VocabularyTerm rows."""
+
+    def search_vocabulary_version(self) -> str:
+        """A cheap token that changes whenever the merchant's synonyms, the tags or the categories change (one
+        small query: search calls it on every request). Attribute values are re-read on a timer instead."""
+
+    def products_having(self, filters: dict[str, list[str]], values: dict[str, list[str]]) -> Any:
+        """The active products matching `filters` that have, for each name of `values` (attr.NAME, category,
+        tag), one of its values exactly as search_vocabulary spells them: the understood spans' products, where
+        an index can answer (no case folding)."""
+
+    def which_have(self, product_ids: Sequence[int], values: dict[str, list[str]]) -> dict[str, set[int]]:
+        """{name of `values`: which of these products have one of its values} (spelled as in products_having),
+        in one query over the products' own rows: the understood spans' boosts."""
+
 
 @lru_cache(maxsize=1)
 def get_catalog() -> CatalogAdapter:
@@ -124,3 +142,20 @@ def get_catalog() -> CatalogAdapter:
             f"MMSEARCH_CATALOG_ADAPTER = {path!r} lacks methods of mmsearch.adapter.CatalogAdapter"
         )
     return adapter
+
+
+@dataclass(frozen=True)
+class VocabularyTerm:
+    """One thing of the catalog a shopper's words can name, and the filter that selects it.
+
+    filter + value are a search filter (`attr.colour` = `Grey`, `category` = `Apparel/Topwear`, `tag` =
+    `colour:grey`); names are the catalog's own words for it, synonyms the tag vocabulary's, merchant the
+    merchant's search synonyms (catalog.SearchSynonym); products counts the active products it selects."""
+
+    filter: str
+    value: str
+    label: str
+    names: tuple[str, ...]
+    synonyms: tuple[str, ...] = ()
+    merchant: tuple[str, ...] = ()
+    products: int = 0

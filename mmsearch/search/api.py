@@ -23,6 +23,8 @@ _PARAMS = [
     OpenApiParameter("price_min", float), OpenApiParameter("price_max", float),
     OpenApiParameter("tag", str, description="accepted tag, 'group:slug' or 'slug'"),
     OpenApiParameter("attr.NAME", str, description="attribute filter, e.g. attr.colour=Red"),
+    OpenApiParameter("understand", str, enum=["1", "0"], description="query understanding (default 1)"),
+    OpenApiParameter("ignore", str, description="spans of q to leave un-understood (comma-separated, as typed)"),
 ]
 
 
@@ -57,6 +59,9 @@ def result_data(result: SearchResult, request: Request | None = None) -> dict:
             for h in result.hits
         ],
         "facets": result.facets,
+        # What query understanding read in the words: each span, the filter and value it names, how sure it is
+        # (calibrated), and whether it boosted the results (applied: false once removed or set as a filter).
+        "understood": [u.data() for u in result.understood],
     }
     if shows_debug(request):
         data["debug"] = result.debug

@@ -1,7 +1,11 @@
-"""The search engine's settings: DEFAULTS overlaid with settings.MMSEARCH_SEARCH, and their system check."""
+"""The search engine's settings: DEFAULTS, overlaid with the fitted weights file (WEIGHTS_FILE, written by
+`manage.py fit_search_weights`), overlaid with settings.MMSEARCH_SEARCH; and their system check."""
 
 from __future__ import annotations
 
+import json
+import threading
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -12,7 +16,34 @@ DEFAULTS: dict[str, Any] = {
     # Reciprocal rank fusion: score = sum(weight / (RRF_K + rank)) over the signals that found the product.
     "RRF_K": 60,
     # lexical_partial: products with only some of the query's words (weak evidence, e.g. a synonym missed).
-    "WEIGHTS": {"lexical": 1.0, "lexical_partial": 0.3, "trigram": 0.3, "text_vector": 1.0, "image_vector": 0.5},
+    # understood: the products that have every value the query's words name (query understanding), ranked by
+    # their text vector's similarity to the query.
+    "WEIGHTS": {"lexical": 1.0, "lexical_partial": 0.3, "trigram": 0.3, "text_vector": 1.0, "image_vector": 0.5,
+                "understood": 1.0},
+    # Query understanding's boosts: a fused candidate with a value the query names gains BOOSTS[filter] x the
+    # span's confidence (filter = "attr.colour", "category", "tag"; "default" for the others). On the RRF scale:
+    # a first rank in one signal of weight 1 is 1 / (RRF_K + 1) = 0.016.
+    "BOOSTS": {"default": 0.01},
+    "UNDERSTAND": {
+        "ENABLED": True,
+        # Attribute values are re-read after this many seconds; synonyms, tags and categories at their next edit.
+        "VOCABULARY_TTL": 600,
+        # The embedding stage: cosine similarity to a phrase, and its lead over another value of that filter.
+        "EMBED_THRESHOLD": 0.6,
+        "EMBED_MARGIN": 0.03,
+        # A modifier + an exactly matched word ("tee shirts", "midnight blue") is read as another value when the
+        # pair is this much closer to that value than to the word's own.
+        "COMPOUND_MARGIN": 0.05,
+        "EXACT_CONFIDENCE": {"merchant": 1.0, "name": 1.0, "synonym": 0.95},
+        # confidence = sigmoid(a * relative edit distance + b) for typos; sigmoid(a * sim + b * margin + c) for
+        # the embedding stage (fitted by fit_search_weights on a labelled set's spans).
+        "CALIBRATION": {"typo": [-6.0, 3.0], "embedding": [10.0, 5.0, -6.0]},
+        # The understood candidates are ranked by an exact vector search when they are at most this many, else
+        # through the HNSW index with the filter.
+        "EXACT_LIMIT": 3000,
+    },
+    # The fitted weights (WEIGHTS, BOOSTS, UNDERSTAND), between DEFAULTS and settings; None: DEFAULTS only.
+    "WEIGHTS_FILE": str(Path(__file__).with_name("fitted.json")),
     # Candidates each signal contributes before fusion (at least page * limit).
     "CANDIDATES": 200,
     "MAX_LIMIT": 100,
@@ -38,12 +69,57 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def config() -> dict[str, Any]:
-    """DEFAULTS overlaid with settings.MMSEARCH_SEARCH (WEIGHTS merged key by key)."""
-    user = getattr(settings, "MMSEARCH_SEARCH", {}) or {}
-    conf = {**DEFAULTS, **user}
-    conf["WEIGHTS"] = {**DEFAULTS["WEIGHTS"], **(user.get("WEIGHTS") or {})}
+MERGED = ("WEIGHTS", "BOOSTS", "UNDERSTAND")
+_FILE_CACHE: dict[str, tuple[float, dict]] = {}
+_FILE_LOCK = threading.Lock()
+
+
+def fitted(path: str | None) -> dict[str, Any]:
+    """The WEIGHTS / BOOSTS / UNDERSTAND blocks of a fitted weights file ({} when there is none); re-read when
+    the file changes."""
+    if not path:
+        return {}
+    try:
+        mtime = Path(path).stat().st_mtime
+    except OSError:
+        return {}
+    with _FILE_LOCK:
+        cached = _FILE_CACHE.get(path)
+        if cached and cached[0] == mtime:
+            return cached[1]
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    blocks = {k: data[k] for k in MERGED if isinstance(data.get(k), dict)}
+    with _FILE_LOCK:
+        _FILE_CACHE[path] = (mtime, blocks)
+    return blocks
+
+
+def _merge(*layers: dict) -> dict[str, Any]:
+    conf: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key in MERGED and isinstance(value, dict):
+                base = dict(conf.get(key) or {})
+                for sub, subvalue in value.items():
+                    if isinstance(subvalue, dict) and isinstance(base.get(sub), dict):
+                        base[sub] = {**base[sub], **subvalue}
+                    else:
+                        base[sub] = subvalue
+                conf[key] = base
+            else:
+                conf[key] = value
     return conf
+
+
+def config() -> dict[str, Any]:
+    """DEFAULTS, then the fitted weights file, then settings.MMSEARCH_SEARCH; WEIGHTS, BOOSTS and UNDERSTAND
+    are merged key by key (UNDERSTAND's dicts too)."""
+    user = getattr(settings, "MMSEARCH_SEARCH", {}) or {}
+    path = user.get("WEIGHTS_FILE", DEFAULTS["WEIGHTS_FILE"])
+    return _merge(DEFAULTS, fitted(path), user)
 
 
 def check_settings(app_configs=None, **kwargs) -> list:

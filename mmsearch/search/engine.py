@@ -5,7 +5,9 @@
 This module orchestrates one request: it checks the query (params), runs the signals its mode asks for
 (signals), fuses their rankings (fusion), and fills one page of hits and the facets from the catalog
 (mmsearch.adapter). Modes: lexical = lexical + trigram; semantic = the vector signals; hybrid = all, fused by
-weighted RRF. Weights, the RRF constant and limits come from settings.MMSEARCH_SEARCH (config.DEFAULTS).
+weighted RRF. A text query is first read for the catalog's vocabulary (understanding): each recognised span
+adds the `understood` candidates and boosts the candidates with its value. Weights, boosts, the RRF constant
+and limits come from config(): DEFAULTS, the fitted weights file, settings.MMSEARCH_SEARCH.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+import numpy as np
 from django.db import transaction
 
 from mmsearch.adapter import get_catalog
-from mmsearch.search import photo, signals, vectors
+from mmsearch.search import photo, signals, understanding, vectors
 from mmsearch.search.config import config
 from mmsearch.search.fusion import Candidate, Fused, rrf
 from mmsearch.search.params import (
@@ -50,6 +53,8 @@ class SearchResult:
     took_ms: float
     # Per-signal candidate counts, timings and whether an exact vector search replaced the index scan.
     debug: dict = field(default_factory=dict)
+    # What query understanding recognised in the text (understanding.Understood, applied or not).
+    understood: list = field(default_factory=list)
 
 
 def _check_page(query: SearchQuery, conf: dict) -> None:
@@ -80,10 +85,55 @@ def _hits(scored: list[Fused], image_hits: dict[int, int]) -> list[SearchHit]:
     return hits
 
 
-def search(query: SearchQuery) -> SearchResult:
-    """Run a text, photo or more-like-this search with filters; returns one page of hits plus facets."""
-    started = time.perf_counter()
-    conf = config()
+@dataclass
+class Gathered:
+    """Everything one query's fusion needs: each signal's ranked candidates, the understood spans and which
+    candidates have each applied span's value. `fuse` turns it into a ranking for any weights, so weight
+    fitting (manage.py fit_search_weights) gathers each labelled query once."""
+
+    mode: str
+    ranked: dict[str, list[Candidate]]
+    understood: list = field(default_factory=list)  # [understanding.Understood]
+    # filter -> (candidate ids with any of its applied values, the highest confidence of its spans)
+    matches: dict[str, tuple[set[int], float]] = field(default_factory=dict)
+    debug: dict = field(default_factory=dict)
+
+
+def boost_for(filter_name: str, boosts: dict) -> float:
+    """BOOSTS[filter], else BOOSTS['attr'] for attribute filters, else BOOSTS['default']."""
+    if filter_name in boosts:
+        return float(boosts[filter_name])
+    if filter_name.startswith("attr.") and "attr" in boosts:
+        return float(boosts["attr"])
+    return float(boosts.get("default", 0.0))
+
+
+def fuse(gathered: Gathered, weights: dict, boosts: dict, rrf_k: float) -> list[Fused]:
+    """Weighted RRF of the gathered signals, plus each understood value's boost on the candidates that have
+    it (BOOSTS[filter] x the span's confidence), best first."""
+    fused = rrf(gathered.ranked, weights, rrf_k)
+    if gathered.matches:
+        for f in fused:
+            for filter_name, (ids, confidence) in gathered.matches.items():
+                if f.item_id in ids:
+                    bonus = boost_for(filter_name, boosts) * confidence
+                    if bonus:
+                        f.score += bonus
+                        f.parts.setdefault("understood_boost", {"score": 0.0, "filters": []})
+                        f.parts["understood_boost"]["score"] = round(f.parts["understood_boost"]["score"] + bonus, 6)
+                        f.parts["understood_boost"]["filters"].append(filter_name)
+        fused.sort(key=lambda f: (-f.score, f.item_id))
+    return fused
+
+
+def _understanding_on(query: SearchQuery, conf: dict) -> bool:
+    return bool(query.understand and conf["UNDERSTAND"].get("ENABLED", True))
+
+
+def gather(query: SearchQuery, conf: dict | None = None) -> Gathered:
+    """Validate a query and run its mode's signals (and query understanding, for text): the part of a search
+    before fusion. Must run inside a transaction (SET LOCAL index options)."""
+    conf = conf or config()
     if query.mode not in MODES:
         raise SearchError(f"mode must be one of {', '.join(MODES)}, not {query.mode!r}")
     _check_page(query, conf)
@@ -98,71 +148,115 @@ def search(query: SearchQuery) -> SearchResult:
     ranked: dict[str, list[Candidate]] = {}
     debug: dict = {"signals": {}}
     mode = query.mode
+    understood: list = []
+    matches: dict[str, tuple[set[int], float]] = {}
 
     def run(name: str, fn, *args, **kwargs) -> None:
         t0 = time.perf_counter()
         info: dict = {}
-        ranked[name] = fn(*args, **kwargs, debug=info) if name.endswith("_vector") else fn(*args, **kwargs)
+        wants_debug = name.endswith("_vector") or name == "understood"
+        ranked[name] = fn(*args, **kwargs, debug=info) if wants_debug else fn(*args, **kwargs)
         debug["signals"][name] = {"candidates": len(ranked[name]), "ms": round((time.perf_counter() - t0) * 1000, 2), **info}
 
-    with transaction.atomic():  # SET LOCAL settings last for this transaction only
-        if query.text is not None:
-            text = check_text(query.text)
-            if mode in ("hybrid", "lexical"):
-                words = signals.analyse_words(text)
-                run("lexical", signals.lexical_candidates, text, filters, k, words, query.page * query.limit)
-                # Partial matches rank as their own, lighter signal (WEIGHTS["lexical_partial"]).
-                ranked["lexical_partial"] = [c for c in ranked["lexical"] if c.extra.pop("partial", False)]
-                ranked["lexical"] = [c for c in ranked["lexical"] if c not in ranked["lexical_partial"]]
-                run("trigram", signals.trigram_candidates, text, filters, k, float(conf["TRIGRAM_THRESHOLD"]), words)
-            if mode in ("hybrid", "semantic"):
-                encoders = [(kind, signals.active_encoder(role)) for kind, role in (("product", "text_embedder"), ("image", "embedder"))]
-                encoders = [(kind, enc) for kind, enc in encoders if enc is not None]
-                if not encoders and mode == "semantic":
-                    raise SearchUnavailable("semantic search is not available: no embedding model is active yet")
-                for kind, enc in encoders:
-                    t0 = time.perf_counter()
-                    qvec = signals.encode_text(enc, text)
-                    debug.setdefault("encode_ms", {})[enc.role] = round((time.perf_counter() - t0) * 1000, 2)
-                    name = "text_vector" if kind == "product" else "image_vector"
-                    run(name, signals.vector_candidates, kind, enc, qvec, fsql, fparams, k)
-        elif query.image is not None:
-            mode = "semantic"
-            enc = signals.active_encoder("embedder")
-            if enc is None:
-                raise SearchUnavailable("search by photo is not available: no image embedding model is active yet")
+    if query.text is not None:
+        text = check_text(query.text)
+        understand = _understanding_on(query, conf)
+        words = signals.analyse_words(text) if (mode in ("hybrid", "lexical") or understand) else None
+        plan = None
+        if understand:
             t0 = time.perf_counter()
-            views = photo.PhotoViews.from_config(conf)
-            per_view = signals.run_model(enc, photo.embed_views, enc.model, [query.image], views)
-            qvec = photo.query_vectors(per_view)[0]
-            debug["encode_ms"] = {"embedder": round((time.perf_counter() - t0) * 1000, 2)}
-            debug["photo_views"] = views.count
-            run("image_vector", signals.vector_candidates, "image", enc, qvec, fsql, fparams, k)
-        else:
-            mode = "semantic"
-            ref = get_catalog().product_ref(query.similar_to)
-            if ref is None:
-                raise SearchError(f"unknown product {query.similar_to!r}")
-            product_id, title = ref
-            for kind, role, name in (("image", "embedder", "image_vector"), ("product", "text_embedder", "text_vector")):
-                enc = signals.active_encoder(role)
-                qvec = vectors.product_vector(kind, enc.model_key, product_id) if enc else None
-                if qvec is not None:
-                    run(name, signals.vector_candidates, kind, enc, qvec, fsql, fparams, k, exclude=product_id)
-            if not ranked:
-                # No vectors yet: fall back to products whose text is like this product's title.
-                mode = "lexical"
-                run("lexical", signals.lexical_candidates, title, filters, k + 1)
-                ranked["lexical"] = [c for c in ranked["lexical"] if c.item_id != product_id]
+            plan = understanding.prepare(understanding.current_vocabulary(), text, words.unknown if words else None)
+            debug["understand_ms"] = {"match": round((time.perf_counter() - t0) * 1000, 2)}
+        if mode in ("hybrid", "lexical"):
+            run("lexical", signals.lexical_candidates, text, filters, k, words, query.page * query.limit)
+            # Partial matches rank as their own, lighter signal (WEIGHTS["lexical_partial"]).
+            ranked["lexical_partial"] = [c for c in ranked["lexical"] if c.extra.pop("partial", False)]
+            ranked["lexical"] = [c for c in ranked["lexical"] if c not in ranked["lexical_partial"]]
+            run("trigram", signals.trigram_candidates, text, filters, k, float(conf["TRIGRAM_THRESHOLD"]), words)
+        # Lexical mode loads no model: understanding then has its exact and typo stages only.
+        text_enc = signals.active_encoder("text_embedder") if mode in ("hybrid", "semantic") else None
+        text_qvec = span_vecs = None
+        if mode in ("hybrid", "semantic"):
+            encoders = [("product", text_enc), ("image", signals.active_encoder("embedder"))]
+            encoders = [(kind, enc) for kind, enc in encoders if enc is not None]
+            if not encoders and mode == "semantic":
+                raise SearchUnavailable("semantic search is not available: no embedding model is active yet")
+            for kind, enc in encoders:
+                t0 = time.perf_counter()
+                if kind == "product":
+                    # The query and the spans understanding asks about, in one forward pass.
+                    spans = plan.pending_texts() if plan is not None else []
+                    vecs = signals.encode_texts(enc, [text, *spans])
+                    qvec, span_vecs = vecs[0], vecs[1:]
+                    text_qvec = qvec
+                else:
+                    qvec = signals.encode_text(enc, text)
+                debug.setdefault("encode_ms", {})[enc.role] = round((time.perf_counter() - t0) * 1000, 2)
+                name = "text_vector" if kind == "product" else "image_vector"
+                run(name, signals.vector_candidates, kind, enc, qvec, fsql, fparams, k)
+        if plan is not None:
+            t0 = time.perf_counter()
+            embed = (lambda texts: signals.run_model(text_enc, text_enc.model.embed_texts, texts)) if text_enc else None
+            if span_vecs is not None and len(span_vecs):  # rows: plan.runs
+                span_vecs = span_vecs / np.maximum(np.linalg.norm(span_vecs, axis=1, keepdims=True), 1e-12)
+            understood = understanding.resolve(plan, span_vecs, text_enc.model_key if text_enc else None, embed)
+            understanding.apply_choices(understood, filters, query.ignore)
+            named = understanding.groups(understood)
+            debug["understand_ms"]["resolve"] = round((time.perf_counter() - t0) * 1000, 2)
+            if named:
+                run("understood", signals.understood_candidates, text, filters, named, k,
+                    text_enc if text_qvec is not None else None, text_qvec, words=words)
+                t0 = time.perf_counter()
+                ids = sorted({c.item_id for cands in ranked.values() for c in cands})
+                wanted = {f: list(dict.fromkeys(u.value for u in spans)) for f, spans in named.items()}
+                for filter_name, found in signals.having(ids, wanted).items():
+                    matches[filter_name] = (found, max(u.confidence for u in named[filter_name]))
+                debug["understand_ms"]["boost"] = round((time.perf_counter() - t0) * 1000, 2)
+    elif query.image is not None:
+        mode = "semantic"
+        enc = signals.active_encoder("embedder")
+        if enc is None:
+            raise SearchUnavailable("search by photo is not available: no image embedding model is active yet")
+        t0 = time.perf_counter()
+        views = photo.PhotoViews.from_config(conf)
+        per_view = signals.run_model(enc, photo.embed_views, enc.model, [query.image], views)
+        qvec = photo.query_vectors(per_view)[0]
+        debug["encode_ms"] = {"embedder": round((time.perf_counter() - t0) * 1000, 2)}
+        debug["photo_views"] = views.count
+        run("image_vector", signals.vector_candidates, "image", enc, qvec, fsql, fparams, k)
+    else:
+        mode = "semantic"
+        ref = get_catalog().product_ref(query.similar_to)
+        if ref is None:
+            raise SearchError(f"unknown product {query.similar_to!r}")
+        product_id, title = ref
+        for kind, role, name in (("image", "embedder", "image_vector"), ("product", "text_embedder", "text_vector")):
+            enc = signals.active_encoder(role)
+            qvec = vectors.product_vector(kind, enc.model_key, product_id) if enc else None
+            if qvec is not None:
+                run(name, signals.vector_candidates, kind, enc, qvec, fsql, fparams, k, exclude=product_id)
+        if not ranked:
+            # No vectors yet: fall back to products whose text is like this product's title.
+            mode = "lexical"
+            run("lexical", signals.lexical_candidates, title, filters, k + 1)
+            ranked["lexical"] = [c for c in ranked["lexical"] if c.item_id != product_id]
+    return Gathered(mode, ranked, understood, matches, debug)
 
-    fused = rrf(ranked, conf["WEIGHTS"], float(conf["RRF_K"]))
+
+def search(query: SearchQuery) -> SearchResult:
+    """Run a text, photo or more-like-this search with filters; returns one page of hits plus facets."""
+    started = time.perf_counter()
+    conf = config()
+    with transaction.atomic():  # SET LOCAL settings last for this transaction only
+        gathered = gather(query, conf)
+    fused = fuse(gathered, conf["WEIGHTS"], conf["BOOSTS"], float(conf["RRF_K"]))
     start = (query.page - 1) * query.limit
     page = fused[start:start + query.limit]
     image_hits = {f.item_id: f.parts["image_vector"]["image_id"] for f in page if "image_id" in f.parts.get("image_vector", {})}
     return SearchResult(
         hits=_hits(page, image_hits), total=len(fused), page=query.page, limit=query.limit,
-        facets=get_catalog().facets([f.item_id for f in fused], int(conf["PRICE_BUCKETS"])), mode=mode,
-        took_ms=round((time.perf_counter() - started) * 1000, 2), debug=debug,
+        facets=get_catalog().facets([f.item_id for f in fused], int(conf["PRICE_BUCKETS"])), mode=gathered.mode,
+        took_ms=round((time.perf_counter() - started) * 1000, 2), debug=gathered.debug, understood=gathered.understood,
     )
 
 

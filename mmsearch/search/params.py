@@ -21,8 +21,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MODES = ("hybrid", "semantic", "lexical")
 FILTER_NAMES = ("category", "price_min", "price_max", "tag")
-CONTROL_NAMES = ("q", "mode", "page", "limit", "similar_to", "format")
+CONTROL_NAMES = ("q", "mode", "page", "limit", "similar_to", "format", "understand", "ignore")
 ATTR_PREFIX = "attr."
+BOOLEAN = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 # Longest accepted filter value, attribute name or sku (longer ones name nothing in the catalog anyway).
 MAX_VALUE_CHARS = 500
 # The database's numeric(12, 2) price column: larger bounds are refused rather than overflowing the query.
@@ -56,6 +57,10 @@ class SearchQuery:
     filters: dict[str, list[str]] = field(default_factory=dict)
     page: int = 1
     limit: int = 24
+    # Query understanding (mmsearch.search.understanding): off for one request with understand=0; `ignore`
+    # lists spans the shopper removed (as typed), which then boost nothing.
+    understand: bool = True
+    ignore: list[str] = field(default_factory=list)
 
 
 def is_filter(name: str) -> bool:
@@ -200,5 +205,14 @@ def parse_params(params) -> SearchQuery:
         query.page = whole_number("page", _getlist(params, "page")[-1], 1, conf["MAX_PAGE"])
     if "limit" in params:
         query.limit = whole_number("limit", _getlist(params, "limit")[-1], 1, conf["MAX_LIMIT"])
+    if "understand" in params:
+        raw = text(_getlist(params, "understand")[-1], "understand").strip().lower()
+        if raw not in BOOLEAN:
+            raise SearchError(f"understand must be 1 or 0, not {raw!r}")
+        query.understand = BOOLEAN[raw]
+    if "ignore" in params:
+        query.ignore = [v for raw in _getlist(params, "ignore") for v in split_values(text(raw, "ignore"))]
+        if len(query.ignore) > 20:
+            raise SearchError("ignore takes at most 20 spans")
     query.filters = check_filters({k: _getlist(params, k) for k in params if is_filter(k)})
     return query

@@ -6,6 +6,8 @@
   text_vector   kNN of the query's text_embedder vector over product-text vectors of the active key
   image_vector  kNN of the query's embedder vector (text-to-image, or photo-to-image) over image vectors of
                 the active key; a product with several images counts once, by its best image
+  understood    the products with every value the query's words name (query understanding), ranked by their
+                text vector's similarity to the query
 """
 
 from __future__ import annotations
@@ -91,6 +93,26 @@ def encode_text(encoder: Encoder, text: str) -> np.ndarray:
     vec = np.asarray(run_model(encoder, encoder.model.embed_texts, [norm])[0], dtype=np.float32)
     cache.set(key, vec.tobytes(), config()["QUERY_CACHE_SECONDS"])
     return vec
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def encode_texts(encoder: Encoder, texts: list[str]) -> np.ndarray:
+    """Vectors of several texts (rows in order), cached per (model_key, text) like encode_text; the ones not
+    cached are embedded in one call (a query and its spans cost about one short forward pass)."""
+    norms = [_norm(t) for t in texts]
+    keys = {n: "mmsearch:qvec:" + hashlib.sha256(f"{encoder.model_key}\0{n}".encode()).hexdigest() for n in norms}
+    found = {n: np.frombuffer(v, dtype=np.float32) for n, key in keys.items() if (v := cache.get(key)) is not None}
+    missing = [n for n in dict.fromkeys(norms) if n not in found]
+    if missing:
+        vecs = np.asarray(run_model(encoder, encoder.model.embed_texts, missing), dtype=np.float32)
+        seconds = config()["QUERY_CACHE_SECONDS"]
+        for n, vec in zip(missing, vecs):
+            found[n] = vec
+            cache.set(keys[n], vec.tobytes(), seconds)
+    return np.stack([found[n] for n in norms]) if norms else np.zeros((0, encoder.dim), dtype=np.float32)
 
 
 # --- lexical ------------------------------------------------------------------------------------------------
@@ -245,3 +267,59 @@ def vector_candidates(kind: str, encoder: Encoder, qvec: np.ndarray, fsql: str, 
             extra["image_id"] = image_id
         out.append(Candidate(pid, 1.0 - float(distance), extra))  # cosine similarity
     return out
+
+
+# --- understood ---------------------------------------------------------------------------------------------
+
+def understood_candidates(text: str, filters: dict[str, list[str]], named: dict[str, list], k: int,
+                          encoder: Encoder | None, qvec: np.ndarray | None, debug: dict,
+                          words: QueryWords | None = None) -> list[Candidate]:
+    """The filtered products that have every value the query names ({filter: [Understood, ...]}: any of a
+    filter's values), ranked by their text vector's similarity to the query (exactly when there are at most
+    UNDERSTAND["EXACT_LIMIT"], else through the index), or by full-text rank when no text model is active.
+    When no product has them all, the least confident filter is dropped until some do."""
+    conf = config()
+    limit = int(conf["UNDERSTAND"]["EXACT_LIMIT"])
+    order = sorted(named, key=lambda f: (max(u.confidence for u in named[f]), f), reverse=True)
+    catalog = get_catalog()
+    while order:
+        wanted = {f: list(dict.fromkeys(u.value for u in named[f])) for f in order}
+        ids = list(catalog.products_having(filters, wanted).order_by().values_list("id", flat=True)[: limit + 1])
+        if ids:
+            break
+        order = order[:-1]
+    else:
+        debug["filters"] = []
+        return []
+    debug["filters"] = order
+    debug["matching"] = len(ids) if len(ids) <= limit else f">{limit}"
+    if encoder is not None and qvec is not None:
+        if len(ids) <= limit:
+            fsql, fparams = "SELECT unnest(%s::bigint[]) AS id", [ids]
+            with connection.cursor() as cursor:
+                sql, params = vectors.knn_sql("product", encoder.dim, encoder.model_key, qvec, fsql, fparams, k, k,
+                                              exact=True)
+                cursor.execute(sql, params)
+                rows = cursor.fetchall()
+            debug["exact"] = True
+            return [Candidate(pid, 1.0 - float(dist), {"model_key": encoder.model_key}) for pid, _, dist in rows]
+        fsql, fparams = catalog.products_having(filters, wanted).values("id").query.sql_with_params()
+        return vector_candidates("product", encoder, qvec, fsql, list(fparams), k, debug)
+    # No text model: the products with the values, by full-text rank of the query's words (any of them).
+    words = words or analyse_words(text)
+    _, sv, _ = _columns()
+    tsquery = " | ".join(f"({lx})" for lx in words.known[:8])
+    score = (f"ts_rank_cd({sv}, %s::tsquery)", [tsquery]) if tsquery else ("0", [])
+    from django.db.models import FloatField
+    from django.db.models.expressions import RawSQL
+
+    rows = (
+        catalog.products_having(filters, wanted).annotate(_score=RawSQL(score[0], score[1], output_field=FloatField()))
+        .order_by("-_score", "id").values_list("id", "_score")[:k]
+    )
+    return [Candidate(pid, float(value)) for pid, value in rows]
+
+
+def having(ids: list[int], wanted: dict[str, list[str]]) -> dict[str, set[int]]:
+    """{filter: which of these products have any of its values} for each filter of `wanted` (the boosts' check)."""
+    return get_catalog().which_have(ids, wanted)

@@ -11,7 +11,7 @@ from django.http import QueryDict
 from mmsearch.search.params import ATTR_PREFIX, escape_value, is_filter, split_values
 
 # Query-string keys that describe the search but are not filters.
-SEARCH_KEYS = ("q", "mode", "photo", "limit")
+SEARCH_KEYS = ("q", "mode", "photo", "limit", "ignore", "understand")
 CURRENCY_SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "INR": "₹", "JPY": "¥"}
 
 
@@ -228,3 +228,41 @@ def pagination(params: QueryDict, page: int, limit: int, total: int, window: int
         nav.links.append(PageLink(n, link(n), n == page))
         last = n
     return nav
+
+
+@dataclass
+class UnderstoodChip:
+    """One span of the query as the engine read it, e.g. 'gray' as Colour: Grey."""
+
+    span: str
+    label: str  # "Colour: Grey"
+    confidence: float
+    source: str
+    applied: bool
+    remove_url: str = ""  # search again without this reading
+    restore_url: str = ""  # undo a removal
+    filter_url: str = ""  # make it a filter (hard)
+
+
+def understood_chips(params: QueryDict, understood: list) -> list[UnderstoodChip]:
+    """Chips for what query understanding read, with links that remove a reading (ignore=span), restore it,
+    or turn it into a filter. Spans an explicit filter already decides are left out."""
+    ignored = {v.lower() for raw in params.getlist("ignore") for v in split_values(raw)}
+    chips = []
+    for u in understood:
+        span_ignored = u.span.lower() in ignored
+        if not u.applied and not span_ignored:
+            continue  # an explicit filter on the same attribute decides it
+        name = "Category" if u.filter == "category" else "Tag" if u.filter == "tag" else label_for(u.attribute)
+        value = u.value.replace("/", " › ") if u.filter == "category" else u.label
+        chip = UnderstoodChip(u.span, f"{name}: {value}", u.confidence, u.source, not span_ignored)
+        if span_ignored:
+            existing = next(v for v in params.getlist("ignore") if u.span.lower() in {x.lower() for x in split_values(v)})
+            chip.restore_url = url_with(params, toggle=("ignore", existing))
+        else:
+            chip.remove_url = url_with(params, toggle=("ignore", escape_value(u.span)))
+            # attr.NAME values split at commas (escaped here); category paths and tags are taken whole.
+            value = escape_value(u.value) if u.filter.startswith(ATTR_PREFIX) else u.value
+            chip.filter_url = url_with(params, toggle=(u.filter, value))
+        chips.append(chip)
+    return chips

@@ -87,6 +87,7 @@ def search_page(request: HttpRequest) -> HttpResponse:
         active_filters=present.active_filters(params_for_links, currency),
         pagination=present.pagination(params_for_links, result.page, result.limit, result.total),
         clear_filters_url=_clear_filters_url(request.GET),
+        understood=present.understood_chips(params_for_links, result.understood),
     )
     return render(request, "web/search.html", context)
 
@@ -107,8 +108,9 @@ def _sentence(message: str) -> str:
 def _clear_filters_url(params: QueryDict) -> str:
     q = QueryDict(mutable=True)
     for key in present.SEARCH_KEYS:
-        if params.get(key):
-            q[key] = params[key]
+        values = [v for v in params.getlist(key) if v]
+        if values:
+            q.setlist(key, values)
     return f"{reverse('web-search')}?{q.urlencode()}"
 
 

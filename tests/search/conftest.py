@@ -12,6 +12,7 @@ from mmsearch.images import check_image
 from catalog.models import Category, Product, ProductTag, Tag, TagGroup
 from catalog.storage import add_image
 from mmsearch import plugins
+from mmsearch.search import understanding
 from mmsearch.plugins.hashing import HashingEmbedder
 from mmsearch.search import vectors
 from mmsearch.text import product_text
@@ -47,9 +48,11 @@ def search_settings(settings):
     settings.MMSEARCH_MODELS = MODELS
     settings.MMSEARCH_AUTO_INDEX = False
     plugins.reset()
+    understanding.reset()
     cache.clear()
     yield settings
     plugins.reset()
+    understanding.reset()
 
 
 def index_products(products) -> tuple[str, str]:

@@ -78,9 +78,13 @@ def test_hybrid_fuses_text_and_vectors_and_reports_parts_and_model_key(shop):
 
 def test_semantic_mode_uses_only_the_vectors(shop):
     result = search(SearchQuery(text="red", mode="semantic"))
-    assert set(result.debug["signals"]) == {"text_vector", "image_vector"}
-    assert all(set(h.parts) <= {"text_vector", "image_vector"} for h in result.hits)
+    # "red" names a colour: query understanding adds its list (ranked by the text vectors) and boosts.
+    assert set(result.debug["signals"]) == {"text_vector", "image_vector", "understood"}
+    assert all(set(h.parts) <= {"text_vector", "image_vector", "understood", "understood_boost"} for h in result.hits)
     assert result.hits[0].sku in {"kurta-red", "tee-red"}
+    plain = search(SearchQuery(text="red", mode="semantic", understand=False))
+    assert set(plain.debug["signals"]) == {"text_vector", "image_vector"}
+    assert all(set(h.parts) <= {"text_vector", "image_vector"} for h in plain.hits)
 
 
 def test_filters_combine_with_every_mode(shop):
@@ -153,7 +157,10 @@ def test_vectors_of_another_model_are_never_mixed_in(shop):
     vectors.activate("embedder", "someone-else:64", 64)
     vectors.activate("text_embedder", "someone-else:32", 32)
     result = search(SearchQuery(text="red"))
-    assert set(result.debug["signals"]) == {"lexical", "trigram"}
+    # Understanding's list, without a text model of the active key, ranks by full text: no vectors either.
+    assert set(result.debug["signals"]) == {"lexical", "trigram", "understood"}
+    assert not [h for h in result.hits if "model_key" in h.parts.get("understood", {})]
+    assert set(search(SearchQuery(text="red", understand=False)).debug["signals"]) == {"lexical", "trigram"}
     with pytest.raises(SearchUnavailable):
         search(SearchQuery(text="red", mode="semantic"))
     with pytest.raises(SearchUnavailable):

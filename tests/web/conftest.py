@@ -10,6 +10,7 @@ from mmsearch.images import check_image
 from catalog.models import Category, Product, ProductTag, Tag, TagGroup
 from catalog.storage import add_image
 from mmsearch import plugins
+from mmsearch.search import understanding
 from tests.conftest import make_image
 from tests.search.conftest import COLOURS, MODELS, index_products
 
@@ -32,9 +33,11 @@ def web_models(settings):
 
     settings.MMSEARCH_MODELS = MODELS
     plugins.reset()
+    understanding.reset()
     cache.clear()
     yield settings
     plugins.reset()
+    understanding.reset()
 
 
 @pytest.fixture

@@ -215,3 +215,52 @@ def test_phone_width_has_no_horizontal_scroll(live_server, grocery):
         expect(page.locator(".facets").get_by_role("link", name=re.compile(r"^Vegetables \d+"))).to_be_visible()
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
         browser.close()
+
+
+def test_understood_words_show_as_removable_chips_and_a_merchant_synonym_works_at_once(live_server, grocery):
+    """The page shows what the engine read in the words; removing a reading searches again without it; a
+    synonym the merchant adds in the admin is read by the very next search (same server, no restart)."""
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_superuser("merchant", "m@example.com", "pw-for-the-test")
+    base = live_server.url
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(base + "/search?q=apples")
+        chips = page.locator(".understood .chip-understood")
+        expect(chips).to_have_count(1)
+        expect(chips.first).to_contain_text("apples → Category: Fruit › Apple")
+        check_accessible(page)
+        screenshot(page, "e2e-understood.png")
+
+        # Remove the reading: the same words, searched without it; the chip offers to read it again.
+        page.get_by_role("link", name="Don't read “apples” as Category: Fruit › Apple").click()
+        page.wait_for_url(re.compile(r"ignore=apples"))
+        expect(page.locator(".understood .chip-off")).to_contain_text("apples: not read as Category: Fruit › Apple")
+        page.get_by_role("link", name="read it again").click()
+        page.wait_for_url(re.compile(r"/search\?q=apples$"))
+        # Or make it a filter: then it is an ordinary, hard filter chip.
+        page.get_by_role("link", name="only Category: Fruit › Apple").click()
+        expect(page.get_by_role("link", name=re.compile(r"^Category: Fruit › Apple"))).to_be_visible()
+        assert all(c.startswith("Fruit › Apple") for c in page.locator("main .results .card-category").all_inner_texts())
+
+        # "plantain" means no banana to this catalog (the hashing test models may read it as something else) ...
+        page.goto(base + "/search?q=plantain")
+        expect(page.locator("main h1")).to_have_text("Results for “plantain”")
+        assert "Banana" not in (page.locator(".understood").all_inner_texts() or [""])[0]
+        # ... until the merchant says so in the admin.
+        page.goto(base + "/admin/login/?next=/admin/catalog/searchsynonym/add/")
+        page.get_by_label("Username").fill("merchant")
+        page.get_by_label("Password").fill("pw-for-the-test")
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(re.compile(r"/admin/catalog/searchsynonym/add/$"))
+        page.get_by_label("Phrase").fill("plantain")
+        page.get_by_label("Field").fill("category")
+        page.get_by_label("Value").fill("Fruit/Banana")
+        page.get_by_role("button", name="Save", exact=True).click()
+        expect(page.get_by_text("was added successfully")).to_be_visible()
+        page.goto(base + "/search?q=plantain")
+        expect(page.locator(".understood .chip-understood")).to_contain_text("plantain → Category: Fruit › Banana")
+        assert card_titles(page)[0] == "Banana Ecological Class 1"
+        browser.close()
