@@ -135,6 +135,7 @@ def evaluate(queries: list[dict], products: dict[int, tuple], configs: list[str]
     from django.conf import settings
     from django.test import override_settings
 
+    from mmsearch.search.config import config
     from mmsearch.search.engine import search
     from mmsearch.search.params import SearchError, SearchQuery
 
@@ -142,7 +143,9 @@ def evaluate(queries: list[dict], products: dict[int, tuple], configs: list[str]
     out = {}
     for name in configs:
         mode, weights, understand = CONFIGS[name]
-        conf = {**base, "WEIGHTS": {**base.get("WEIGHTS", {}), **weights}}
+        effective = config()  # settings + the fitted weights file; the overrides go on top, the file off
+        conf = {**base, "WEIGHTS_FILE": None, "WEIGHTS": {**effective["WEIGHTS"], **weights},
+                "BOOSTS": effective["BOOSTS"], "UNDERSTAND": effective["UNDERSTAND"]}
         precisions, times = [], []
         try:
             with override_settings(MMSEARCH_SEARCH=conf):

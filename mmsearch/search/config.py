@@ -1,5 +1,5 @@
-"""The search engine's settings: DEFAULTS, overlaid with the fitted weights file (WEIGHTS_FILE, written by
-`manage.py fit_search_weights`), overlaid with settings.MMSEARCH_SEARCH; and their system check."""
+"""The search engine's settings: DEFAULTS, overlaid with settings.MMSEARCH_SEARCH, overlaid with the fitted
+weights file (WEIGHTS_FILE, written by `manage.py fit_search_weights`); and their system check."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
         # through the HNSW index with the filter.
         "EXACT_LIMIT": 3000,
     },
-    # The fitted weights (WEIGHTS, BOOSTS, UNDERSTAND), between DEFAULTS and settings; None: DEFAULTS only.
+    # The fitted weights (WEIGHTS, BOOSTS, UNDERSTAND), over DEFAULTS and settings; None: no file.
     "WEIGHTS_FILE": str(Path(__file__).with_name("fitted.json")),
     # Candidates each signal contributes before fusion (at least page * limit).
     "CANDIDATES": 200,
@@ -115,11 +115,12 @@ def _merge(*layers: dict) -> dict[str, Any]:
 
 
 def config() -> dict[str, Any]:
-    """DEFAULTS, then the fitted weights file, then settings.MMSEARCH_SEARCH; WEIGHTS, BOOSTS and UNDERSTAND
-    are merged key by key (UNDERSTAND's dicts too)."""
+    """DEFAULTS, then settings.MMSEARCH_SEARCH, then the fitted weights file (WEIGHTS_FILE); WEIGHTS, BOOSTS and
+    UNDERSTAND are merged key by key (UNDERSTAND's dicts too). The fitted values win over settings for the keys
+    the file holds: weights are fitted, not typed in; settings with WEIGHTS_FILE = None use their own."""
     user = getattr(settings, "MMSEARCH_SEARCH", {}) or {}
     path = user.get("WEIGHTS_FILE", DEFAULTS["WEIGHTS_FILE"])
-    return _merge(DEFAULTS, fitted(path), user)
+    return _merge(DEFAULTS, user, fitted(path))
 
 
 def check_settings(app_configs=None, **kwargs) -> list:

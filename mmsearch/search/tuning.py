@@ -215,7 +215,9 @@ def span_candidates(rows: Sequence[dict], floor: float = 0.3) -> tuple[list[Span
     from mmsearch.search import signals, understanding
 
     base = getattr(settings, "MMSEARCH_SEARCH", {}) or {}
-    loose = {**base, "UNDERSTAND": {**(base.get("UNDERSTAND") or {}), "EMBED_THRESHOLD": floor, "EMBED_MARGIN": -1.0}}
+    current = config()
+    loose = {**base, "WEIGHTS_FILE": None, "WEIGHTS": current["WEIGHTS"], "BOOSTS": current["BOOSTS"],
+             "UNDERSTAND": {**current["UNDERSTAND"], "EMBED_THRESHOLD": floor, "EMBED_MARGIN": -1.0}}
     out: list[SpanCandidate] = []
     counts = {"exact": 0, "exact_correct": 0, "labelled": 0}
     with override_settings(MMSEARCH_SEARCH=loose):

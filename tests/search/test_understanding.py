@@ -187,7 +187,11 @@ def test_fit_search_weights_writes_a_weights_file_that_config_reads(shop, tmp_pa
     assert set(data) == {"WEIGHTS", "BOOSTS", "UNDERSTAND", "report"}
     assert data["report"]["fit"] + data["report"]["held_out"] == 5
     assert "fitted" in data["report"]["precision@10"]["fit"]
-    settings.MMSEARCH_SEARCH = {"WEIGHTS_FILE": str(out), "WEIGHTS": {"trigram": 0.7}}
+    # The fitted values win over settings for the keys the file holds; settings keep the others.
+    settings.MMSEARCH_SEARCH = {"WEIGHTS_FILE": str(out), "WEIGHTS": {"trigram": 0.7, "extra": 2.0}, "RRF_K": 50}
     conf = config()
-    assert conf["WEIGHTS"]["lexical"] == data["WEIGHTS"]["lexical"] and conf["WEIGHTS"]["trigram"] == 0.7
+    assert conf["WEIGHTS"]["lexical"] == data["WEIGHTS"]["lexical"] and conf["WEIGHTS"]["trigram"] == data["WEIGHTS"]["trigram"]
+    assert conf["WEIGHTS"]["extra"] == 2.0 and conf["RRF_K"] == 50
     assert conf["BOOSTS"] == {**conf["BOOSTS"], **data["BOOSTS"]}
+    settings.MMSEARCH_SEARCH = {"WEIGHTS_FILE": None, "WEIGHTS": {"trigram": 0.7}}
+    assert config()["WEIGHTS"]["trigram"] == 0.7
