@@ -54,20 +54,28 @@ clean-var: services-stop
 	rm -rf var
 
 # The default product embedder (README "Training and evaluation"): trained on ../shared/datasets (fashion
-# products, grocery products + train photos) into models/embedder, where the default settings find it, then
-# evaluated (corpus: the whole fashion folder) on the held-out fashion titles, on the fashion products held out
-# by sku, and on the grocery val photos.
+# products, grocery products + train photos) into models/embedder, where the default settings find it; then the
+# zero-shot tagger's calibration and adapters (docs/tagging.md) fitted on the training products (both held-out
+# files excluded) into models/embedder/tagger.json; then evaluated, calibrated numbers included (corpus: the whole
+# fashion folder), on the held-out fashion titles, on the fashion products held out by sku, and on the grocery
+# val photos. Image vectors are cached per model in $(CACHE), so the fashion images are embedded once.
 # Resumable: rerunning continues an interrupted run. TRAIN_ARGS adds flags (e.g. --epochs 2).
 SHARED_DATA ?= ../shared/datasets
 EMBEDDER    ?= models/embedder
+CACHE       ?= models/cache
 train: install
 	$(BIN)/python manage.py train_embedder --data $(SHARED_DATA)/fashion/products.jsonl \
 	  --data $(SHARED_DATA)/grocery/products.jsonl --photos $(SHARED_DATA)/grocery/photos-train.jsonl \
 	  --out $(EMBEDDER) --replace --threads 2 $(TRAIN_ARGS)
+	$(BIN)/python manage.py calibrate_tagger --threads 2 --model $(EMBEDDER) \
+	  --data $(SHARED_DATA)/fashion/products.jsonl --data $(SHARED_DATA)/grocery/products.jsonl \
+	  --exclude $(EMBEDDER)/heldout.jsonl --exclude $(EMBEDDER)/heldout-products.jsonl --out $(EMBEDDER)/tagger.json \
+	  --json $(EMBEDDER)/tagger-report.json --plots $(EMBEDDER)/plots-tagger --cache-dir $(CACHE)
 	$(BIN)/python manage.py evaluate --threads 2 --model $(EMBEDDER) --data $(EMBEDDER)/heldout.jsonl \
-	  --corpus $(SHARED_DATA)/fashion/products.jsonl --json $(EMBEDDER)/eval-fashion.json --plots $(EMBEDDER)/plots-fashion
+	  --corpus $(SHARED_DATA)/fashion/products.jsonl --json $(EMBEDDER)/eval-fashion.json --plots $(EMBEDDER)/plots-fashion \
+	  --cache-dir $(CACHE)
 	$(BIN)/python manage.py evaluate --threads 2 --model $(EMBEDDER) --data $(EMBEDDER)/heldout-products.jsonl \
 	  --corpus $(SHARED_DATA)/fashion/products.jsonl --json $(EMBEDDER)/eval-fashion-products.json \
-	  --plots $(EMBEDDER)/plots-fashion-products
+	  --plots $(EMBEDDER)/plots-fashion-products --cache-dir $(CACHE)
 	$(BIN)/python manage.py evaluate --threads 2 --model $(EMBEDDER) --data $(SHARED_DATA)/grocery/products.jsonl \
 	  --photos $(SHARED_DATA)/grocery/photos-val.jsonl --json $(EMBEDDER)/eval-grocery.json --plots $(EMBEDDER)/plots-grocery

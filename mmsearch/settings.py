@@ -226,6 +226,9 @@ else:
 MMSEARCH_MODELS = {
     "embedder": _EMBEDDER,
     "text_embedder": {"BACKEND": "mmsearch.plugins.sentence.SentenceEmbedder", "OPTIONS": {}},
+    # Zero-shot tags over the merchant's vocabulary with whatever `embedder` is; its per-group calibration and
+    # adapters (tagger.json beside the embedder's folder, fitted by `make train`) load when present.
+    "tagger": {"BACKEND": "mmsearch.plugins.zeroshot.ZeroShotTagger", "OPTIONS": {"embedder": "embedder"}},
 }
 
 # --- embedding pipeline (workers/) --------------------------------------------------------------------------

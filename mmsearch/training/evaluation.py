@@ -4,8 +4,12 @@
   every product of data + corpus with that title; the corpus is every image of data + corpus (each image
   file once). The protocol behind Marqo's published KAGL numbers.
 - zero_shot: for each attribute with 2..200 distinct values and each category level, the --data products'
-  first images are classified against one prompt per value (the mean of data.FACET_TEMPLATES); logits are
-  ZERO_SHOT_SCALE x cosine, as in CLIP, for the calibration error.
+  first images are classified against one prompt per value (the mean of data.FACET_TEMPLATES, through the
+  tagger's plugins.zeroshot.prompt_vectors); logits are ZERO_SHOT_SCALE x cosine, as in CLIP, for the
+  calibration error (15 bins). With a tagger calibration file (plugins.zeroshot.TaggerCalibration), every task
+  whose attribute the file calibrated is also scored as the tagger serves it — against the file's vocabulary
+  of the group, with its adapter and temperature —: ece_calibrated, adapted_accuracy (when there is an adapter)
+  and auto_accept (precision and coverage here of the threshold chosen on the calibration split).
 - photo_to_product: each shopper photo is a query against the products' images (a product scores its
   best image); accuracy@1, accuracy@5, mrr. The photo is embedded as search by photo embeds it (the mean of
   its `views`, mmsearch.search.photo); `single_view` gives the same metrics for the whole photo alone.
@@ -13,19 +17,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from mmsearch.plugins import zeroshot as Z
+from mmsearch.plugins.base import VocabGroup, VocabTag
 from mmsearch.plugins.runtime import unit_rows
 from mmsearch.search.photo import PhotoViews, embed_views, query_vectors
 from mmsearch.training import data as D
 from mmsearch.training import metrics as M
 
 MAX_ZERO_SHOT_VALUES = 200
-ZERO_SHOT_SCALE = 100.0
+ZERO_SHOT_SCALE = Z.LOGIT_SCALE  # 100
 RECALL_KS = (1, 2, 5, 10, 20, 50, 100)
 
 
@@ -57,6 +64,36 @@ def embed_image_files(embedder, paths: Sequence[Path], progress: Callable | None
     return np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
 
 
+def file_key(path: Path) -> str:
+    """An image file's identity for the vector cache: its resolved path, size and modification time."""
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def image_vectors(embedder, paths: Sequence[Path], cache_dir: Path | None = None, progress: Callable | None = None,
+                  batch: int = 256, chunk: int = 4096) -> np.ndarray:
+    """Unit image vectors of image files. With cache_dir, each (embedder model_key, file) is embedded once: the
+    vectors live in an incremental cache (imagevec-<hash of model_key>), so `calibrate_tagger` and the
+    `evaluate` runs of `make train` share one pass over the catalog's images. `progress(done)` counts files."""
+    if cache_dir is None:
+        return unit_rows(embed_image_files(embedder, paths, progress, batch))
+    keys = [file_key(Path(p)) for p in paths]
+    name = "imagevec-" + hashlib.sha256(embedder.model_key.encode()).hexdigest()[:16]
+    cache = D.KeyedCache(Path(cache_dir), name, (int(embedder.dim),), np.float32)
+    missing = cache.missing(keys)
+    path_of = dict(zip(keys, paths))
+    done = len(keys) - len(missing)
+    if progress:
+        progress(done)
+    for start in range(0, len(missing), chunk):
+        part = missing[start:start + chunk]
+        rows = embed_image_files(embedder, [path_of[k] for k in part],
+                                 (lambda n, base=done: progress(base + n)) if progress else None, batch)
+        cache.add(part, unit_rows(rows))
+        done += len(part)
+    return cache.rows(keys) if keys else np.zeros((0, int(embedder.dim)), np.float32)
+
+
 def value_prompts(wordings, values: int):
     """One unit vector per value from its wordings' embeddings (a torch tensor, values x templates rows,
     value-major): the mean of the unit-length wordings. Zero-shot evaluation and training's facet loss share it."""
@@ -66,13 +103,57 @@ def value_prompts(wordings, values: int):
     return F.normalize(unit.view(values, -1, unit.shape[-1]).mean(1), dim=-1)
 
 
-def prompt_embeddings(embedder, key: str, values: Sequence[str]) -> np.ndarray:
-    """One unit vector per value: the mean of its FACET_TEMPLATES embeddings."""
-    import torch
+def facet_group(key: str, values: Sequence[str]) -> VocabGroup:
+    """The values of one facet as a tag group whose prompts are exactly data.facet_texts(key, value): the
+    templates are FACET_TEMPLATES with "{facet}" as the product text writes the attribute ("{group}: {tag}",
+    group name = the key with spaces), or empty for a key product_text leaves out (SKIPPED_ATTRIBUTES: year)."""
+    facet = "{group}: {tag}" if D.facet_text(key, "x") else ""
+    templates = tuple(t.replace("{facet}", facet).replace("{value}", "{tag}") for t in D.FACET_TEMPLATES)
+    return VocabGroup(key, key.replace("_", " "), tuple(VocabTag(v, v) for v in values), templates)
 
-    texts = [t for v in values for t in D.facet_texts(key, v)]
-    emb = torch.from_numpy(np.asarray(embedder.embed_texts(texts), dtype=np.float32))
-    return value_prompts(emb, len(values)).numpy()
+
+def prompt_embeddings(embedder, key: str, values: Sequence[str]) -> np.ndarray:
+    """One unit vector per value: the mean of its FACET_TEMPLATES embeddings (the tagger's prompt_vectors)."""
+    return Z.prompt_vectors(embedder, facet_group(key, values))
+
+
+def tagger_metrics(embedder, calibration: Z.TaggerCalibration, task: str, vectors: np.ndarray,
+                   values: Sequence[str | None], target_precision: float | None = None) -> dict | None:
+    """The task scored as the calibrated tagger serves it (None when the file did not calibrate this attribute):
+    against the file's vocabulary of the group (a value no tag names counts as wrong), with its adapter and
+    temperature. auto_accept measures here the threshold the file chose on its calibration split."""
+    from mmsearch.training import calibration as C
+
+    cal = calibration.groups.get(Z.group_slug(task)) if not task.startswith("category_level_") else None
+    if cal is None:
+        return None
+    entry = calibration.meta["groups"][cal.slug]
+    y = Z.labels_for(cal.group, list(values))
+    keep = y != -1
+    x, y = vectors[keep], y[keep]
+    prompts = Z.prompt_vectors(embedder, cal.group)
+    z0 = Z.zero_shot_logits(x, prompts)
+    zs_t = float((entry.get("zero_shot") or {}).get("temperature") or cal.temperature)
+    served_logits = cal.logits(x, prompts)
+    served = Z.softmax(served_logits / cal.temperature)
+    ece_cal, table = C.ece(served, y)
+    target = cal.target_precision if target_precision is None else float(target_precision)
+    accept = C.measure_threshold(served, y, cal.threshold_for(target))
+    out = {
+        "ece_calibrated": ece_cal,
+        "auto_accept": {"target": target, **accept},
+        "tagger": {
+            "group_version": cal.version, "tags": len(cal.group.tags), "images": int(len(y)),
+            "unknown_labels": int((y == -2).sum()), "adapted": cal.adapted, "temperature": cal.temperature,
+            "accuracy": C.accuracy(served, y), "ece": C.ece(Z.softmax(served_logits), y)[0],
+            "zero_shot_accuracy": C.accuracy(z0, y), "zero_shot_ece": C.ece(Z.softmax(z0), y)[0],
+            "zero_shot_temperature": zs_t, "zero_shot_ece_calibrated": C.ece(Z.softmax(z0 / zs_t), y)[0],
+        },
+        "reliability_calibrated": table,
+    }
+    if cal.adapted:
+        out["adapted_accuracy"] = out["tagger"]["accuracy"]
+    return out
 
 
 def zero_shot_tasks(products: Sequence[D.Product]) -> dict[str, tuple[str, list[str | None]]]:
@@ -97,9 +178,12 @@ def zero_shot_tasks(products: Sequence[D.Product]) -> dict[str, tuple[str, list[
 
 
 def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), photos: str | Path | None = None,
-             progress: bool = True, model_seconds: float = 0.0, photo_views: PhotoViews | None = None) -> dict:
+             progress: bool = True, model_seconds: float = 0.0, photo_views: PhotoViews | None = None,
+             calibration: Z.TaggerCalibration | None = None, cache_dir: Path | None = None,
+             target_precision: float | None = None) -> dict:
     """All metrics of one model on one catalog; returns the JSON-ready report. Photos are embedded with
-    `photo_views` (default: PhotoViews(), the search engine's default views)."""
+    `photo_views` (default: PhotoViews(), the search engine's default views); catalog image vectors are cached
+    under `cache_dir` when given (image_vectors); `calibration` adds the calibrated tagger's numbers."""
     from tqdm import tqdm
 
     t_start = time.time()
@@ -132,7 +216,7 @@ def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), phot
         bar.update(offset + n - done[0])
         done[0] = offset + n
 
-    images = unit_rows(embed_image_files(embedder, image_paths, tick))
+    images = image_vectors(embedder, image_paths, cache_dir, tick)
     photo_views = photo_views or PhotoViews()
     # Each photo as search embeds it (the mean of its views) and, for comparison, the whole photo alone.
     whole = PhotoViews((1.0,), mirror=False)
@@ -173,7 +257,10 @@ def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), phot
         idx = {v: j for j, v in enumerate(values)}
         y = np.array([idx[labels[i]] for i in sel])
         logits = ZERO_SHOT_SCALE * images[first_image[sel]] @ prompt_embeddings(embedder, key, values).T
-        zs[task] = {"values": len(values), **M.zero_shot(logits, y)}
+        zs[task] = {"values": len(values), **M.zero_shot(logits, y), "ece_calibrated": None, "auto_accept": None}
+        if calibration is not None:
+            zs[task].update(tagger_metrics(embedder, calibration, task, images[first_image[sel]],
+                                           [labels[i] for i in sel], target_precision) or {})
     timings["text_and_scoring"] = round(time.time() - t, 2)
 
     # photo -> product
@@ -203,6 +290,8 @@ def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), phot
     timings["total"] = round(time.time() - t_start + model_seconds, 2)
     return {
         "model_key": embedder.model_key,
+        "calibration": ({"path": str(calibration.path), "version": calibration.version,
+                         "groups": sorted(calibration.groups)} if calibration is not None else None),
         "text_to_image": t2i,
         "zero_shot": zs,
         "photo_to_product": p2p,
@@ -244,9 +333,16 @@ def write_plots(report: dict, folder: Path) -> list[Path]:
         for ax, (name, res) in zip(axes.flat, tasks.items()):
             bins = [b for b in res["reliability"]]
             centres = [(b["lo"] + b["hi"]) / 2 for b in bins]
-            ax.bar(centres, [b["accuracy"] for b in bins], width=0.09, alpha=0.7, label="accuracy")
+            ax.bar(centres, [b["accuracy"] for b in bins], width=0.9 / len(bins), alpha=0.7, label="zero-shot")
+            title = f"{name}: acc {res['accuracy']:.2f}, ECE {res['ece']:.3f}"
+            if res.get("reliability_calibrated"):
+                cal = [b for b in res["reliability_calibrated"] if b["count"]]
+                ax.plot([b["confidence"] for b in cal], [b["accuracy"] for b in cal], "o-", color="tab:orange",
+                        ms=3, label="calibrated tagger")
+                title += f" -> {res['ece_calibrated']:.3f}"
+                ax.legend(fontsize=7, loc="upper left")
             ax.plot([0, 1], [0, 1], "k--", lw=1)
-            ax.set_title(f"{name}: acc {res['accuracy']:.2f}, ECE {res['ece']:.2f}", fontsize=9)
+            ax.set_title(title, fontsize=9)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
             ax.set_xlabel("confidence")

@@ -59,8 +59,9 @@ def test_evaluate_matches_hand_computed_metrics(colour_model, files, tmp_path):
     call_command("evaluate", "--data", str(data), "--corpus", str(corpus), "--photos", str(photos),
                  "--json", str(out), "--plots", str(tmp_path / "plots"), "--no-progress")
     report = json.loads(out.read_text())
-    assert set(report) == {"model_key", "text_to_image", "zero_shot", "photo_to_product", "timings"}
+    assert set(report) == {"model_key", "calibration", "text_to_image", "zero_shot", "photo_to_product", "timings"}
     assert report["model_key"] == "test-colour:v1"
+    assert report["calibration"] is None  # the test plugin has no model folder, and no --calibration was given
 
     # Queries: "red shirt" -> A(1) D B(3); "blue shirt" -> C(1) F E(3); "green shirt" -> B E F(3) D(4).
     t2i = report["text_to_image"]
@@ -79,6 +80,8 @@ def test_evaluate_matches_hand_computed_metrics(colour_model, files, tmp_path):
     assert zs["colour"]["accuracy"] == pytest.approx(0.75)
     assert zs["colour"]["majority_baseline"] == pytest.approx(0.5)
     assert zs["colour"]["ece"] == pytest.approx(0.25, abs=1e-3)  # every confidence is ~1.0 at scale 100
+    assert len(zs["colour"]["reliability"]) == 15  # ECE over 15 equal-width bins (Guo et al. 2017)
+    assert zs["colour"]["ece_calibrated"] is None and zs["colour"]["auto_accept"] is None
 
     # Photos: p1 finds A first; p2 (labelled E) finds F first, then E.
     p2p = report["photo_to_product"]
@@ -150,3 +153,62 @@ def test_photos_are_embedded_with_the_search_views(colour_model, colour_catalog,
     settings.MMSEARCH_SEARCH = {**settings.MMSEARCH_SEARCH, "PHOTO_QUERY_SCALES": [0.5], "PHOTO_QUERY_MIRROR": False}
     p2p = run()  # the whole photo is not among the views: single_view embeds it on its own
     assert p2p["accuracy@1"] == 1.0 and p2p["single_view"]["accuracy@1"] == 0.0
+
+
+def test_image_vectors_are_cached_per_model_key_and_file(colour_model, files, tmp_path, monkeypatch):
+    data, corpus, _ = files
+    from tests.training.plugins import ColourEmbedder
+
+    calls = []
+    original = ColourEmbedder.embed_images
+    monkeypatch.setattr(ColourEmbedder, "embed_images", lambda self, ims: calls.append(len(ims)) or original(self, ims))
+
+    def run() -> dict:
+        out = tmp_path / "r.json"
+        call_command("evaluate", "--data", str(data), "--corpus", str(corpus), "--json", str(out), "--no-progress",
+                     "--cache-dir", str(tmp_path / "cache"))
+        report = json.loads(out.read_text())
+        report.pop("timings")
+        return report
+
+    first = run()
+    assert calls == [6]
+    assert run() == first and calls == [6]  # every vector from the cache, the same numbers
+    # A file that changes is embedded again (the key holds its size and modification time).
+    from PIL import Image
+
+    Image.new("RGB", (12, 16), (0, 255, 0)).save(data.parent / "images" / "a.png")
+    run()
+    assert calls == [6, 1]
+
+
+def test_calibration_options(colour_model, files, tmp_path):
+    data, _, _ = files
+    from mmsearch.plugins.base import VocabGroup, VocabTag
+    from mmsearch.plugins.zeroshot import group_to_json
+    from mmsearch.training import calibration as C
+
+    tags = (VocabTag("blue", "Blue"), VocabTag("green", "Green"), VocabTag("red", "Red"))
+    group = VocabGroup("colour", "colour", tags)
+    entry = {**group_to_json(group), "temperature": 50.0, "target_precision": 0.95, "threshold": 0.5, "precision": 1.0,
+             "coverage": 1.0, "adapter": None, "zero_shot": {"temperature": 50.0}}
+    mine = tmp_path / "tagger.json"
+    C.write_calibration(mine, "test-colour:v1", [C.GroupFit(group, entry, {}, {})])
+    other = tmp_path / "other.json"
+    C.write_calibration(other, "openclip:local:else", [C.GroupFit(group, entry, {}, {})])
+    out = tmp_path / "r.json"
+    call_command("evaluate", "--data", str(data), "--calibration", str(mine), "--json", str(out), "--no-progress")
+    task = json.loads(out.read_text())["zero_shot"]["colour"]
+    # A, B, C right (first images red, red-orange, blue), D wrong: at T = 50 the confidences spread out.
+    assert task["tagger"]["accuracy"] == pytest.approx(0.75)
+    assert task["tagger"]["zero_shot_accuracy"] == pytest.approx(0.75)
+    assert task["ece_calibrated"] < task["ece"]
+    assert task["auto_accept"]["target"] == 0.95 and task["auto_accept"]["threshold"] == 0.5
+    assert "adapted_accuracy" not in task  # no adapter in this file
+    for args, message in [(["--calibration", str(other)], "was fitted for the embedder openclip:local:else"),
+                          (["--calibration", str(tmp_path / "none.json")], "no such calibration file"),
+                          (["--calibration", str(mine), "--no-calibration"], "exclude each other"),
+                          (["--target-precision", "0"], "between 0 and 1")]:
+        with pytest.raises(CommandError) as exc:
+            call_command("evaluate", "--data", str(data), *args, "--json", str(out), "--no-progress")
+        assert message in str(exc.value) and "\n" not in str(exc.value)

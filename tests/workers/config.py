@@ -5,4 +5,7 @@ TEST_MODELS = {
     # The green side of a blue/green swap: another model for the same role.
     "embedder_v2": {"ROLE": "embedder", "BACKEND": "mmsearch.plugins.hashing.HashingEmbedder", "OPTIONS": {"dim": 32, "seed": 1}},
     "slow": {"ROLE": "embedder", "BACKEND": "tests.workers.plugins.SlowEmbedder", "OPTIONS": {"dim": 16, "delay": 0.8}},
+    "tagger": {"BACKEND": "mmsearch.plugins.zeroshot.ZeroShotTagger", "OPTIONS": {"embedder": "embedder", "calibration": None}},
+    "slow_tagger": {"ROLE": "tagger", "BACKEND": "tests.workers.plugins.SlowTagger",
+                    "OPTIONS": {"embedder": "embedder", "calibration": None, "delay": 0.3}},
 }

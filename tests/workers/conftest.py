@@ -72,11 +72,12 @@ def import_demo(limit: int | None = None, tmp_path: Path | None = None):
 
 
 class Worker:
-    """A real `celery worker` subprocess on the embed queue, using the test database and Redis database."""
+    """A real `celery worker` subprocess on `queues`, using the test database and Redis database."""
 
-    def __init__(self, log: Path, env: dict[str, str]):
+    def __init__(self, log: Path, env: dict[str, str], queues: str = "embed"):
         self.log_path = log
         self.env = env
+        self.queues = queues
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> "Worker":
@@ -84,7 +85,7 @@ class Worker:
         start_offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "mmsearch", "worker", "-Q", "embed", "--pool", "solo",
+                sys.executable, "-m", "celery", "-A", "mmsearch", "worker", "-Q", self.queues, "--pool", "solo",
                 "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
             ],
             cwd=ROOT, env=self.env, stdout=self._fh, stderr=subprocess.STDOUT,
@@ -123,7 +124,7 @@ def worker_factory(transactional_db, settings, models, broker, tmp_path):
     """start_worker(**env) -> a running Worker; every worker is stopped before the test database is flushed."""
     started: list[Worker] = []
 
-    def start_worker(**extra_env: str) -> Worker:
+    def start_worker(queues: str = "embed", **extra_env: str) -> Worker:
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.workers.worker_settings",
@@ -135,7 +136,7 @@ def worker_factory(transactional_db, settings, models, broker, tmp_path):
             "OMP_NUM_THREADS": "1",
             **extra_env,
         }
-        worker = Worker(tmp_path / "worker.log", env)
+        worker = Worker(tmp_path / "worker.log", env, queues)
         started.append(worker)
         return worker.start()
 

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from mmsearch.plugins.hashing import HashingEmbedder
+from mmsearch.plugins.zeroshot import ZeroShotTagger
 
 
 class SlowEmbedder(HashingEmbedder):
@@ -22,3 +23,15 @@ class SlowEmbedder(HashingEmbedder):
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         time.sleep(self.delay)
         return super().embed_images(images)
+
+
+class SlowTagger(ZeroShotTagger):
+    """The zero-shot tagger, `delay` seconds slower per batch of products, so a test can kill a worker mid-job."""
+
+    def __init__(self, delay: float = 0.3, **options):
+        super().__init__(**options)
+        self.delay = delay
+
+    def score_vectors(self, vectors, group):
+        time.sleep(self.delay / 3)  # the demo vocabulary has 3 groups: ~delay per batch
+        return super().score_vectors(vectors, group)

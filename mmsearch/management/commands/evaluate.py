@@ -23,15 +23,26 @@ class Command(BaseCommand):
         parser.add_argument("--json", required=True, type=Path, dest="json_out", help="write the report here")
         parser.add_argument("--plots", type=Path, help="folder for PNG plots")
         parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (see train_embedder --threads)")
+        parser.add_argument("--calibration", type=Path,
+                            help="tagger calibration file (default: tagger.json in --model's folder, when there "
+                                 "is one)")
+        parser.add_argument("--no-calibration", action="store_true", help="report the zero-shot numbers only")
+        parser.add_argument("--target-precision", type=float,
+                            help="auto_accept at this precision (default: the calibration file's target)")
+        parser.add_argument("--cache-dir", type=Path,
+                            help="cache image vectors per (model_key, file) here (make train: models/cache)")
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args, data: Path, corpus: list[Path], photos: Path | None, model: str, json_out: Path,
-               plots: Path | None, no_progress: bool, threads: int, **options):
+               plots: Path | None, no_progress: bool, threads: int, calibration: Path | None = None,
+               no_calibration: bool = False, target_precision: float | None = None, cache_dir: Path | None = None,
+               **options):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
 
         torch.set_num_threads(max(1, threads))
         from mmsearch.plugins import PluginError
+        from mmsearch.plugins.zeroshot import CalibrationError, TaggerCalibration, calibration_beside
         from mmsearch.search.config import config as search_config
         from mmsearch.search.photo import PhotoViews
         from mmsearch.training.data import DataError
@@ -46,10 +57,30 @@ class Command(BaseCommand):
             embedder.embed_texts(["warm-up"])  # loads the weights now, so a broken model fails before the work
         except (DataError, PluginError, ValueError, OSError, RuntimeError) as exc:
             raise CommandError(f"--model {model}: {str(exc).splitlines()[0]}") from exc
+        if target_precision is not None and not 0 < target_precision < 1:
+            raise CommandError(f"--target-precision {target_precision}: must be between 0 and 1")
+        tagger_cal = None
+        if calibration is not None and no_calibration:
+            raise CommandError("--calibration and --no-calibration exclude each other")
+        if not no_calibration:
+            path = calibration or calibration_beside(embedder)
+            if path is not None:
+                try:
+                    tagger_cal = TaggerCalibration.load(path)
+                except CalibrationError as exc:
+                    raise CommandError(f"--calibration: {exc}") from exc
+                if tagger_cal.embedder_model_key != embedder.model_key:
+                    message = (f"{path} was fitted for the embedder {tagger_cal.embedder_model_key}, not "
+                               f"{embedder.model_key}")
+                    if calibration is not None:
+                        raise CommandError(f"--calibration: {message}")
+                    self.stderr.write(f"warning: {message}: calibrated numbers left out")
+                    tagger_cal = None
         try:
             # Photos are embedded as search by photo embeds them (settings.MMSEARCH_SEARCH PHOTO_QUERY_*).
             report = evaluate(embedder, data, corpus, photos, progress=not no_progress, model_seconds=time.time() - t,
-                              photo_views=PhotoViews.from_config(search_config()))
+                              photo_views=PhotoViews.from_config(search_config()), calibration=tagger_cal,
+                              cache_dir=cache_dir, target_precision=target_precision)
         except DataError as exc:
             raise CommandError(str(exc)) from exc
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -59,9 +90,19 @@ class Command(BaseCommand):
         t2i = report["text_to_image"]
         line = (f"{report['model_key']}: text->image R@1 {t2i['recall@1']:.3f} R@10 {t2i['recall@10']:.3f} "
                 f"MRR {t2i['mrr']:.3f} ({t2i['queries']} queries, {t2i['corpus']} images)")
-        for name in ("article_type", "colour"):
-            if name in report["zero_shot"]:
-                line += f"; zero-shot {name} {report['zero_shot'][name]['accuracy']:.3f}"
+        for name in ("article_type", "colour", "gender"):
+            task = report["zero_shot"].get(name)
+            if task:
+                line += f"; zero-shot {name} {task['accuracy']:.3f}"
+                if task.get("adapted_accuracy") is not None:
+                    line += f" (adapted {task['adapted_accuracy']:.3f})"
+                if task.get("ece_calibrated") is not None:
+                    line += f" ECE {task['ece']:.3f} -> {task['ece_calibrated']:.3f}"
+                accept = task.get("auto_accept")
+                if accept and accept["threshold"] is not None:
+                    line += (f", auto-accept >= {accept['threshold']:.3f}: precision "
+                             f"{accept['precision'] if accept['precision'] is not None else float('nan'):.3f} "
+                             f"coverage {accept['coverage']:.3f}")
         if report["photo_to_product"]:
             p2p = report["photo_to_product"]
             line += (f"; photo->product acc@1 {p2p['accuracy@1']:.3f} ({p2p['views']['count']} views; "
