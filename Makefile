@@ -38,8 +38,9 @@ export CHROMIUM ?= /usr/bin/chromium
 browser:
 	test -x $(CHROMIUM) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
+# The suite's settings (tests/settings.py): the exported DJANGO_SETTINGS_MODULE above would win over pytest's.
 test: services browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	DJANGO_SETTINGS_MODULE=tests.settings $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Embedding pipeline images/s vs the raw forward pass (bench/pipeline.py; BENCH_ARGS="--images 128" etc.).
 # Search latency (API vs SQL vs encoding) and quality (P@10 per mode, grocery photo accuracy) on the fashion
