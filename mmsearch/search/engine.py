@@ -186,7 +186,7 @@ def gather(query: SearchQuery, conf: dict | None = None) -> Gathered:
                 if kind == "product":
                     # The query and the spans understanding asks about, in one forward pass.
                     spans = plan.pending_texts() if plan is not None else []
-                    vecs = signals.encode_texts(enc, [text, *spans])
+                    vecs = signals.encode_texts(enc, [text], spans)
                     qvec, span_vecs = vecs[0], vecs[1:]
                     text_qvec = qvec
                 else:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -99,20 +101,46 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def encode_texts(encoder: Encoder, texts: list[str]) -> np.ndarray:
-    """Vectors of several texts (rows in order), cached per (model_key, text) like encode_text; the ones not
-    cached are embedded in one call (a query and its spans cost about one short forward pass)."""
+# Vectors of short spans (one or two words of a query, for query understanding), kept in the process: there
+# are few distinct ones, and they recur across queries. Least recently used first out.
+_SPAN_VECTORS: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+_SPAN_LOCK = threading.Lock()
+SPAN_CACHE_SIZE = 50_000
+
+
+def encode_texts(encoder: Encoder, texts: list[str], spans: list[str] | None = None) -> np.ndarray:
+    """Vectors of texts + spans (rows in that order), embedding the ones not cached in one call (a query and its
+    spans cost about one short forward pass). Texts are cached like encode_text (Django cache); spans in the
+    process (_SPAN_VECTORS)."""
+    spans = spans or []
     norms = [_norm(t) for t in texts]
+    span_norms = [_norm(t) for t in spans]
     keys = {n: "mmsearch:qvec:" + hashlib.sha256(f"{encoder.model_key}\0{n}".encode()).hexdigest() for n in norms}
     found = {n: np.frombuffer(v, dtype=np.float32) for n, key in keys.items() if (v := cache.get(key)) is not None}
+    found_spans: dict[str, np.ndarray] = {}
+    with _SPAN_LOCK:
+        for n in span_norms:
+            vec = _SPAN_VECTORS.get((encoder.model_key, n))
+            if vec is not None:
+                _SPAN_VECTORS.move_to_end((encoder.model_key, n))
+                found_spans[n] = vec
     missing = [n for n in dict.fromkeys(norms) if n not in found]
-    if missing:
-        vecs = np.asarray(run_model(encoder, encoder.model.embed_texts, missing), dtype=np.float32)
+    missing_spans = [n for n in dict.fromkeys(span_norms) if n not in found_spans and n not in missing]
+    if missing or missing_spans:
+        batch = missing + missing_spans
+        vecs = np.asarray(run_model(encoder, encoder.model.embed_texts, batch), dtype=np.float32)
         seconds = config()["QUERY_CACHE_SECONDS"]
         for n, vec in zip(missing, vecs):
             found[n] = vec
             cache.set(keys[n], vec.tobytes(), seconds)
-    return np.stack([found[n] for n in norms]) if norms else np.zeros((0, encoder.dim), dtype=np.float32)
+        with _SPAN_LOCK:
+            for n, vec in zip(batch[len(missing):], vecs[len(missing):]):
+                found_spans[n] = vec
+                _SPAN_VECTORS[(encoder.model_key, n)] = vec
+            while len(_SPAN_VECTORS) > SPAN_CACHE_SIZE:
+                _SPAN_VECTORS.popitem(last=False)
+    rows = [found[n] for n in norms] + [found_spans.get(n, found.get(n)) for n in span_norms]
+    return np.stack(rows) if rows else np.zeros((0, encoder.dim), dtype=np.float32)
 
 
 # --- lexical ------------------------------------------------------------------------------------------------

@@ -162,10 +162,11 @@ class Fitted:
 
 
 def fit(table: Table, weights: dict, boosts: dict, *, signals: Iterable[str] = SIGNALS, passes: int = 3,
-        rrf_k: float | None = None) -> Fitted:
+        rrf_k: float | None = None, min_gain: float = 0.0) -> Fitted:
     """Coordinate ascent on mean precision@10: each weight over WEIGHT_GRID and each boost over BOOST_GRID in
-    turn, keeping a change only when it improves the score (ties keep the current value), for `passes` rounds.
-    The text_vector weight stays fixed as the scale (RRF is invariant to scaling all weights)."""
+    turn, keeping a change only when it improves the score by more than `min_gain` (ties keep the current
+    value), for `passes` rounds. The text_vector weight stays fixed as the scale (RRF is invariant to scaling
+    all weights)."""
     weights = {s: float(weights.get(s, 1.0)) for s in SIGNALS}
     boosts = dict(boosts)
     for name in table.filters():
@@ -179,14 +180,14 @@ def fit(table: Table, weights: dict, boosts: dict, *, signals: Iterable[str] = S
             for value in WEIGHT_GRID:
                 trial = {**weights, name: value}
                 score = table.precision(trial, boosts, rrf_k)
-                if score > best + 1e-9:
+                if score > best + min_gain + 1e-9:
                     best, weights, improved = score, trial, True
                     trace.append((f"WEIGHTS.{name}={value}", round(best, 4)))
         for name in [f for f in boosts if f != "default"]:
             for value in BOOST_GRID:
                 trial = {**boosts, name: value}
                 score = table.precision(weights, trial, rrf_k)
-                if score > best + 1e-9:
+                if score > best + min_gain + 1e-9:
                     best, boosts, improved = score, trial, True
                     trace.append((f"BOOSTS.{name}={value}", round(best, 4)))
         if not improved:
@@ -230,7 +231,7 @@ def span_candidates(rows: Sequence[dict], floor: float = 0.3) -> tuple[list[Span
             vecs = None
             embed = None
             if enc is not None and plan.runs:
-                vecs = signals.encode_texts(enc, plan.pending_texts())
+                vecs = signals.encode_texts(enc, [], plan.pending_texts())
                 vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
                 embed = lambda texts: signals.run_model(enc, enc.model.embed_texts, texts)  # noqa: E731
             found = understanding.resolve(plan, vecs, enc.model_key if enc else None, embed)

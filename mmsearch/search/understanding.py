@@ -277,6 +277,10 @@ def reset() -> None:
         _STATE.update(vocab=None, version=None, loaded=0.0)
     with _PHRASE_LOCK:
         _PHRASE_VECTORS.clear()
+    from mmsearch.search import signals
+
+    with signals._SPAN_LOCK:
+        signals._SPAN_VECTORS.clear()
 
 
 # --- matching -----------------------------------------------------------------------------------------------
