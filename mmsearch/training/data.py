@@ -256,6 +256,88 @@ class KeyedCache:
         return np.ascontiguousarray(self.array[[self.known[k] for k in keys]])
 
 
+class ShardedCache:
+    """KeyedCache's interface (missing / add / rows) for large rows, such as a trunk's spatial feature grids.
+
+    Each `add` writes one new shard (STEM/<n>-<pid>.npy) and rewrites only the small index (STEM/index.json:
+    the shards and their keys), so a cache of gigabytes grows without rewriting what it already holds, and an
+    interrupted run keeps every shard it finished. Rows are read from memory-mapped shards.
+    """
+
+    INDEX = "index.json"
+
+    def __init__(self, cache_dir: Path | None, stem: str, row_shape: tuple[int, ...], dtype):
+        self.folder = Path(cache_dir) / stem if cache_dir is not None else None
+        self.row_shape, self.dtype = tuple(row_shape), np.dtype(dtype)
+        self.shards: list[str] = []  # shard file names (or "" for in-memory shards)
+        self.arrays: list[np.ndarray] = []
+        self.keys: list[list[str]] = []
+        self.known: dict[str, tuple[int, int]] = {}  # key -> (shard, row)
+        index = self.folder / self.INDEX if self.folder is not None else None
+        if index is not None and index.is_file():
+            try:
+                body = json.loads(index.read_text())
+                for name, keys in zip(body["shards"], body["keys"]):
+                    arr = np.load(self.folder / name, mmap_mode="r")
+                    if arr.shape == (len(keys), *self.row_shape) and arr.dtype == self.dtype:
+                        self._append(name, arr, keys)
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # an unreadable index or shard: those rows are computed again
+
+    def _append(self, name: str, arr: np.ndarray, keys: Sequence[str]) -> None:
+        shard = len(self.arrays)
+        self.shards.append(name)
+        self.arrays.append(arr)
+        self.keys.append(list(keys))
+        for row, k in enumerate(keys):
+            self.known.setdefault(k, (shard, row))
+
+    def __len__(self) -> int:
+        return len(self.known)
+
+    def missing(self, keys: Iterable[str]) -> list[str]:
+        """Keys without a row, each once, in first-seen order."""
+        return list(dict.fromkeys(k for k in keys if k not in self.known))
+
+    def add(self, keys: Sequence[str], rows: np.ndarray) -> None:
+        """Store rows for new keys as one new shard, then the index (both written atomically)."""
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape != (len(keys), *self.row_shape):
+            raise ValueError(f"rows of shape {rows.shape} for {len(keys)} keys of {self.row_shape}")
+        if self.folder is None:
+            self._append("", rows, keys)
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"{len(self.arrays):05d}-{os.getpid()}.npy"
+        tmp = self.folder / f"{name}.tmp.npy"
+        np.save(tmp, rows)
+        tmp.replace(self.folder / name)
+        self._append(name, np.load(self.folder / name, mmap_mode="r"), keys)
+        tmp_index = self.folder / f"{self.INDEX}.{os.getpid()}.tmp"
+        tmp_index.write_text(json.dumps({"row_shape": list(self.row_shape), "dtype": self.dtype.name,
+                                         "shards": self.shards, "keys": self.keys}))
+        tmp_index.replace(self.folder / self.INDEX)
+
+    def rows(self, keys: Sequence[str]) -> np.ndarray:
+        """The rows of `keys` (all known), as one contiguous in-memory array."""
+        out = np.empty((len(keys), *self.row_shape), dtype=self.dtype)
+        where = np.array([self.known[k] for k in keys], dtype=np.int64).reshape(-1, 2)
+        for shard in np.unique(where[:, 0]) if len(keys) else []:
+            sel = np.flatnonzero(where[:, 0] == shard)
+            out[sel] = self.arrays[shard][where[sel, 1]]
+        return out
+
+
+def cell_colours(pixels: np.ndarray, side: int) -> np.ndarray:
+    """Per cell of a side x side grid over uint8 (N, S, S, 3) images: the mean and standard deviation of R, G and
+    B in [0, 1], (N, side * side, 6) float32 (the cells of a trunk's grid at stride S / side)."""
+    n, size = len(pixels), pixels.shape[1]
+    cell = size // side
+    x = np.asarray(pixels, dtype=np.float32).reshape(n, side, cell, side, cell, 3) / 255.0
+    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, side * side, cell * cell, 3)
+    return np.concatenate([x.mean(2), x.std(2)], axis=-1).astype(np.float32)
+
+
 def image_cache(paths: Sequence[Path], size: int, cache_dir: Path | None, *, progress: bool = True) -> np.ndarray:
     """All images decoded once to a uint8 (N, size, size, 3) array.
 

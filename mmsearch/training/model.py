@@ -164,13 +164,33 @@ def load_trunk_weights(trunk, name: str) -> None:
 
 
 def lock_vision_trunk(net) -> None:
-    """Freeze a timm vision trunk, batch-norm statistics included (timm's frozen layers keep the activations
-    that its BatchNormAct2d layers fuse; open_clip's own freezing would drop them)."""
+    """Freeze the timm vision trunk of an open_clip model (see `locked`)."""
+    net.visual.trunk = locked(net.visual.trunk)
+
+
+def locked(trunk):
+    """A timm trunk frozen, batch-norm statistics included (timm's frozen layers keep the activations that its
+    BatchNormAct2d layers fuse; open_clip's own freezing would drop them)."""
     from timm.layers import freeze_batch_norm_2d
 
-    for p in net.visual.trunk.parameters():
+    for p in trunk.parameters():
         p.requires_grad_(False)
-    net.visual.trunk = freeze_batch_norm_2d(net.visual.trunk)
+    return freeze_batch_norm_2d(trunk)
+
+
+def build_trunk(arch: Arch, pretrained: bool = True):
+    """The locked pretrained trunk of an architecture on its own, in eval mode: the same module (and weights)
+    as the embedder's image tower holds, for heads that read its spatial grid (`trunk.forward_features`).
+    With pretrained=False the weights are left random (to be loaded from a saved model)."""
+    import timm
+
+    if not arch.vision.get("timm_model_name") or not arch.vision_weights:
+        raise ValueError(f"architecture {arch.name!r} has no pretrained timm trunk")
+    trunk = timm.create_model(arch.vision["timm_model_name"], num_classes=0,
+                              global_pool=arch.vision.get("timm_pool", "avg"), pretrained=False)
+    if pretrained:
+        load_trunk_weights(trunk, arch.vision_weights)
+    return locked(trunk).eval()
 
 
 def lock_text_trunk(net) -> None:

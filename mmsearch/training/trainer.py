@@ -12,7 +12,9 @@
   crop, horizontal flip; no colour jitter, since colour is an attribute to learn). With a locked pretrained
   vision trunk and cached_views > 0, the trunk's pooled features of a fixed set of views of every image
   (view 0 unaugmented, the others augmented) are computed once and cached; each step then draws one view per
-  image and runs only the trainable head, so an epoch costs seconds instead of a trunk pass per image.
+  image and runs only the trainable head, so an epoch costs seconds instead of a trunk pass per image. The same
+  pass keeps each image's view-0 spatial grid (cache_grids) for the captioner (training/caption/), whose trainer
+  shares this module's run helpers: trunk_views, grid_cache, RunState, progress_bar, split_by_title, run_card.
 - Resumable: the state after every epoch is in OUT/train_state.pt and the model folder is rewritten, so
   a killed run continues from its last epoch; the schedule and the data order derive from (seed, epoch).
 """
@@ -26,6 +28,7 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -89,6 +92,9 @@ class TrainConfig:
     # catalog image (view 0 unaugmented) instead of running it on freshly augmented images every step; 0 = off.
     cached_views: int = 0
     cached_photo_views: int = 8  # the same for shopper photos and the catalog images of photographed products
+    # With cached_views: also keep the trunk's spatial grid of each image's view 0 (a trunk pass computes it anyway),
+    # in the grid cache the captioner reads, so a later train_captioner runs the trunk only on images not seen here.
+    cache_grids: bool = True
     max_steps: int | None = None  # stop early (tests, smoke runs)
     checkpoint_every_s: float = 60.0  # resumable state + model folder at most this often (and at the end)
     device: str = "auto"
@@ -98,7 +104,7 @@ class TrainConfig:
         """Identity of the run for resuming: everything but the output folder, device and step cap, plus the
         definition of a fresh run's architecture (a redefined one does not resume an old state)."""
         d = asdict(self)
-        for k in ("out", "device", "cache_dir", "max_steps", "checkpoint_every_s"):
+        for k in ("out", "device", "cache_dir", "cache_grids", "max_steps", "checkpoint_every_s"):
             d.pop(k)
         if self.init is None and self.arch in ARCHS:
             d["arch_definition"] = asdict(ARCHS[self.arch])
@@ -125,6 +131,63 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+# --- run helpers (shared by the embedder and captioner trainers) ----------------------------------------------------
+def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", enabled: bool = True):
+    """A tqdm bar on stderr that redraws at most every 2 s (training logs stay readable)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled, mininterval=2.0, file=sys.stderr)
+
+
+class RunState:
+    """The resumable state of a run, OUT/train_state.pt: saved after finished epochs, and read back only by the
+    same run (its run_key); another run's state is an error, or is replaced when `replace`."""
+
+    def __init__(self, out: Path, run_key: str, replace: bool = False, log: Callable[[str], None] = print):
+        self.path, self.run_key, self.replace, self.log = Path(out) / STATE_NAME, run_key, replace, log
+
+    def load(self) -> dict | None:
+        """The saved state of this run, or None to start afresh."""
+        state = torch.load(self.path, map_location="cpu", weights_only=False) if self.path.is_file() else None
+        if state is not None and state.get("run_key") != self.run_key and self.replace:
+            self.log(f"{self.path.parent} holds another training run: replacing it")
+            return None
+        if state is not None and state.get("run_key") != self.run_key:
+            raise TrainingError(
+                f"{self.path.parent} holds a different training run (other data or hyperparameters); "
+                "give a new --out or delete that folder"
+            )
+        return state
+
+    def save(self, **state) -> None:
+        """Write the state (model and optimizer state dicts, epoch, history, seconds ...) with the run_key."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"run_key": self.run_key, **state}, self.path)
+
+
+def split_by_title(products: Sequence[D.Product], fraction: float, keep: set[str] = frozenset()
+                   ) -> tuple[list[D.Product], list[D.Product]]:
+    """(train, held out): products whose title is held out (data.is_held_out), except skus in `keep`."""
+    val = [p for p in products if p.sku not in keep and D.is_held_out(p.title, fraction)]
+    held = {p.sku for p in val}
+    return [p for p in products if p.sku not in held], val
+
+
+def run_card(name: str, architecture: dict, data: dict, cfg, history: list[dict], seconds: float, finished: bool,
+             device: str) -> dict:
+    """A model card's sections (model.save_model adds the weights' sha256): what was trained on what, how, and
+    the metrics after every epoch."""
+    return {
+        "name": name,
+        "architecture": architecture,
+        "data": data,
+        "hyperparameters": {k: v for k, v in asdict(cfg).items() if k not in ("out", "cache_dir")},
+        "training": {"finished": finished, "epochs_done": len(history), "seconds": round(seconds, 1),
+                     "device": device, "torch": torch.__version__, "python": platform.python_version()},
+        "metrics": {"per_epoch": history},
+    }
 
 
 # --- text features -------------------------------------------------------------------------------------------
@@ -217,6 +280,78 @@ def to_pixels(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor, device:
     return (x - mean) / std
 
 
+# --- cached trunk outputs (shared by the embedder and captioner trainers) ------------------------------------------
+def view_keys(paths: Sequence[Path | str], n_views: Sequence[int], crop: Sequence[float], seed: int) -> list[str]:
+    """The cache key of each view of each image: (file, view number, crop area, seed). View 0 is the image
+    itself (its key names neither crop nor seed), so every run and every head shares it."""
+    return [f"{Path(path).resolve()}|{v}|{crop[i] if v else 1.0}|{seed if v else 0}"
+            for i, path in enumerate(paths) for v in range(int(n_views[i]))]
+
+
+def grid_cache(trunk: torch.nn.Module, image_size: int, cache_dir: Path | None) -> D.ShardedCache:
+    """The sharded cache of a timm trunk's spatial grids at an input size, per (trunk weights, input size): rows
+    of (H * W tokens, channels) fp16, keyed like the pooled features (`view_keys`)."""
+    side = image_size // int(trunk.feature_info[-1]["reduction"])
+    return D.ShardedCache(cache_dir, f"trunkgrid-{module_identity(trunk)}-{image_size}",
+                          (side * side, trunk.num_features), np.float16)
+
+
+@torch.no_grad()
+def trunk_views(trunk: torch.nn.Module, pixels: np.ndarray, keys: Sequence[str], owner: np.ndarray,
+                view_of: np.ndarray, crop: np.ndarray, *, pooled: D.KeyedCache | None = None,
+                grids: D.ShardedCache | None = None, mean: torch.Tensor, std: torch.Tensor, device: str,
+                autocast: Callable, progress: bool = True, desc: str = "trunk features") -> None:
+    """Run a locked timm trunk once over every view that a cache lacks, and store what each cache holds.
+
+    Key j is view `view_of[j]` of image `pixels[owner[j]]`; a view > 0 is augmented (crop area down to crop[j],
+    flip) by a generator seeded from its key, so its features never depend on the batch it was computed in.
+    `pooled` takes the trunk's pooled vector (C,), `grids` its spatial feature grid as (H*W, C) tokens (view 0
+    keys only): the pooled vector is the trunk's own pooling of that grid, so one pass serves both.
+    """
+    want_pooled = set(pooled.missing(keys)) if pooled is not None else set()
+    want_grid = set(grids.missing([k for k, v in zip(keys, view_of) if v == 0])) if grids is not None else set()
+    todo, seen = [], set()  # rows of the keys to compute, each key once
+    for j, k in enumerate(keys):
+        if (k in want_pooled or k in want_grid) and k not in seen:
+            seen.add(k)
+            todo.append(j)
+    was_training = trunk.training
+    trunk.eval()
+    bs, chunk = 256, 8192
+    bar = progress_bar(total=len(todo), desc=f"{desc} ({len(todo)} views)", enabled=progress)
+    for c in range(0, len(todo), chunk):
+        part = todo[c:c + chunk]
+        pooled_keys, pooled_rows, grid_keys, grid_rows = [], [], [], []
+        for start in range(0, len(part), bs):
+            js = part[start:start + bs]
+            x = to_pixels(pixels[owner[js]], mean, std, device)
+            for row, j in enumerate(js):
+                if view_of[j]:
+                    gen = torch.Generator().manual_seed(D.key_hash(keys[j]) >> 1)
+                    x[row] = augment(x[row:row + 1], gen, float(crop[j]))[0]
+            x = x.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                if want_grid:
+                    grid = trunk.forward_features(x)
+                    out = trunk.forward_head(grid)  # = trunk(x): timm's forward is forward_head(forward_features)
+                else:
+                    grid, out = None, trunk(x)
+            for row, j in enumerate(js):
+                if keys[j] in want_pooled:
+                    pooled_keys.append(keys[j])
+                    pooled_rows.append(out[row].float().cpu().numpy())
+                if keys[j] in want_grid:
+                    grid_keys.append(keys[j])
+                    grid_rows.append(grid[row].flatten(1).t().float().cpu().numpy())
+            bar.update(len(js))
+        if pooled_keys:
+            pooled.add(pooled_keys, np.stack(pooled_rows).astype(np.float16))
+        if grid_keys:
+            grids.add(grid_keys, np.stack(grid_rows).astype(np.float16))
+    bar.close()
+    trunk.train(was_training)
+
+
 # --- loss --------------------------------------------------------------------------------------------------------
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
               not_negative: torch.Tensor | None = None) -> torch.Tensor:
@@ -279,7 +414,7 @@ class Trainer:
             photos += D.load_photos(path, (p.sku for p in catalog.products))
         with_photos = {ph.sku for ph in photos}
         # Products with shopper photos stay in training: photo search is evaluated on a separate photo split.
-        val = [p for p in catalog.products if p.sku not in with_photos and D.is_held_out(p.title, cfg.holdout)]
+        _, val = split_by_title(catalog.products, cfg.holdout, keep=with_photos)
         val_skus = {p.sku for p in val}
         # The product-level split: other products held out by sku; their titles stay in training (twins).
         val_sku = [p for p in catalog.products if p.sku not in with_photos and p.sku not in val_skus
@@ -396,53 +531,23 @@ class Trainer:
         return (hasattr(visual, "trunk") and hasattr(visual, "head")
                 and not any(p.requires_grad for p in visual.trunk.parameters()))
 
-    @torch.no_grad()
     def cache_trunk_features(self) -> None:
-        """The locked trunk's pooled features of every view of every image, computed once (cached_views).
-
-        A view is keyed by (image file, view number, crop area, seed), and its augmentation is drawn from a
-        generator seeded by that key, so a view's features never depend on the batch it was computed in;
-        the features live in an incremental cache per (trunk weights, input size) under cache_dir.
-        """
-        from tqdm import tqdm
-
+        """The locked trunk's pooled features of every view of every image, computed once (cached_views), in an
+        incremental cache per (trunk weights, input size) under cache_dir (see `trunk_views`)."""
         cfg, trunk = self.cfg, self.built.net.visual.trunk
         n_views = np.ones(len(self.image_paths), dtype=np.int64)  # validation images: view 0 only
         crop = np.ones(len(self.image_paths))
         for it in self.items:
             n_views[it.image] = cfg.cached_photo_views if it.photographed else cfg.cached_views
             crop[it.image] = cfg.photo_min_crop if it.photographed else cfg.min_crop
-        keys = [f"{Path(path).resolve()}|{v}|{crop[i] if v else 1.0}|{cfg.seed if v else 0}"
-                for i, path in enumerate(self.image_paths) for v in range(n_views[i])]
+        keys = view_keys(self.image_paths, n_views, crop, cfg.seed)
         owner = np.repeat(np.arange(len(self.image_paths)), n_views)
         view_of = np.concatenate([np.arange(n) for n in n_views])
-        dim = trunk.num_features
         cache = D.KeyedCache(self.cache_dir, f"trunkfeat-{module_identity(trunk)}-{self.image_size}",
-                             (dim,), np.float16)
-        missing = set(cache.missing(keys))
-        todo = [j for j, k in enumerate(keys) if k in missing]
-        was_training = trunk.training
-        trunk.eval()
-        bs, chunk = 256, 8192
-        bar = tqdm(total=len(todo), desc=f"trunk features ({len(todo)} views)", disable=not self.progress,
-                   mininterval=2.0, file=sys.stderr)
-        for c in range(0, len(todo), chunk):
-            part = todo[c:c + chunk]
-            new = np.empty((len(part), dim), dtype=np.float16)
-            for start in range(0, len(part), bs):
-                js = part[start:start + bs]
-                x = to_pixels(self.pixels[owner[js]], self.mean, self.std, self.device)
-                for row, j in enumerate(js):
-                    if view_of[j]:
-                        gen = torch.Generator().manual_seed(D.key_hash(keys[j]) >> 1)
-                        x[row] = augment(x[row:row + 1], gen, float(crop[owner[j]]))[0]
-                with self._autocast():
-                    out = trunk(x.contiguous(memory_format=torch.channels_last))
-                new[start:start + len(js)] = out.float().cpu().numpy()
-                bar.update(len(js))
-            cache.add([keys[j] for j in part], new)
-        bar.close()
-        trunk.train(was_training)
+                             (trunk.num_features,), np.float16)
+        grids = grid_cache(trunk, self.image_size, self.cache_dir) if cfg.cache_grids and self.cache_dir else None
+        trunk_views(trunk, self.pixels, keys, owner, view_of, crop[owner], pooled=cache, grids=grids, mean=self.mean,
+                    std=self.std, device=self.device, autocast=self._autocast, progress=self.progress)
         self.features = torch.from_numpy(cache.rows(keys))
         first = np.concatenate([[0], np.cumsum(n_views)[:-1]])
         self.view_first, self.view_count = torch.from_numpy(first), torch.from_numpy(n_views)
@@ -667,8 +772,6 @@ class Trainer:
     # ---- main loop
     def run(self) -> dict:
         """Train (resuming from OUT/train_state.pt when it matches this config); returns the model card."""
-        from tqdm import tqdm
-
         cfg = self.cfg
         seed_everything(cfg.seed)
         self.prepare()
@@ -695,17 +798,9 @@ class Trainer:
         total = cfg.epochs * steps_per_epoch
         warmup = max(1, int(cfg.warmup * total))
         start_epoch, history, seconds = 0, [], 0.0
-        state_path = self.out / STATE_NAME
-        state = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.is_file() else None
-        if state is not None and state.get("run_key") != cfg.run_key() and self.replace:
-            self.log(f"{self.out} holds another training run: replacing it")
-            state = None
+        run_state = RunState(self.out, cfg.run_key(), self.replace, self.log)
+        state = run_state.load()
         if state is not None:
-            if state.get("run_key") != cfg.run_key():
-                raise TrainingError(
-                    f"{self.out} holds a different training run (other data or hyperparameters); "
-                    "give a new --out or delete that folder"
-                )
             net.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             start_epoch, history, seconds = state["epoch"], state["history"], state["seconds"]
@@ -725,8 +820,7 @@ class Trainer:
             rng = np.random.default_rng([cfg.seed, epoch])
             batches = self.epoch_batches(gen, bs)
             t0 = time.time()
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress,
-                       mininterval=2.0, file=sys.stderr)
+            bar = progress_bar(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=self.progress)
             seen, loss_sum, n_steps = 0, 0.0, 0
             for b in bar:
                 if cfg.max_steps is not None and step >= cfg.max_steps:
@@ -767,8 +861,8 @@ class Trainer:
             last_save = time.time()
             self.out.mkdir(parents=True, exist_ok=True)
             card = self.save(history, seconds, finished=last)
-            torch.save({"run_key": cfg.run_key(), "model": net.state_dict(), "optimizer": opt.state_dict(),
-                        "epoch": epoch + 1, "history": history, "seconds": seconds}, state_path)
+            run_state.save(model=net.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1, history=history,
+                           seconds=seconds)
             if stop:
                 break
         else:
@@ -785,22 +879,16 @@ class Trainer:
         if self.val_products_by_sku:
             D.write_products(self.val_products_by_sku, self.out / HELDOUT_PRODUCTS_NAME)
         n_params = sum(p.numel() for p in self.built.net.parameters())
-        card = {
-            "name": self.out.name,
-            "architecture": {"name": self.built.arch, "model_cfg": self.built.model_cfg,
-                             "preprocess_cfg": self.built.preprocess_cfg, "parameters": n_params,
-                             "text_tower_locked": self.built.lit},
-            "data": {"files": [str(p) for p in [*self.cfg.data, *self.cfg.photos]], "fingerprint": self.fingerprint,
-                     "train_products": len(self.train_products), "photos": len(self.photos),
-                     "held_out_products": len(self.val_products),
-                     "held_out_file": HELDOUT_NAME if self.val_products else None,
-                     "split": f"held out by sha256 of the lowercased title < {self.cfg.holdout}",
-                     "held_out_by_product": len(self.val_products_by_sku),
-                     "held_out_by_product_file": HELDOUT_PRODUCTS_NAME if self.val_products_by_sku else None,
-                     "product_split": f"then held out by sha256 of the sku < {self.cfg.holdout_products}"},
-            "hyperparameters": {k: v for k, v in asdict(self.cfg).items() if k not in ("out", "cache_dir")},
-            "training": {"finished": finished, "epochs_done": len(history), "seconds": round(seconds, 1),
-                         "device": self.device, "torch": torch.__version__, "python": platform.python_version()},
-            "metrics": {"per_epoch": history},
-        }
+        architecture = {"name": self.built.arch, "model_cfg": self.built.model_cfg,
+                        "preprocess_cfg": self.built.preprocess_cfg, "parameters": n_params,
+                        "text_tower_locked": self.built.lit}
+        data = {"files": [str(p) for p in [*self.cfg.data, *self.cfg.photos]], "fingerprint": self.fingerprint,
+                "train_products": len(self.train_products), "photos": len(self.photos),
+                "held_out_products": len(self.val_products),
+                "held_out_file": HELDOUT_NAME if self.val_products else None,
+                "split": f"held out by sha256 of the lowercased title < {self.cfg.holdout}",
+                "held_out_by_product": len(self.val_products_by_sku),
+                "held_out_by_product_file": HELDOUT_PRODUCTS_NAME if self.val_products_by_sku else None,
+                "product_split": f"then held out by sha256 of the sku < {self.cfg.holdout_products}"}
+        card = run_card(self.out.name, architecture, data, self.cfg, history, seconds, finished, self.device)
         return save_model(self.built, self.out, card)
