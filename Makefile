@@ -64,6 +64,9 @@ clean-var: services-stop
 SHARED_DATA ?= ../shared/datasets
 EMBEDDER    ?= models/embedder
 CACHE       ?= models/cache
+# Then the captioner (docs/captioning.md) on the fashion products into models/captioner, reading the trunk grids
+# the embedder's run cached, evaluated on its held-out titles against two baselines. CAPTION_ARGS adds flags.
+CAPTIONER   ?= models/captioner
 train: install
 	$(BIN)/python manage.py train_embedder --data $(SHARED_DATA)/fashion/products.jsonl \
 	  --data $(SHARED_DATA)/grocery/products.jsonl --photos $(SHARED_DATA)/grocery/photos-train.jsonl \
@@ -80,3 +83,8 @@ train: install
 	  --plots $(EMBEDDER)/plots-fashion-products --cache-dir $(CACHE)
 	$(BIN)/python manage.py evaluate --threads 2 --model $(EMBEDDER) --data $(SHARED_DATA)/grocery/products.jsonl \
 	  --photos $(SHARED_DATA)/grocery/photos-val.jsonl --json $(EMBEDDER)/eval-grocery.json --plots $(EMBEDDER)/plots-grocery
+	$(BIN)/python manage.py train_captioner --data $(SHARED_DATA)/fashion/products.jsonl --out $(CAPTIONER) \
+	  --replace --threads 2 --cache-dir $(CACHE) $(CAPTION_ARGS)
+	$(BIN)/python manage.py evaluate_captioner --threads 2 --model $(CAPTIONER) --data $(CAPTIONER)/heldout.jsonl \
+	  --corpus $(SHARED_DATA)/fashion/products.jsonl --embedder $(EMBEDDER) --cache-dir $(CACHE) \
+	  --json $(CAPTIONER)/eval-fashion.json
