@@ -225,11 +225,13 @@ def fit_threshold(score: np.ndarray, corrupted: np.ndarray, target: float = TARG
 
 def evaluate_matching(vectors: Vectors, products: Sequence[D.Product], *, seed: int = 0,
                       fractions: Sequence[float] = FRACTIONS, kinds: Sequence[str] = CORRUPTION_KINDS,
-                      target_precision: float = TARGET_PRECISION, top: int = 20, k: int = CSLS_K) -> dict:
+                      target_precision: float = TARGET_PRECISION, top: int = 20, k: int = CSLS_K,
+                      extra: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]] | None = None) -> dict:
     """Every score on every corruption of the catalog (its vectors from product_vectors), and the `top` products
     of the uncorrupted catalog the default score ranks as the worst matches. The default threshold of each score
     is fitted on the calibration half of the title corruption at DEFAULT_THRESHOLD_FRACTION (or the first
-    fraction) and measured on the other half of every corruption."""
+    fraction) and measured on the other half of every corruption. `extra(image_source, text_source)` adds scores
+    of another model (the ITM head) for the pairs (product image_source[i]'s images, product text_source[i]'s text)."""
     if len(products) != len(vectors.images):
         raise MatchingError(f"{len(products)} products against {len(vectors.images)} vector rows")
     fit_half = calibration_half(products)
@@ -239,10 +241,13 @@ def evaluate_matching(vectors: Vectors, products: Sequence[D.Product], *, seed: 
     for key, c in corruptions.items():
         img_src, txt_src = c.sources()
         scored[key] = scores(vectors.images[img_src], vectors.texts[txt_src], k)
+        if extra is not None:
+            scored[key].update(extra(img_src, txt_src))
+    names = list(next(iter(scored.values())))
     fit_key = ((kinds[0], DEFAULT_THRESHOLD_FRACTION) if (kinds[0], DEFAULT_THRESHOLD_FRACTION) in corruptions
                else (kinds[0], fractions[0]))
     thresholds = {}
-    for name in SCORES:
+    for name in names:
         c = corruptions[fit_key]
         thresholds[name] = fit_threshold(scored[fit_key][name][fit_half], c.corrupted[fit_half], target_precision)
     for (kind, f), c in corruptions.items():
@@ -250,9 +255,12 @@ def evaluate_matching(vectors: Vectors, products: Sequence[D.Product], *, seed: 
             "kind": kind, "fraction": f, "corrupted": int(c.corrupted.sum()),
             "scores": {name: {**detection(scored[(kind, f)][name][~fit_half], c.corrupted[~fit_half], thresholds[name]),
                               "roc_auc_all": _auc(scored[(kind, f)][name], c.corrupted)}
-                       for name in SCORES},
+                       for name in names},
         }
     clean = scores(vectors.images, vectors.texts, k)
+    if extra is not None:
+        own = np.arange(len(products))
+        clean.update(extra(own, own))
     worst = np.argsort(clean[DEFAULT_SCORE], kind="mergesort")[:top]
     return {
         "model_key": vectors.model_key,
@@ -269,7 +277,7 @@ def evaluate_matching(vectors: Vectors, products: Sequence[D.Product], *, seed: 
              "article_type": products[i].attributes.get("article_type"),
              "colour": products[i].attributes.get("colour"),
              "image": str(products[i].images[0]) if products[i].images else None,
-             **{name: round(float(clean[name][i]), 4) for name in SCORES}}
+             **{name: round(float(clean[name][i]), 4) for name in names}}
             for i in worst
         ],
     }

@@ -28,6 +28,7 @@ class Command(BaseCommand):
                             help="text matched against the images (repeatable; default: both)")
         parser.add_argument("--target-precision", type=float, default=TARGET_PRECISION,
                             help=f"precision the default threshold is chosen for (default {TARGET_PRECISION})")
+        parser.add_argument("--itm", type=Path, help="also score with this ITM head folder (manage.py train_matcher)")
         parser.add_argument("--top", type=int, default=20, help="worst matches of the clean catalog to list")
         parser.add_argument("--cache-dir", type=Path, help="cache image vectors per (model_key, file) here")
         parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -35,7 +36,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, data: Path, model: str, json_out: Path, seed: int, fractions: list[float] | None,
                texts: list[str] | None, target_precision: float, top: int, cache_dir: Path | None, threads: int,
-               no_progress: bool, **options):
+               no_progress: bool, itm: Path | None = None, **options):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from tqdm import tqdm
 
@@ -66,7 +67,8 @@ class Command(BaseCommand):
 
         torch.set_num_threads(threads)
         embedder = Report._model(lambda: matching_embedder(model), f"--model {model}")
-        out = {"data": str(data), "by_text": {}}
+        head = self._itm(itm, products, cache_dir, no_progress) if itm is not None else None
+        out = {"data": str(data), "by_text": {}, "itm": head and head["model_key"]}
         for text in texts or list(matching.TEXTS):
             bars: dict[str, tqdm] = {}
 
@@ -84,8 +86,14 @@ class Command(BaseCommand):
                                                    progress=progress)
             except D.DataError as exc:
                 raise CommandError(str(exc)) from exc
+            extra = None
+            if head is not None:
+                from mmsearch.training.itm import head_scores, text_vectors
+
+                tv = text_vectors(head["encoder"], [matching.match_text(p, text) for p in products])
+                extra = (lambda img, txt, tv=tv: {"itm": head_scores(head["model"], head["grids"][img], tv[txt])})
             result = matching.evaluate_matching(vectors, products, seed=seed, fractions=fractions,
-                                                target_precision=target_precision, top=top)
+                                                target_precision=target_precision, top=top, extra=extra)
             out["by_text"][text] = result
             for run_name, run in result["runs"].items():
                 parts = []
@@ -97,3 +105,26 @@ class Command(BaseCommand):
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(out, indent=2))
         self.stdout.write(f"wrote {json_out}")
+
+    @staticmethod
+    def _itm(folder: Path, products, cache_dir: Path | None, no_progress: bool) -> dict:
+        """The ITM head of a folder, its text encoder and the grid of every product's first image."""
+        import json
+
+        from mmsearch.plugins import get_model, model_settings
+        from mmsearch.training import itm
+
+        try:
+            model, config = itm.load_head(folder)
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"--itm {folder}: {exc}") from exc
+        wanted = config["text_model_key"]
+        encoder = get_model("text_embedder") if "text_embedder" in model_settings() else None
+        if encoder is None or encoder.model_key != wanted:
+            raise CommandError(f"--itm {folder} reads texts with {wanted}; configure that text_embedder")
+        grids, spec = itm.product_grids(products, cache_dir, colour_dim=model.cfg.colour_dim,
+                                        trunk_arch=config["trunk"]["arch"], progress=not no_progress)
+        if spec["identity"] != config["trunk"]["identity"]:
+            raise CommandError(f"--itm {folder} was trained on trunk {config['trunk']['identity']}, not {spec['identity']}")
+        key = json.loads((folder / "model_card.json").read_text()).get("model_key") if (folder / "model_card.json").is_file() else None
+        return {"model": model, "encoder": encoder, "grids": grids, "model_key": key}
