@@ -280,3 +280,78 @@ def test_match_report_bad_input_is_one_line(models, colour_catalog, rainbow, tmp
             call_command("match_report", *args, "--no-progress", stdout=io.StringIO())
         assert "\n" not in str(err.value)
     assert not (tmp_path / "r.csv").exists()  # nothing written by a failed run
+
+
+# --- the ITM head ----------------------------------------------------------------------------------------------
+def test_hard_negatives_are_other_titles_and_mostly_near_misses():
+    import torch
+
+    from mmsearch.training.itm import hard_negatives
+
+    texts = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [0.99, 0.14, 0], [0, 1.0, 0], [0, 0, 1.0],
+                                                        [1.0, 0, 0]]), dim=-1)
+    title = torch.tensor([0, 1, 2, 3, 0])  # rows 0 and 4 share a title
+    same = title[:, None] == title[None, :]
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([hard_negatives(texts, same, 0.05, gen) for _ in range(200)])
+    assert not (draws == torch.arange(5)).any()
+    assert not ((draws[:, 0] == 4) | (draws[:, 4] == 0)).any()  # never a product of the same title
+    assert (draws[:, 0] == 1).float().mean() > 0.95  # row 1 is row 0's near miss
+
+
+def test_the_itm_head_learns_to_separate_swapped_pairs_and_round_trips(tmp_path):
+    import torch
+
+    from mmsearch.training import itm
+
+    rng = np.random.default_rng(0)
+    n, kinds = 96, 6
+    kind = np.arange(n) % kinds
+    grids = rng.normal(0, 0.1, (n, 4, 1280 + 6)).astype(np.float16)
+    grids[np.arange(n), :, 1280 + kind] += 1.0  # the kind is written in the cell colours
+    texts = rng.normal(0, 0.05, (n, 16)).astype(np.float32)
+    texts[np.arange(n), kind] += 1.0
+    titles = [f"kind {k} item {i}" for i, k in enumerate(kind)]
+    torch.set_num_threads(1)
+    model, history = itm.train_head(grids, texts, titles, cfg=itm.ITMConfig(tokens=4, text_dim=16, width=32, heads=2,
+                                                                           layers=1, dropout=0.0),
+                                    epochs=40, batch_size=16, lr=3e-3, log=lambda m: None, progress=False)
+    assert history[-1]["loss"] < history[0]["loss"]
+    swapped = np.roll(np.arange(n), 1)  # every text moved to the next product: another kind
+    positive = itm.head_scores(model, grids, texts)
+    negative = itm.head_scores(model, grids, texts[swapped])
+    assert M.roc_auc(np.r_[positive, negative], np.r_[np.ones(n, bool), np.zeros(n, bool)]) > 0.95
+    key = itm.save_head(tmp_path / "head", model, {"arch": "x", "identity": "t"}, "sentence:test", {"note": "x"})
+    assert key.startswith("itm:local:")
+    loaded, config = itm.load_head(tmp_path / "head")
+    assert config["text_model_key"] == "sentence:test" and config["head"]["width"] == 32
+    assert itm.head_scores(loaded, grids, texts) == pytest.approx(positive, abs=1e-5)
+    with pytest.raises(FileNotFoundError, match="not an ITM head folder"):
+        itm.load_head(tmp_path)
+
+
+def test_train_matcher_then_evaluate_with_the_itm_score(rainbow, tmp_path):
+    """The real pieces: the package's EfficientNet-Lite0 trunk grids and the MiniLM text_embedder."""
+    head = tmp_path / "head"
+    exclude = rainbow.parent / "exclude.jsonl"
+    exclude.write_text(rainbow.read_text().splitlines()[0] + "\n")
+    out = io.StringIO()
+    call_command("train_matcher", "--data", str(rainbow), "--exclude", str(exclude), "--out", str(head),
+                 "--epochs", "1", "--batch-size", "4", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+                 stdout=out)
+    assert "11 products (1 skus excluded)" in out.getvalue()
+    card = json.loads((head / "model_card.json").read_text())
+    assert card["products"] == 11 and len(card["history"]) == 1
+    report = tmp_path / "eval.json"
+    call_command("evaluate_matching", "--data", str(rainbow), "--json", str(report), "--itm", str(head),
+                 "--text", "title", "--cache-dir", str(tmp_path / "cache"), "--no-progress", stdout=io.StringIO())
+    body = json.loads(report.read_text())
+    assert body["itm"] == card["model_key"]
+    run = body["by_text"]["title"]["runs"]["title@0.3"]["scores"]
+    assert set(run) == {"cosine", "csls", "itm"} and 0 <= run["itm"]["roc_auc_all"] <= 1
+    assert "itm" in body["by_text"]["title"]["top_mismatches"][0]
+    with pytest.raises(CommandError, match="not an ITM head folder"):
+        call_command("evaluate_matching", "--data", str(rainbow), "--json", str(report), "--itm", str(tmp_path),
+                     "--no-progress")
+    with pytest.raises(CommandError, match="fewer than --batch-size 128"):
+        call_command("train_matcher", "--data", str(rainbow), "--out", str(head), "--no-progress")
