@@ -297,11 +297,12 @@ class ReportRow:
     cosine: float
     csls: float
     model_key: str
+    flagged: bool | None = None
     caption: str = ""
     caption_model_key: str = ""
 
 
-REPORT_COLUMNS = ("rank", "sku", "title", "category", "score", "cosine", "csls", "model_key", "caption",
+REPORT_COLUMNS = ("rank", "sku", "title", "category", "score", "cosine", "csls", "model_key", "flagged", "caption",
                   "caption_model_key")
 
 
@@ -317,8 +318,9 @@ def propose_captions(captioner, products: Sequence[D.Product], progress: Callabl
 
 
 def report(products: Sequence[D.Product], vectors: Vectors, captions: Sequence | None = None,
-           score: str = DEFAULT_SCORE, k: int = CSLS_K) -> list[ReportRow]:
-    """Every product, worst match first (ranked by `score`, ties by catalog order)."""
+           score: str = DEFAULT_SCORE, k: int = CSLS_K, threshold: float | None = None) -> list[ReportRow]:
+    """Every product, worst match first (ranked by `score`, ties by catalog order); with a threshold (from
+    evaluate_matching), `flagged` says whether the score is at or below it."""
     by_name = scores(vectors.images, vectors.texts, k)
     main = by_name[_check_score(score)]
     rows = []
@@ -327,6 +329,8 @@ def report(products: Sequence[D.Product], vectors: Vectors, captions: Sequence |
         cap = captions[i] if captions is not None else None
         rows.append(ReportRow(rank, p.sku, p.title, p.category, round(float(main[i]), 6),
                               round(float(by_name["cosine"][i]), 6), round(float(by_name["csls"][i]), 6),
-                              vectors.score_key(score), cap.text if cap is not None else "",
+                              vectors.score_key(score),
+                              None if threshold is None else bool(main[i] <= threshold),
+                              cap.text if cap is not None else "",
                               cap.model_key if cap is not None else ""))
     return rows

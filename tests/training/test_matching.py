@@ -245,10 +245,16 @@ def test_match_report_writes_one_row_per_product_worst_first(models, colour_cata
     assert "wrote 3 products" in stdout.getvalue()
 
     # Default score (csls) and no captions: same worst product, empty caption columns.
-    call_command("match_report", str(products), "--csv", str(out), "--no-captions", "--no-progress",
-                 stdout=io.StringIO())
+    assert {r["flagged"] for r in report} == {""}  # no threshold given
+
+    # Default score (csls), a threshold, no captions: same worst product, flagged; empty caption columns.
+    stdout = io.StringIO()
+    call_command("match_report", str(products), "--csv", str(out), "--no-captions", "--threshold", "0",
+                 "--no-progress", stdout=stdout)
     report = read_csv(out)
     assert report[0]["sku"] == "wrong" and report[0]["model_key"].startswith("match:csls:title:")
+    assert [r["flagged"] for r in report] == ["True", "False", "False"] and "1 flagged" in stdout.getvalue()
+    assert float(report[0]["score"]) < 0 < float(report[1]["score"])
     assert {r["caption"] for r in report} == {""}
 
 
@@ -275,6 +281,7 @@ def test_match_report_bad_input_is_one_line(models, colour_catalog, rainbow, tmp
         ([str(rainbow)], "nothing to do"),
         ([str(rainbow), "--csv", out, "--model", "gone"], "--model gone"),
         ([str(rainbow), "--csv", out, "--threads", "0"], "--threads 0"),
+        ([str(rainbow), "--csv", out, "--threshold", "nan"], "--threshold nan: must be a finite number"),
     ]:
         with pytest.raises(CommandError, match=message) as err:
             call_command("match_report", *args, "--no-progress", stdout=io.StringIO())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +28,8 @@ class Command(BaseCommand):
         parser.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE, help=f"ranking score (default {DEFAULT_SCORE})")
         parser.add_argument("--text", choices=TEXTS, default="title",
                             help="what is matched against the images: the title (default) or the whole product text")
+        parser.add_argument("--threshold", type=float,
+                            help="flag scores at or below this (evaluate_matching's threshold for the score)")
         parser.add_argument("--captioner", default="captioner",
                             help="MMSEARCH_MODELS alias of the captioner (used when configured; default: captioner)")
         parser.add_argument("--no-captions", action="store_true", help="leave the proposed captions out")
@@ -35,7 +38,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args, products: Path, csv_out: Path | None, store: bool, model: str, score: str, text: str,
-               captioner: str, no_captions: bool, cache_dir: Path | None, threads: int, no_progress: bool, **options):
+               captioner: str, no_captions: bool, cache_dir: Path | None, threads: int, no_progress: bool,
+               threshold: float | None = None, **options):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from tqdm import tqdm
 
@@ -51,6 +55,8 @@ class Command(BaseCommand):
             raise CommandError(f"--csv {csv_out}: give a file path in an existing folder")
         if threads < 1:
             raise CommandError(f"--threads {threads}: must be at least 1")
+        if threshold is not None and not math.isfinite(threshold):
+            raise CommandError(f"--threshold {threshold}: must be a finite number")
         try:
             items = D.load_products(products)
         except D.DataError as exc:
@@ -86,13 +92,15 @@ class Command(BaseCommand):
         finally:
             for bar in bars.values():
                 bar.close()
-        rows = matching.report(items, vectors, captions, score=score)
+        rows = matching.report(items, vectors, captions, score=score, threshold=threshold)
         if csv_out is not None:
             with csv_out.open("w", newline="", encoding="utf-8") as fh:
                 writer = csv.DictWriter(fh, fieldnames=matching.REPORT_COLUMNS)
                 writer.writeheader()
                 writer.writerows(asdict(r) for r in rows)
-            self.stdout.write(f"wrote {len(rows)} products to {csv_out} (score {rows[0].model_key}; worst first)")
+            flagged = "" if threshold is None else f", {sum(bool(r.flagged) for r in rows)} flagged"
+            self.stdout.write(f"wrote {len(rows)} products to {csv_out} (score {rows[0].model_key}; worst first"
+                              f"{flagged})")
         if store:
             from mmsearch.adapter import MatchRow, get_catalog
 
