@@ -2,11 +2,12 @@
 classifier over the embedder's image trunk grid and a sentence vector of the text.
 
     image ─► locked EfficientNet-Lite0 trunk (the embedder's and captioner's) ─► grid 4 x 4 x 1280 + cell colours
-          ─► LayerNorm + Linear ─► 16 image tokens ┐
-    text ─► all-MiniLM-L6-v2 sentence vector (384) ─► Linear ─► 1 text token ┴► 2 x Transformer layer ─► text token ─► logit
+          ─► LayerNorm + Linear (+ colour MLP, + position) ─► 16 image tokens ───────────────┐ keys, values
+    text ─► all-MiniLM-L6-v2 sentence vector (384) ─► Linear ─► text token ─► 2 x [cross-attention ─ MLP] ─► logit
 
 Unlike the embedding's cosine (late fusion of two pooled vectors), the text token attends to every cell of the
-image, so "red" can be checked against the cells that hold the product. Trained with BLIP's hard in-batch
+image, so "red" can be checked against the cells that hold the product. Keys and values come from the image
+alone, so a batch's hard negatives reuse its images' keys and values (cheap enough to train on 2 CPU cores). Trained with BLIP's hard in-batch
 negatives: for each pair of a batch, one text and one image of another product are drawn from the batch with
 probability rising with the similarity of the two titles (softmax over sentence-vector cosines / temperature;
 products with the same title are never negatives), so negatives are mostly near misses.
@@ -49,8 +50,36 @@ class ITMConfig:
     dropout: float = 0.1
 
 
+class CrossBlock(nn.Module):
+    """The text token attends to the image tokens (keys and values from the image only), then an MLP."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.ln_q, self.ln_kv, self.ln_mlp = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+        self.q, self.kv, self.proj = nn.Linear(width, width), nn.Linear(width, 2 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width),
+                                 nn.Dropout(dropout))
+
+    def keys_values(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, t, w = tokens.shape
+        k, v = self.kv(self.ln_kv(tokens)).view(n, t, 2, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        n, _, w = x.shape
+        q = self.q(self.ln_q(x)).view(n, 1, self.heads, w // self.heads).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.proj(y.transpose(1, 2).reshape(n, 1, w))
+        return x + self.mlp(self.ln_mlp(x))
+
+
 class MatchHead(nn.Module):
-    """Logit of "the text matches the image" from (N, tokens, grid_dim + colour_dim) grids and (N, text_dim)."""
+    """Logit of "the text matches the image" from (N, tokens, grid_dim + colour_dim) grids and (N, text_dim).
+
+    The image side (tokens, keys, values) depends on the image only, so `forward(grids, texts, image_index)`
+    scores texts[i] against grids[image_index[i]] with one image pass per distinct image: a batch and its hard
+    negatives cost about one image pass."""
 
     def __init__(self, cfg: ITMConfig):
         super().__init__()
@@ -60,18 +89,22 @@ class MatchHead(nn.Module):
                           if cfg.colour_dim else None)
         self.position = nn.Parameter(torch.zeros(1, cfg.tokens, cfg.width))
         self.text_in = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, cfg.width))
-        layer = nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, cfg.dropout, batch_first=True,
-                                           norm_first=True, activation="gelu")
-        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.blocks = nn.ModuleList(CrossBlock(cfg.width, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.width)
         self.out = nn.Linear(cfg.width, 1)
 
-    def forward(self, grids: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    def forward(self, grids: torch.Tensor, texts: torch.Tensor, image_index: torch.Tensor | None = None) -> torch.Tensor:
         g = self.grid_in(grids[..., :self.cfg.grid_dim])
         if self.colour_in is not None:
             g = g + self.colour_in(grids[..., self.cfg.grid_dim:self.cfg.grid_dim + self.cfg.colour_dim])
-        x = torch.cat([self.text_in(texts)[:, None], g + self.position], dim=1)
-        return self.out(self.norm(self.encoder(x)[:, 0]))[:, 0]
+        g = g + self.position
+        x = self.text_in(texts)[:, None]
+        for block in self.blocks:
+            k, v = block.keys_values(g)
+            if image_index is not None:
+                k, v = k[image_index], v[image_index]
+            x = block(x, k, v)
+        return self.out(self.norm(x[:, 0]))[:, 0]
 
 
 # --- inputs ----------------------------------------------------------------------------------------------------
@@ -138,8 +171,9 @@ def train_head(grids: np.ndarray, texts: np.ndarray, titles: Sequence[str], *, c
             same = title_id[idx][:, None] == title_id[idx][None, :]
             neg_t = hard_negatives(t, same, temperature, gen)
             neg_i = hard_negatives(t, same, temperature, gen)
-            logits = model(torch.cat([g, g, g[neg_i]]), torch.cat([t, t[neg_t], t]))
             b = len(idx)
+            own = torch.arange(b)
+            logits = model(g, torch.cat([t, t[neg_t], t]), torch.cat([own, own, neg_i]))
             target = torch.cat([torch.ones(b), torch.zeros(2 * b)])
             weight = torch.cat([torch.ones(b), torch.full((2 * b,), 0.5)])  # positives and negatives weigh the same
             loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum") / (2 * b)
