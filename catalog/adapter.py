@@ -119,6 +119,11 @@ class CatalogAdapter:
             text_changed(sorted(accepted))  # auto-accepted tags join the full text, facets and product texts
         return len(new)
 
+    def store_match_scores(self, rows):
+        from catalog.quality import store_match_scores
+
+        return store_match_scores(rows)
+
     # --- query understanding --------------------------------------------------------------------------------
     # Attributes with more distinct values than this are identifiers (or free text), not a vocabulary.
     VOCABULARY_MAX_VALUES = 200

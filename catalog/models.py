@@ -266,3 +266,28 @@ class SearchSynonym(models.Model):
             errors["field"] = "use attr.NAME (e.g. attr.colour), category or tag"
         if errors:
             raise ValidationError(errors)
+
+
+class MatchScore(models.Model):
+    """How well a product's text matches its images, by one model (the data-quality report): `score` is higher
+    for a better match (mmsearch.training.matching), `caption` what the captioner proposes instead. Written by
+    `manage.py match_report --store`; reviewed by a person in the admin or the staff API."""
+
+    product = models.ForeignKey(Product, related_name="match_scores", on_delete=models.CASCADE)
+    score = models.FloatField()
+    model_key = models.CharField(max_length=300)
+    caption = models.TextField(blank=True, default="")
+    caption_model_key = models.CharField(max_length=300, blank=True, default="")
+    reviewed = models.BooleanField(default=False)
+    # The title the product had before a person accepted the proposed caption in its place ('' otherwise).
+    previous_title = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["score", "id"]
+        constraints = [models.UniqueConstraint(fields=["product", "model_key"], name="matchscore_unique_per_model")]
+        indexes = [models.Index(fields=["model_key", "reviewed", "score"], name="matchscore_queue_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.product_id} {self.score:.3f} ({self.model_key})"

@@ -58,6 +58,19 @@ class TagRow:
     accept: bool = False  # at or above the group's auto-accept threshold
 
 
+@dataclass(frozen=True)
+class MatchRow:
+    """One image-text match score for the catalog's data-quality report (mmsearch.training.matching), for the
+    product with this sku as long as its title is still `title`; with the caption proposed for its image."""
+
+    sku: str
+    title: str
+    score: float
+    model_key: str
+    caption: str = ""
+    caption_model_key: str = ""
+
+
 @runtime_checkable
 class CatalogAdapter(Protocol):
     """What the engine asks of a catalog. Filters are {name: [values]} with the names of
@@ -105,6 +118,10 @@ class CatalogAdapter(Protocol):
 
     def store_suggestions(self, rows: Sequence[TagRow]) -> int:
         """Store model suggestions (never overwriting a person's decision); returns rows created."""
+
+    def store_match_scores(self, rows: Sequence[MatchRow]) -> dict[str, int]:
+        """Store match scores (one per product and model_key, replaced when scored again; a person's review
+        mark is kept while the score is unchanged); returns {"stored", "unknown_sku", "title_changed"}."""
 
     # --- query understanding (mmsearch.search.understanding) -------------------------------------------------
     def search_vocabulary(self) -> list["VocabularyTerm"]:

@@ -1,6 +1,6 @@
 from rest_framework.routers import DefaultRouter
 
-from catalog.api import views
+from catalog.api import quality, views
 
 router = DefaultRouter()
 # Both /products/sku and /products/sku/ work (DRF's constructor only knows "/" or ""), so scripts that drop
@@ -11,5 +11,6 @@ router.register("categories", views.CategoryViewSet, basename="category")
 router.register("tag-groups", views.TagGroupViewSet, basename="taggroup")
 router.register("tags", views.TagViewSet, basename="tag")
 router.register("product-tags", views.ProductTagViewSet, basename="producttag")
+router.register("match-scores", quality.MatchScoreViewSet, basename="matchscore")  # the data-quality report
 
 urlpatterns = router.urls

@@ -99,3 +99,44 @@ def zero_shot(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> d
         "ece": ece,
         "reliability": table,
     }
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of `scores` (higher = more likely positive) for boolean labels: the probability
+    that a random positive outscores a random negative, ties counting one half (Mann-Whitney U)."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        raise ValueError("roc_auc needs both positive and negative examples")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # Average ranks over runs of equal scores.
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def precision_recall_at(scores: np.ndarray, positive: np.ndarray, threshold: float) -> dict:
+    """Precision and recall of flagging every item with score >= threshold as positive (precision None when
+    nothing is flagged)."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    flagged = scores >= threshold
+    hits = int((flagged & positive).sum())
+    return {"threshold": float(threshold), "flagged": int(flagged.sum()),
+            "precision": hits / int(flagged.sum()) if flagged.any() else None,
+            "recall": hits / int(positive.sum()) if positive.any() else None}
+
+
+def threshold_for_precision(scores: np.ndarray, positive: np.ndarray, target: float) -> float | None:
+    """The lowest threshold whose flagged set (score >= threshold) has precision >= target: the most recall at
+    that precision. None when no threshold reaches it."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    order = np.argsort(-scores, kind="mergesort")
+    s, hits = scores[order], np.cumsum(positive[order])
+    last_of_run = np.r_[s[1:] != s[:-1], True]  # a threshold takes every item with an equal score
+    precision = hits / np.arange(1, len(s) + 1)
+    ok = np.flatnonzero(last_of_run & (precision >= target))
+    return float(s[ok[-1]]) if len(ok) else None

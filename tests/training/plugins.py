@@ -28,3 +28,18 @@ class ColourEmbedder:
             rows.append(v if v.any() else np.ones(3))
         rows = np.array(rows)
         return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+class ColourCaptioner:
+    """Captions an image with the name of its strongest channel: "a red product", "a green product"..."""
+
+    model_key = "test-colour-captioner:v1"
+
+    def caption(self, images: Sequence[Image.Image]):
+        from mmsearch.plugins.base import Caption
+
+        out = []
+        for im in images:
+            mean = np.asarray(im.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(0)
+            out.append(Caption(f"a {WORDS[int(mean.argmax())]} product", self.model_key, -0.5))
+        return out
