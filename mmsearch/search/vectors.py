@@ -143,6 +143,21 @@ def activate(alias: str, model_key: str, dim: int, storage: str = "vector") -> A
     return obj
 
 
+def use_storage(slot: str, kinds: Sequence[str], model_key: str, dim: int, storage: str) -> ActiveModel:
+    """Search `slot`'s model_key through `storage` indexes: build them, switch the slot in one statement, then
+    drop the other storage's indexes (a later switch back rebuilds them)."""
+    check_storage(storage)
+    for kind in kinds:
+        ensure_index(kind, model_key, dim, storage=storage)
+    active = activate(slot, model_key, dim, storage)
+    in_use = set(ActiveModel.objects.filter(model_key=model_key).values_list("storage", flat=True))
+    for kind in kinds:
+        for other in STORAGES:
+            if other not in in_use:
+                drop_index(kind, model_key, other)
+    return active
+
+
 # --- pipeline and blue/green helpers ------------------------------------------------------------------------
 
 def catalog_model(kind: str):
