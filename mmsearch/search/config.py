@@ -65,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
     # its cosine similarity to the query reaches this: text_vector (text query to product texts), image_vector
     # (text query to images), photo (a photo or a product's images to images). Model-specific: see
     # docs/search.md for how the defaults were chosen (MiniLM text vectors).
-    "SIMILARITY_FLOOR": {"text_vector": 0.35, "image_vector": 0.0, "photo": 0.0},
+    "SIMILARITY_FLOOR": {"text_vector": 0.35, "image_vector": -1.0, "photo": -1.0},
     # Images fetched per wanted product from the image index, so products with several images still fill k.
     "IMAGE_OVERFETCH": 3,
     # pg_trgm.word_similarity_threshold for the typo signal.
