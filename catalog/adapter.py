@@ -28,14 +28,27 @@ class CatalogAdapter:
         apply_filters(Product.objects.none(), filters)  # attribute names and values raise here
 
     def cards(self, product_ids: Sequence[int]) -> dict[int, ProductCard]:
-        products = Product.objects.filter(id__in=list(product_ids)).select_related("category").prefetch_related("images")
+        from django.contrib.postgres.expressions import ArraySubquery
+        from django.db.models import F, OuterRef
+        from django.db.models.functions import JSONObject
+
+        ids = list(product_ids)
+        if not ids:
+            return {}
+        # One query: each product's row, its category's path and its images in order.
+        images = ProductImage.objects.filter(product_id=OuterRef("pk")).order_by("position", "id").values(
+            row=JSONObject(id="id", file="file")
+        )
+        storage = ProductImage._meta.get_field("file").storage
+        rows = Product.objects.filter(id__in=ids).order_by().values_list(
+            "id", "sku", "title", "price", "currency", F("category__path"), ArraySubquery(images)
+        )
         return {
-            p.id: ProductCard(
-                product_id=p.id, sku=p.sku, title=p.title, price=p.price, currency=p.currency,
-                category=p.category.path if p.category_id else None,
-                images=tuple((im.id, im.file.url if im.file else None) for im in p.images.all()),
+            pid: ProductCard(
+                product_id=pid, sku=sku, title=title, price=price, currency=currency, category=path,
+                images=tuple((im["id"], storage.url(im["file"]) if im["file"] else None) for im in images or ()),
             )
-            for p in products
+            for pid, sku, title, price, currency, path, images in rows
         }
 
     def facets(self, product_ids: Sequence[int], price_buckets: int) -> dict:

@@ -16,7 +16,7 @@ MAX_VALUES = 30
 
 
 def compute(product_ids: Sequence[int], price_buckets: int = 5) -> dict:
-    """Facets of the products `product_ids`; an empty input gives empty facets."""
+    """Facets of the products `product_ids`, in one query; an empty input gives empty facets."""
     facets: dict = {"category": [], "attributes": {}, "tags": {}, "price": []}
     ids = list(product_ids)
     if not ids:
@@ -24,45 +24,44 @@ def compute(product_ids: Sequence[int], price_buckets: int = 5) -> dict:
     product, category = Product._meta.db_table, Category._meta.db_table
     product_tag, tag, group = ProductTag._meta.db_table, Tag._meta.db_table, TagGroup._meta.db_table
     with connection.cursor() as cursor:
+        # The products' rows are read once (the CTE), and each facet is a GROUP BY over them.
         cursor.execute(
-            f"SELECT c.path, count(*) FROM {product} p JOIN {category} c ON c.id = p.category_id "
-            "WHERE p.id = ANY(%s) GROUP BY c.path",
-            [ids],
-        )
-        # A category's count includes its subcategories, as the category filter does.
-        counts: Counter[str] = Counter()
-        for path, n in cursor.fetchall():
-            parts = path.split("/")
-            for depth in range(1, len(parts) + 1):
-                counts["/".join(parts[:depth])] += n
-        facets["category"] = [{"value": v, "count": n} for v, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-
-        cursor.execute(
-            f"SELECT kv.key, kv.value, count(*) FROM {product} p, "
-            "jsonb_each_text(CASE WHEN jsonb_typeof(p.attributes) = 'object' THEN p.attributes ELSE '{}'::jsonb END) kv "
-            "WHERE p.id = ANY(%s) GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2",
-            [ids],
-        )
-        attributes: dict[str, list[dict]] = {}
-        for name, value, n in cursor.fetchall():
-            values = attributes.setdefault(name, [])
-            if len(values) < MAX_VALUES:
-                values.append({"value": value, "count": n})
-        facets["attributes"] = attributes
-
-        cursor.execute(
-            f"SELECT g.slug, t.slug, t.name, count(DISTINCT pt.product_id) FROM {product_tag} pt "
-            f"JOIN {tag} t ON t.id = pt.tag_id JOIN {group} g ON g.id = t.group_id "
-            "WHERE pt.product_id = ANY(%s) AND pt.status = %s GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC, 2",
+            f"WITH p AS MATERIALIZED (SELECT id, category_id, attributes, price FROM {product} WHERE id = ANY(%s)) "
+            f"SELECT 'c', c.path, NULL, NULL, count(*) FROM p JOIN {category} c ON c.id = p.category_id GROUP BY c.path "
+            "UNION ALL SELECT 'a', kv.key, kv.value, NULL, count(*) FROM p, jsonb_each_text(CASE WHEN "
+            "jsonb_typeof(p.attributes) = 'object' THEN p.attributes ELSE '{}'::jsonb END) kv GROUP BY 2, 3 "
+            f"UNION ALL SELECT 't', g.slug, t.slug, t.name, count(DISTINCT pt.product_id) FROM {product_tag} pt "
+            f"JOIN p ON p.id = pt.product_id JOIN {tag} t ON t.id = pt.tag_id JOIN {group} g ON g.id = t.group_id "
+            "WHERE pt.status = %s GROUP BY 2, 3, 4 "
+            "UNION ALL SELECT 'p', price::text, NULL, NULL, count(*) FROM p WHERE price IS NOT NULL GROUP BY price",
             [ids, ProductTag.Status.ACCEPTED.value],
         )
-        tags: dict[str, list[dict]] = {}
-        for group, slug, name, n in cursor.fetchall():
-            tags.setdefault(group, []).append({"value": slug, "name": name, "count": n})
-        facets["tags"] = tags
-
-        cursor.execute(f"SELECT price FROM {product} WHERE id = ANY(%s) AND price IS NOT NULL", [ids])
-        prices = [row[0] for row in cursor.fetchall()]
+        rows = cursor.fetchall()
+    # A category's count includes its subcategories, as the category filter does.
+    counts: Counter[str] = Counter()
+    attribute_rows, tag_rows, prices = [], [], []
+    for kind, a, b, c, n in rows:
+        if kind == "c":
+            parts = a.split("/")
+            for depth in range(1, len(parts) + 1):
+                counts["/".join(parts[:depth])] += n
+        elif kind == "a":
+            attribute_rows.append((a, b, n))
+        elif kind == "t":
+            tag_rows.append((a, b, c, n))
+        else:
+            prices += [Decimal(a)] * n
+    facets["category"] = [{"value": v, "count": n} for v, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    attributes: dict[str, list[dict]] = {}
+    for name, value, n in sorted(attribute_rows, key=lambda r: (r[0], -r[2], r[1])):
+        values = attributes.setdefault(name, [])
+        if len(values) < MAX_VALUES:
+            values.append({"value": value, "count": n})
+    facets["attributes"] = attributes
+    tags: dict[str, list[dict]] = {}
+    for group_slug, slug, name, n in sorted(tag_rows, key=lambda r: (r[0], -r[3], r[1])):
+        tags.setdefault(group_slug, []).append({"value": slug, "name": name, "count": n})
+    facets["tags"] = tags
     facets["price"] = price_facets(prices, price_buckets)
     return facets
 

@@ -80,6 +80,9 @@ class ActiveModel(models.Model):
     alias = models.CharField(max_length=100, unique=True)
     model_key = models.CharField(max_length=200)
     dim = models.PositiveIntegerField()
+    # How the HNSW index stores the vectors and how queries compare them: "vector" (float32) or "halfvec"
+    # (float16: about half the index; mmsearch.search.vectors.STORAGES). Set by `activate_model --storage`.
+    storage = models.CharField(max_length=10, default="vector")
     switched_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

@@ -264,3 +264,13 @@ MMSEARCH_SEARCH = {
 # The search API's `debug` block (per-signal timings, candidate counts) goes to staff tokens only, or to
 # everyone when this is on (development).
 MMSEARCH_SEARCH_DEBUG = env_bool("MMSEARCH_SEARCH_DEBUG", DEBUG)
+# The query-vector cache (and DRF's throttle counters): in each process's memory, where a hit costs microseconds.
+# MMSEARCH_CACHE_ENTRIES (20,000: two models' vectors of 10,000 distinct queries, about 30 MB) sizes it; Django's
+# default of 300 misses nearly every time. Deployments that want one cache for all web workers set CACHES to
+# Redis on a database of its own (docs/search.md, "Query-vector cache").
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "OPTIONS": {"MAX_ENTRIES": int(os.environ.get("MMSEARCH_CACHE_ENTRIES", "20000"))},
+    }
+}

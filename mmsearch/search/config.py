@@ -56,6 +56,16 @@ DEFAULTS: dict[str, Any] = {
     # searches (hnsw.max_scan_tuples); beyond it the exact search over the filtered rows takes over.
     "EF_SEARCH": 100,
     "MAX_SCAN_TUPLES": 20000,
+    # Vector plans by the filter's size (mmsearch.search.signals.vector_candidates): a filter passing at most
+    # EXACT_SCOPE_LIMIT products is searched exactly over their vectors; one passing at least POST_FILTER_SHARE
+    # of the catalog reads the bare index scan and tests its rows; in between, the HNSW walk with the filter.
+    "EXACT_SCOPE_LIMIT": 3000,
+    "POST_FILTER_SHARE": 0.3,
+    # A candidate found only by a vector signal counts as a match (in `total`, the facets and the pages) when
+    # its cosine similarity to the query reaches this: text_vector (text query to product texts), image_vector
+    # (text query to images), photo (a photo or a product's images to images). Model-specific: see
+    # docs/search.md for how the defaults were chosen (MiniLM text vectors).
+    "SIMILARITY_FLOOR": {"text_vector": 0.35, "image_vector": -1.0, "photo": -1.0},
     # Images fetched per wanted product from the image index, so products with several images still fill k.
     "IMAGE_OVERFETCH": 3,
     # pg_trgm.word_similarity_threshold for the typo signal.
@@ -69,7 +79,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-MERGED = ("WEIGHTS", "BOOSTS", "UNDERSTAND")
+MERGED = ("WEIGHTS", "BOOSTS", "UNDERSTAND", "SIMILARITY_FLOOR")
 _FILE_CACHE: dict[str, tuple[float, dict]] = {}
 _FILE_LOCK = threading.Lock()
 

@@ -142,11 +142,15 @@ def gather(query: SearchQuery, conf: dict | None = None) -> Gathered:
         raise SearchError("the query is empty; type what you are looking for or upload a photo")
     if len(given) > 1:
         raise SearchError(f"give one of a text query, a photo or similar_to, not {' and '.join(given)}")
-    filters = check_filters(query.filters)
+    filters = query.filters if query.checked() else check_filters(query.filters)
     k = max(int(conf["CANDIDATES"]), query.page * query.limit)
-    fsql, fparams = signals.filter_sql(filters)
     ranked: dict[str, list[Candidate]] = {}
     debug: dict = {"signals": {}}
+    t0 = time.perf_counter()
+    scope = signals.scope_for(filters, conf)
+    if scope.filtered:
+        debug["scope"] = {"products": scope.count, "exact": scope.ids is not None,
+                          "ms": round((time.perf_counter() - t0) * 1000, 2)}
     mode = query.mode
     understood: list = []
     matches: dict[str, tuple[set[int], float]] = {}
@@ -167,33 +171,34 @@ def gather(query: SearchQuery, conf: dict | None = None) -> Gathered:
             t0 = time.perf_counter()
             plan = understanding.prepare(understanding.current_vocabulary(), text, words.unknown if words else None)
             debug["understand_ms"] = {"match": round((time.perf_counter() - t0) * 1000, 2)}
+        # Lexical mode loads no model: understanding then has its exact and typo stages only.
+        text_enc = signals.active_encoder("text_embedder") if mode in ("hybrid", "semantic") else None
+        text_qvec = span_vecs = None
+        encoding = []
+        if mode in ("hybrid", "semantic"):
+            encoders = [("product", text_enc), ("image", signals.active_encoder("embedder"))]
+            encoders = [(kind, enc) for kind, enc in encoders if enc is not None]
+            if not encoders and mode == "semantic":
+                raise SearchUnavailable("semantic search is not available: no embedding model is active yet")
+            # Both encoders start now and run beside each other and beside the lexical SQL below. The text
+            # encoder also embeds the spans understanding asks about, in the same forward pass.
+            spans = plan.pending_texts() if plan is not None else []
+            encoding = [(kind, enc, signals.start_encoding(enc, [text], spans if kind == "product" else None))
+                        for kind, enc in encoders]
         if mode in ("hybrid", "lexical"):
             run("lexical", signals.lexical_candidates, text, filters, k, words, query.page * query.limit)
             # Partial matches rank as their own, lighter signal (WEIGHTS["lexical_partial"]).
             ranked["lexical_partial"] = [c for c in ranked["lexical"] if c.extra.pop("partial", False)]
             ranked["lexical"] = [c for c in ranked["lexical"] if c not in ranked["lexical_partial"]]
             run("trigram", signals.trigram_candidates, text, filters, k, float(conf["TRIGRAM_THRESHOLD"]), words)
-        # Lexical mode loads no model: understanding then has its exact and typo stages only.
-        text_enc = signals.active_encoder("text_embedder") if mode in ("hybrid", "semantic") else None
-        text_qvec = span_vecs = None
-        if mode in ("hybrid", "semantic"):
-            encoders = [("product", text_enc), ("image", signals.active_encoder("embedder"))]
-            encoders = [(kind, enc) for kind, enc in encoders if enc is not None]
-            if not encoders and mode == "semantic":
-                raise SearchUnavailable("semantic search is not available: no embedding model is active yet")
-            for kind, enc in encoders:
-                t0 = time.perf_counter()
-                if kind == "product":
-                    # The query and the spans understanding asks about, in one forward pass.
-                    spans = plan.pending_texts() if plan is not None else []
-                    vecs = signals.encode_texts(enc, [text], spans)
-                    qvec, span_vecs = vecs[0], vecs[1:]
-                    text_qvec = qvec
-                else:
-                    qvec = signals.encode_text(enc, text)
-                debug.setdefault("encode_ms", {})[enc.role] = round((time.perf_counter() - t0) * 1000, 2)
-                name = "text_vector" if kind == "product" else "image_vector"
-                run(name, signals.vector_candidates, kind, enc, qvec, fsql, fparams, k)
+        for kind, enc, wait in encoding:
+            vecs, ms = wait()
+            debug.setdefault("encode_ms", {})[enc.role] = round(ms, 2)
+            qvec = vecs[0]
+            if kind == "product":
+                text_qvec, span_vecs = qvec, vecs[1:]
+            name = "text_vector" if kind == "product" else "image_vector"
+            run(name, signals.vector_candidates, kind, enc, qvec, scope, [], k)
         if plan is not None:
             t0 = time.perf_counter()
             embed = (lambda texts: signals.run_model(text_enc, text_enc.model.embed_texts, texts)) if text_enc else None
@@ -223,7 +228,8 @@ def gather(query: SearchQuery, conf: dict | None = None) -> Gathered:
         qvec = photo.query_vectors(per_view)[0]
         debug["encode_ms"] = {"embedder": round((time.perf_counter() - t0) * 1000, 2)}
         debug["photo_views"] = views.count
-        run("image_vector", signals.vector_candidates, "image", enc, qvec, fsql, fparams, k)
+        debug["encode_ms_per_view"] = round(debug["encode_ms"]["embedder"] / views.count, 2)
+        run("image_vector", signals.vector_candidates, "image", enc, qvec, scope, [], k)
     else:
         mode = "semantic"
         ref = get_catalog().product_ref(query.similar_to)
@@ -234,7 +240,7 @@ def gather(query: SearchQuery, conf: dict | None = None) -> Gathered:
             enc = signals.active_encoder(role)
             qvec = vectors.product_vector(kind, enc.model_key, product_id) if enc else None
             if qvec is not None:
-                run(name, signals.vector_candidates, kind, enc, qvec, fsql, fparams, k, exclude=product_id)
+                run(name, signals.vector_candidates, kind, enc, qvec, scope, [], k, exclude=product_id)
         if not ranked:
             # No vectors yet: fall back to products whose text is like this product's title.
             mode = "lexical"
@@ -243,19 +249,53 @@ def gather(query: SearchQuery, conf: dict | None = None) -> Gathered:
     return Gathered(mode, ranked, understood, matches, debug)
 
 
+# Signals whose every candidate matches the query in the shopper's sense: the words (all of them, some of them,
+# or a likely typo of one) or every value the words name. A vector candidate matches when its similarity
+# reaches SIMILARITY_FLOOR.
+MATCHING_SIGNALS = ("lexical", "lexical_partial", "trigram", "understood")
+
+
+def matching(fused: list[Fused], floors: dict, source: str) -> list[Fused]:
+    """The fused candidates a shopper can trust as matches, in order: found by a lexical or understood signal,
+    or by a vector signal with cosine similarity at least its floor (SIMILARITY_FLOOR: `text_vector` and
+    `image_vector` for text queries, `photo` for the image signal of a photo or more-like-this query)."""
+    image_floor = float(floors.get("photo" if source != "text" else "image_vector", 0.0))
+    text_floor = float(floors.get("text_vector", 0.0))
+    out = []
+    for f in fused:
+        parts = f.parts
+        if any(name in parts for name in MATCHING_SIGNALS):
+            out.append(f)
+        elif "text_vector" in parts and parts["text_vector"]["score"] >= text_floor:
+            out.append(f)
+        elif "image_vector" in parts and parts["image_vector"]["score"] >= image_floor:
+            out.append(f)
+    return out
+
+
 def search(query: SearchQuery) -> SearchResult:
-    """Run a text, photo or more-like-this search with filters; returns one page of hits plus facets."""
+    """Run a text, photo or more-like-this search with filters; returns one page of hits plus facets.
+
+    `total`, the facets and the pages cover the matching candidates (`matching`), not every candidate fetched."""
     started = time.perf_counter()
     conf = config()
     with transaction.atomic():  # SET LOCAL settings last for this transaction only
         gathered = gather(query, conf)
     fused = fuse(gathered, conf["WEIGHTS"], conf["BOOSTS"], float(conf["RRF_K"]))
+    source = "text" if query.text is not None else "photo"
+    found = matching(fused, conf["SIMILARITY_FLOOR"], source)
+    gathered.debug["fused"] = len(fused)
     start = (query.page - 1) * query.limit
-    page = fused[start:start + query.limit]
+    page = found[start:start + query.limit]
     image_hits = {f.item_id: f.parts["image_vector"]["image_id"] for f in page if "image_id" in f.parts.get("image_vector", {})}
+    t0 = time.perf_counter()
+    hits = _hits(page, image_hits)
+    t1 = time.perf_counter()
+    facets = get_catalog().facets([f.item_id for f in found], int(conf["PRICE_BUCKETS"]))
+    gathered.debug["hydrate_ms"] = round((t1 - t0) * 1000, 2)
+    gathered.debug["facets_ms"] = round((time.perf_counter() - t1) * 1000, 2)
     return SearchResult(
-        hits=_hits(page, image_hits), total=len(fused), page=query.page, limit=query.limit,
-        facets=get_catalog().facets([f.item_id for f in fused], int(conf["PRICE_BUCKETS"])), mode=gathered.mode,
+        hits=hits, total=len(found), page=query.page, limit=query.limit, facets=facets, mode=gathered.mode,
         took_ms=round((time.perf_counter() - started) * 1000, 2), debug=gathered.debug, understood=gathered.understood,
     )
 
@@ -268,7 +308,7 @@ def browse(query: SearchQuery) -> SearchResult:
     started = time.perf_counter()
     conf = config()
     _check_page(query, conf)
-    filters = check_filters(query.filters)
+    filters = query.filters if query.checked() else check_filters(query.filters)
     catalog = get_catalog()
     ids = list(catalog.products(filters).order_by(catalog.title_column, "id").values_list("id", flat=True))
     start = (query.page - 1) * query.limit

@@ -61,6 +61,17 @@ class SearchQuery:
     # lists spans the shopper removed (as typed), which then boost nothing.
     understand: bool = True
     ignore: list[str] = field(default_factory=list)
+    # The filters as parse_params checked them against the catalog, so search does not check them again
+    # (a category lookup) unless they were changed since.
+    checked_filters: tuple | None = field(default=None, repr=False, compare=False)
+
+    def checked(self) -> bool:
+        """Whether `filters` are exactly the ones parse_params checked."""
+        return self.checked_filters is not None and self.checked_filters == _snapshot(self.filters)
+
+
+def _snapshot(filters: dict[str, list[str]]) -> tuple:
+    return tuple((k, tuple(v)) for k, v in filters.items())
 
 
 def is_filter(name: str) -> bool:
@@ -215,4 +226,5 @@ def parse_params(params) -> SearchQuery:
         if len(query.ignore) > 20:
             raise SearchError("ignore takes at most 20 spans")
     query.filters = check_filters({k: _getlist(params, k) for k in params if is_filter(k)})
+    query.checked_filters = _snapshot(query.filters)
     return query

@@ -16,9 +16,12 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -39,8 +42,48 @@ logger = logging.getLogger(__name__)
 
 def filter_sql(filters: dict[str, list[str]]) -> tuple[str, list]:
     """SQL selecting the ids of the filtered active products, and its parameters, for use in `id IN (...)`."""
+    if not filters:
+        return _all_products_sql()
     sql, params = get_catalog().products(filters).values("id").query.sql_with_params()
     return sql, list(params)
+
+
+@lru_cache(maxsize=1)
+def _all_products_sql() -> tuple[str, list]:
+    sql, params = get_catalog().products({}).values("id").query.sql_with_params()
+    return sql, list(params)
+
+
+@dataclass
+class Scope:
+    """The products one request may return, and what a vector signal needs to choose its plan: whether any
+    filter beyond the active test applies, how many products pass, their ids when they are few
+    (<= EXACT_SCOPE_LIMIT) and their share of the catalog. Built once per request (scope_for)."""
+
+    sql: str
+    params: list
+    filtered: bool = True
+    count: int | None = None
+    ids: list[int] | None = None
+    share: float | None = None
+
+
+def scope_for(filters: dict[str, list[str]], conf: dict) -> Scope:
+    """The request's Scope: no query without filters; else one query counting the filtered products (and
+    returning their ids when they are at most EXACT_SCOPE_LIMIT), beside the catalog's size estimate."""
+    sql, params = filter_sql(filters)
+    if not filters:
+        return Scope(sql, params, filtered=False)
+    table, _, _ = _columns()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*), CASE WHEN count(*) <= %s THEN array_agg(f.id) END, "
+            f"(SELECT reltuples FROM pg_class WHERE oid = %s::regclass) FROM ({sql}) f",
+            [int(conf["EXACT_SCOPE_LIMIT"]), table, *params],
+        )
+        count, ids, estimate = cursor.fetchone()
+    share = count / max(float(estimate or 0), float(count), 1.0)
+    return Scope(sql, params, filtered=True, count=count, ids=list(ids or []) if ids is not None else None, share=share)
 
 
 # --- query encoding -----------------------------------------------------------------------------------------
@@ -51,6 +94,7 @@ class Encoder:
     model: Any
     model_key: str
     dim: int
+    storage: str = "vector"  # the active index's storage (vectors.STORAGES)
 
 
 def active_encoder(role: str) -> Encoder | None:
@@ -68,7 +112,7 @@ def active_encoder(role: str) -> Encoder | None:
             continue
         # Query and stored vectors must come from the same model: never mix two keys in one search.
         if model.model_key == active.model_key:
-            return Encoder(role, model, active.model_key, active.dim)
+            return Encoder(role, model, active.model_key, active.dim, active.storage)
     return None
 
 
@@ -87,18 +131,41 @@ def run_model(encoder: Encoder, fn: Callable[..., Any], *args: Any) -> Any:
 
 def encode_text(encoder: Encoder, text: str) -> np.ndarray:
     """The query vector for `text`, cached per (model_key, text) in the Django cache."""
-    norm = " ".join(text.lower().split())
-    key = "mmsearch:qvec:" + hashlib.sha256(f"{encoder.model_key}\0{norm}".encode()).hexdigest()
-    cached = cache.get(key)
-    if cached is not None:
-        return np.frombuffer(cached, dtype=np.float32)
-    vec = np.asarray(run_model(encoder, encoder.model.embed_texts, [norm])[0], dtype=np.float32)
-    cache.set(key, vec.tobytes(), config()["QUERY_CACHE_SECONDS"])
-    return vec
+    return encode_texts(encoder, [text])[0]
 
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+# Query encoders run here, beside each other and beside the request's lexical SQL: the model libraries release
+# the GIL in their forward pass, so a request waits for its slowest encoder rather than for the sum.
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mmsearch-encode")
+
+
+def start_encoding(encoder: Encoder, texts: list[str], spans: list[str] | None = None) -> Callable[[], tuple[np.ndarray, float]]:
+    """Begin encode_texts(encoder, texts, spans) on the encoder pool; the returned function waits for it and
+    gives (rows, ms of the encoding). A query whose vectors are all cached is answered at once."""
+    t0 = time.perf_counter()
+    keys = [_cache_key(encoder.model_key, _norm(t)) for t in texts]
+    with _SPAN_LOCK:
+        spans_cached = all((encoder.model_key, _norm(t)) in _SPAN_VECTORS for t in spans or [])
+    if spans_cached and keys and len(cache.get_many(keys)) == len(set(keys)):
+        rows = encode_texts(encoder, texts, spans)  # from the caches, no model call
+        ms = (time.perf_counter() - t0) * 1000
+        return lambda: (rows, ms)
+
+    def work() -> tuple[np.ndarray, float]:
+        t1 = time.perf_counter()
+        rows = encode_texts(encoder, texts, spans)
+        return rows, (time.perf_counter() - t1) * 1000
+
+    future = _POOL.submit(work)
+    return future.result
+
+
+def _cache_key(model_key: str, norm: str) -> str:
+    return "mmsearch:qvec:" + hashlib.sha256(f"{model_key}\0{norm}".encode()).hexdigest()
 
 
 # Vectors of short spans (one or two words of a query, for query understanding), kept in the process: there
@@ -115,8 +182,9 @@ def encode_texts(encoder: Encoder, texts: list[str], spans: list[str] | None = N
     spans = spans or []
     norms = [_norm(t) for t in texts]
     span_norms = [_norm(t) for t in spans]
-    keys = {n: "mmsearch:qvec:" + hashlib.sha256(f"{encoder.model_key}\0{n}".encode()).hexdigest() for n in norms}
-    found = {n: np.frombuffer(v, dtype=np.float32) for n, key in keys.items() if (v := cache.get(key)) is not None}
+    keys = {n: _cache_key(encoder.model_key, n) for n in norms}
+    hits = cache.get_many(list(keys.values())) if keys else {}
+    found = {n: np.frombuffer(hits[key], dtype=np.float32) for n, key in keys.items() if key in hits}
     found_spans: dict[str, np.ndarray] = {}
     with _SPAN_LOCK:
         for n in span_norms:
@@ -155,8 +223,9 @@ class QueryWords:
     plain: bool  # no quotes or negation: the query may be relaxed to some of its words
 
 
+@lru_cache(maxsize=1)
 def _columns() -> tuple[str, str, str]:
-    """(product table, full-text vector column, title column), quoted for SQL."""
+    """(product table, full-text vector column, title column), quoted for SQL (fixed per process)."""
     catalog = get_catalog()
     table = catalog.products({}).model._meta.db_table
     return f'"{table}"', f'"{table}"."{catalog.search_vector_column}"', f'"{table}"."{catalog.title_column}"'
@@ -265,29 +334,45 @@ def trigram_candidates(text: str, filters: dict[str, list[str]], k: int, thresho
 
 # --- vectors ------------------------------------------------------------------------------------------------
 
-def vector_candidates(kind: str, encoder: Encoder, qvec: np.ndarray, fsql: str, fparams: list, k: int,
+def vector_candidates(kind: str, encoder: Encoder, qvec: np.ndarray, fsql: str | Scope, fparams: list, k: int,
                       debug: dict, *, exclude: int | None = None) -> list[Candidate]:
-    """kNN through the HNSW index; if it returns fewer than k products, an exact search over the filtered rows."""
+    """kNN of qvec among the allowed products, by the cheapest plan that is sound for the scope.
+
+    `fsql` is a Scope (scope_for; the engine's requests) or the SQL of the allowed ids (then: the index plan).
+    No filter, or a broad one: the bare index scan with its rows tested afterwards (`post`); a small filtered
+    set: an exact search over its ids (`ids`); otherwise, or when `post` comes back short, the HNSW walk with
+    the filter on the scan (`index`); if that still returns fewer than k products, an exact search over the
+    filtered rows (debug: plan, exact)."""
     conf = config()
     if qvec.shape[0] != encoder.dim:
         raise SearchUnavailable(
             f"the {encoder.role} model {encoder.model_key} makes {qvec.shape[0]}-d vectors but the active index is "
             f"{encoder.dim}-d; re-activate the model"
         )
+    scope = fsql if isinstance(fsql, Scope) else Scope(fsql, list(fparams))
     fetch = k * (conf["IMAGE_OVERFETCH"] if kind == "image" else 1)
+    half = encoder.storage == "halfvec"
+    plans: list[tuple[str, dict]] = []
+    if scope.ids is not None:
+        plans.append(("ids", {"ids": scope.ids}))
+    else:
+        if not scope.filtered:
+            # Inactive products are rare: a tenth more rows than needed almost always fills k.
+            plans.append(("post", {"over": fetch + fetch // 10 + 10}))
+        elif scope.share and scope.share >= float(conf["POST_FILTER_SHARE"]):
+            plans.append(("post", {"over": min(int(fetch * 1.3 / scope.share) + 10, int(conf["MAX_SCAN_TUPLES"]))}))
+        plans += [("index", {}), ("exact", {})]
     with connection.cursor() as cursor:
         vectors.set_index_options(cursor, conf, k)
-        sql, params = vectors.knn_sql(kind, encoder.dim, encoder.model_key, qvec, fsql, fparams, k, fetch, exclude=exclude)
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-        debug["exact"] = False
-        if len(rows) < k:
-            sql, params = vectors.knn_sql(
-                kind, encoder.dim, encoder.model_key, qvec, fsql, fparams, k, fetch, exact=True, exclude=exclude
-            )
+        for plan, options in plans:
+            sql, params = vectors.knn_sql(kind, encoder.dim, encoder.model_key, qvec, scope.sql, scope.params, k, fetch,
+                                          exclude=exclude, plan=plan, halfvec=half, **options)
             cursor.execute(sql, params)
             rows = cursor.fetchall()
-            debug["exact"] = True
+            if len(rows) >= k or plan in ("ids", "exact"):
+                break
+    debug["plan"] = plan
+    debug["exact"] = plan in ("ids", "exact")
     out = []
     for pid, image_id, distance in rows:
         extra: dict = {"model_key": encoder.model_key}
@@ -322,17 +407,9 @@ def understood_candidates(text: str, filters: dict[str, list[str]], named: dict[
     debug["filters"] = order
     debug["matching"] = len(ids) if len(ids) <= limit else f">{limit}"
     if encoder is not None and qvec is not None:
-        if len(ids) <= limit:
-            fsql, fparams = "SELECT unnest(%s::bigint[]) AS id", [ids]
-            with connection.cursor() as cursor:
-                sql, params = vectors.knn_sql("product", encoder.dim, encoder.model_key, qvec, fsql, fparams, k, k,
-                                              exact=True)
-                cursor.execute(sql, params)
-                rows = cursor.fetchall()
-            debug["exact"] = True
-            return [Candidate(pid, 1.0 - float(dist), {"model_key": encoder.model_key}) for pid, _, dist in rows]
         fsql, fparams = catalog.products_having(filters, wanted).values("id").query.sql_with_params()
-        return vector_candidates("product", encoder, qvec, fsql, list(fparams), k, debug)
+        scope = Scope(fsql, list(fparams), ids=ids if len(ids) <= limit else None)
+        return vector_candidates("product", encoder, qvec, scope, [], k, debug)
     # No text model: the products with the values, by full-text rank of the query's words (any of them).
     words = words or analyse_words(text)
     _, sv, _ = _columns()

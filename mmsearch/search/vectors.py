@@ -1,8 +1,9 @@
 """The vector store: rows keyed by model_key in one table per item kind, an HNSW index per model_key.
 
 pgvector indexes need a fixed dimension, so each model_key gets a partial expression index on
-`vector::vector(dim)` (or `::halfvec(dim)`) restricted to `model_key = '<key>'`. Queries must use the same
-expression and predicate for the planner to pick the index; `distance_sql` builds it.
+`vector::vector(dim)` (or `::halfvec(dim)`, the float16 storage) restricted to `model_key = '<key>'`. Queries
+must use the same expression and predicate for the planner to pick the index; `distance_sql` builds it, and
+the active model's `storage` says which of the two a search uses.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from django.db import connection, transaction
 from mmsearch.models import ActiveModel, ImageEmbedding, ProductTextEmbedding
 
 TABLES = {"image": ImageEmbedding._meta.db_table, "product": ProductTextEmbedding._meta.db_table}
+# How an index stores vectors: float32 ("vector") or float16 ("halfvec", about half the index size).
+STORAGES = ("vector", "halfvec")
 _SAFE_KEY = re.compile(r"^[\w:.\-/@+]+$")
 
 
@@ -27,9 +30,15 @@ def _check_kind(kind: str) -> str:
     return TABLES[kind]
 
 
-def index_name(kind: str, model_key: str) -> str:
+def check_storage(storage: str) -> str:
+    if storage not in STORAGES:
+        raise ValueError(f"unknown vector storage {storage!r}; use one of {', '.join(STORAGES)}")
+    return storage
+
+
+def index_name(kind: str, model_key: str, storage: str = "vector") -> str:
     digest = hashlib.sha1(model_key.encode()).hexdigest()[:12]
-    return f"hnsw_{kind}_{digest}"
+    return f"hnsw_{kind}_{digest}" if check_storage(storage) == "vector" else f"hnswh_{kind}_{digest}"
 
 
 def vector_literal(vec: Sequence[float] | np.ndarray) -> str:
@@ -40,26 +49,47 @@ def cast_type(dim: int, halfvec: bool = False) -> str:
     return f"{'halfvec' if halfvec else 'vector'}({int(dim)})"
 
 
-def ensure_index(kind: str, model_key: str, dim: int, *, halfvec: bool = False, m: int = 16, ef_construction: int = 64) -> str:
-    """Create (if missing) the HNSW cosine index for one model_key; returns its name."""
+def ensure_index(kind: str, model_key: str, dim: int, *, halfvec: bool = False, storage: str | None = None,
+                 m: int = 16, ef_construction: int = 64) -> str:
+    """Create (if missing) the HNSW cosine index for one model_key in `storage` (or halfvec=True); its name."""
     table = _check_kind(kind)
+    storage = check_storage(storage or ("halfvec" if halfvec else "vector"))
+    half = storage == "halfvec"
     if not _SAFE_KEY.match(model_key):
         raise ValueError(f"model_key {model_key!r} has characters not allowed in an index predicate")
-    name = index_name(kind, model_key)
-    opclass = "halfvec_cosine_ops" if halfvec else "vector_cosine_ops"
+    name = index_name(kind, model_key, storage)
+    opclass = "halfvec_cosine_ops" if half else "vector_cosine_ops"
     with connection.cursor() as cursor:
         cursor.execute(
-            f"CREATE INDEX IF NOT EXISTS {name} ON {table} USING hnsw ((vector::{cast_type(dim, halfvec)}) {opclass}) "
+            f"CREATE INDEX IF NOT EXISTS {name} ON {table} USING hnsw ((vector::{cast_type(dim, half)}) {opclass}) "
             f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)}) WHERE model_key = %s",
             [model_key],
         )
     return name
 
 
-def drop_index(kind: str, model_key: str) -> None:
+def index_storages(kind: str, model_key: str) -> list[str]:
+    """The storages that have an HNSW index for this kind and model_key."""
+    _check_kind(kind)
+    names = {index_name(kind, model_key, s): s for s in STORAGES}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE indexname = ANY(%s)", [list(names)])
+        return [names[row[0]] for row in cursor.fetchall()]
+
+
+def index_bytes(kind: str, model_key: str, storage: str = "vector") -> int | None:
+    """On-disk size of one HNSW index (None when it does not exist)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_relation_size(to_regclass(%s))", [index_name(kind, model_key, storage)])
+        return cursor.fetchone()[0]
+
+
+def drop_index(kind: str, model_key: str, storage: str | None = None) -> None:
+    """Drop the HNSW index of one storage, or (storage None) of every storage."""
     _check_kind(kind)
     with connection.cursor() as cursor:
-        cursor.execute(f"DROP INDEX IF EXISTS {index_name(kind, model_key)}")
+        for s in ([storage] if storage else STORAGES):
+            cursor.execute(f"DROP INDEX IF EXISTS {index_name(kind, model_key, s)}")
 
 
 def distance_sql(dim: int, halfvec: bool = False) -> str:
@@ -104,10 +134,28 @@ def active_model(alias: str) -> ActiveModel | None:
     return ActiveModel.objects.filter(alias=alias).first()
 
 
-def activate(alias: str, model_key: str, dim: int) -> ActiveModel:
-    """Point `alias` at `model_key` in one statement (the blue/green switch)."""
-    obj, _ = ActiveModel.objects.update_or_create(alias=alias, defaults={"model_key": model_key, "dim": dim})
+def activate(alias: str, model_key: str, dim: int, storage: str = "vector") -> ActiveModel:
+    """Point `alias` at `model_key` (searched through its `storage` index) in one statement (the blue/green
+    switch)."""
+    obj, _ = ActiveModel.objects.update_or_create(
+        alias=alias, defaults={"model_key": model_key, "dim": dim, "storage": check_storage(storage)}
+    )
     return obj
+
+
+def use_storage(slot: str, kinds: Sequence[str], model_key: str, dim: int, storage: str) -> ActiveModel:
+    """Search `slot`'s model_key through `storage` indexes: build them, switch the slot in one statement, then
+    drop the other storage's indexes (a later switch back rebuilds them)."""
+    check_storage(storage)
+    for kind in kinds:
+        ensure_index(kind, model_key, dim, storage=storage)
+    active = activate(slot, model_key, dim, storage)
+    in_use = set(ActiveModel.objects.filter(model_key=model_key).values_list("storage", flat=True))
+    for kind in kinds:
+        for other in STORAGES:
+            if other not in in_use:
+                drop_index(kind, model_key, other)
+    return active
 
 
 # --- pipeline and blue/green helpers ------------------------------------------------------------------------
@@ -210,12 +258,14 @@ def rename_model_key(old: str, new: str, dim: int) -> dict[str, int]:
     moved = {}
     with transaction.atomic():
         for kind, table in TABLES.items():
+            storages = index_storages(kind, old) or ["vector"]
             with connection.cursor() as cursor:
                 cursor.execute(f"UPDATE {table} SET model_key = %s WHERE model_key = %s", [new, old])
                 moved[kind] = cursor.rowcount
             drop_index(kind, old)
             if moved[kind]:
-                ensure_index(kind, new, dim)
+                for storage in storages:
+                    ensure_index(kind, new, dim, storage=storage)
         EmbeddingFailure.objects.filter(model_key=old).update(model_key=new)
         ActiveModel.objects.filter(model_key=old).update(model_key=new)
         IndexJob.objects.filter(model_key=old).update(model_key=new)
@@ -239,29 +289,58 @@ def delete_model_key(model_key: str) -> dict[str, int]:
 
 # --- queries ------------------------------------------------------------------------------------------------
 
-def knn_sql(kind: str, dim: int, model_key: str, qvec: np.ndarray, fsql: str, fparams: list, k: int, fetch: int,
-            *, exact: bool = False, exclude: int | None = None) -> tuple[str, list]:
-    """SQL for the k nearest products (best vector per product) among the filtered ones, and its params.
+PLANS = ("index", "post", "ids", "exact")
 
-    `fsql` selects the ids of the products allowed; `fetch` rows are read from the index (more than k for
-    images, so products with several images still fill k). Index path: the ORDER BY matches the per-model
-    HNSW partial index, so pgvector walks the graph and, with iterative scans on, keeps walking until enough
-    rows pass the filter. Exact path: the filtered rows are scanned and sorted (the `+ 0` keeps the planner off
-    the index), for when the walk ends early.
+
+def knn_sql(kind: str, dim: int, model_key: str, qvec: np.ndarray, fsql: str, fparams: list, k: int, fetch: int,
+            *, exact: bool = False, exclude: int | None = None, plan: str | None = None, over: int | None = None,
+            ids: Sequence[int] | None = None, halfvec: bool = False) -> tuple[str, list]:
+    """SQL for the k nearest products (best vector per product) among the allowed ones, and its params.
+
+    `fsql` selects the ids of the products allowed; `fetch` rows are read (more than k for images, so products
+    with several images still fill k). Plans:
+      index  the ORDER BY matches the per-model HNSW partial index and the filter is a per-row test on the
+             index scan, so with iterative scans on pgvector keeps walking until enough rows pass it; the test
+             is a hashed subplan over every allowed product, built once per query.
+      post   the bare index scan for `over` rows, then the filter tested on those rows only, one primary-key
+             probe each: the cheap plan when most products pass (no filter, or a broad one); it may return
+             fewer than k, and the caller then falls back.
+      ids    an exact search over the vectors of `ids` (a small filtered set, through the (model_key, product)
+             index): every match, sorted.
+      exact  an exact search over the filtered rows (the `+ 0` keeps the planner off the index), for when the
+             walk ends early.
     """
     table = _check_kind(kind)
-    dist = distance_sql(dim).replace("vector::", "e.vector::", 1)
+    plan = plan or ("exact" if exact else "index")
+    if plan not in PLANS:
+        raise ValueError(f"unknown plan {plan!r}; use one of {', '.join(PLANS)}")
+    dist = distance_sql(dim, halfvec).replace("vector::", "e.vector::", 1)
     image_col = "e.image_id" if kind == "image" else "NULL::bigint"
     literal = vector_literal(qvec)
     not_self = "AND e.product_id <> %s " if exclude is not None else ""
     extra = [exclude] if exclude is not None else []
-    if exact:
+    if plan == "exact":
         inner = (
             f"SELECT e.product_id, {image_col} AS image_id, {dist} + 0 AS distance FROM {table} e "
             f"JOIN ({fsql}) f ON f.id = e.product_id WHERE e.model_key = %s {not_self}"
             "ORDER BY distance LIMIT %s"
         )
         params = [literal, *fparams, model_key, *extra, 1_000_000]
+    elif plan == "ids":
+        inner = (
+            f"SELECT e.product_id, {image_col} AS image_id, {dist} + 0 AS distance FROM {table} e "
+            f"WHERE e.model_key = %s AND e.product_id = ANY(%s::bigint[]) {not_self}ORDER BY distance LIMIT %s"
+        )
+        params = [literal, model_key, list(ids or []), *extra, 1_000_000]
+    elif plan == "post":
+        # LATERAL ... LIMIT 1 cannot be flattened into a join, so the filter runs per fetched row (a primary
+        # key probe), never over the whole catalog.
+        inner = (
+            f"SELECT s.* FROM (SELECT e.product_id, {image_col} AS image_id, {dist} AS distance FROM {table} e "
+            f"WHERE e.model_key = %s {not_self}ORDER BY distance LIMIT %s) s "
+            f"CROSS JOIN LATERAL (SELECT 1 FROM ({fsql}) f WHERE f.id = s.product_id LIMIT 1) allowed"
+        )
+        params = [literal, model_key, *extra, int(over or fetch), *fparams]
     else:
         inner = (
             f"SELECT e.product_id, {image_col} AS image_id, {dist} AS distance FROM {table} e "
