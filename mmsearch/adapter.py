@@ -58,6 +58,17 @@ class TagRow:
     accept: bool = False  # at or above the group's auto-accept threshold
 
 
+@dataclass(frozen=True)
+class CaptionRow:
+    """One model caption for the catalog: a sentence about one product image, with the key of what wrote it."""
+
+    product_id: int
+    image_id: int
+    text: str
+    model_key: str
+    score: float | None = None  # the embedder's image-text similarity
+
+
 @runtime_checkable
 class CatalogAdapter(Protocol):
     """What the engine asks of a catalog. Filters are {name: [values]} with the names of
@@ -105,6 +116,13 @@ class CatalogAdapter(Protocol):
 
     def store_suggestions(self, rows: Sequence[TagRow]) -> int:
         """Store model suggestions (never overwriting a person's decision); returns rows created."""
+
+    # --- captions -------------------------------------------------------------------------------------------
+    def captioned_products(self, product_ids: Sequence[int], model_key: str) -> set[int]:
+        """Which of these products have a caption (in any status) from this model key already."""
+
+    def store_captions(self, rows: Sequence[CaptionRow]) -> int:
+        """Store model captions as suggestions (never overwriting a person's decision); returns rows created."""
 
     # --- query understanding (mmsearch.search.understanding) -------------------------------------------------
     def search_vocabulary(self) -> list["VocabularyTerm"]:

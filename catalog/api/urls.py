@@ -11,5 +11,6 @@ router.register("categories", views.CategoryViewSet, basename="category")
 router.register("tag-groups", views.TagGroupViewSet, basename="taggroup")
 router.register("tags", views.TagViewSet, basename="tag")
 router.register("product-tags", views.ProductTagViewSet, basename="producttag")
+router.register("captions", views.CaptionViewSet, basename="caption")
 
 urlpatterns = router.urls
