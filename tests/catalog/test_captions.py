@@ -4,8 +4,6 @@ on bad input), and accepted captions feeding the full-text vector and the produc
 from __future__ import annotations
 
 import pytest
-from django.db import connection
-from django.test import override_settings
 
 from catalog.adapter import CatalogAdapter
 from catalog.captions import edit, store_suggestions
