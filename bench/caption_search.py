@@ -7,13 +7,17 @@ A copy of the fashion catalog (a subset: --reduced products the captioner never 
 heldout.jsonl, plus four times as many other fashion products, so the reduced ones are 20 %) is imported into the
 database named by MMSEARCH_DB_NAME (never the main `mmsearch` database: the bench deletes every product there
 first). The reduced products' titles are cut to their brand alone (the brand rule of the caption targets; the first
-word when a title has none); with --reduce title+attributes their attributes go too (the category path stays).
+word when a title has none). A second pass then also removes their attributes (the category path stays), and
+measures with and without the captions again.
 
 Shopper queries target the reduced products: every (gender, colour, article type) that at least --min-targets
 reduced products share, phrased as shoppers type (bench/search_quality.py's forms and templates). A hit is relevant
 when it is a reduced product with those three values. Each query is searched before and after the captioner's
 caption of every reduced product's main image is accepted (the caption job's task body, then the bulk accept and
-the re-embedding of the changed product texts: the same path as a review in the admin). Reported per search mode:
+the re-embedding of the changed product texts: the same path as a review in the admin). --targets-from picks the
+reduced products from another held-out file (e.g. the embedder's, whose title split is the captioner's, so the
+import and embedding can run while the captioner trains, with --wait-for-captioner); they are checked against the
+captioner's heldout.jsonl before it captions anything. Reported per search mode:
 mean P@10 (relevant hits in the top 10 / 10) and mean P@10 over what can be found (/ min(10, targets)).
 Writes bench/results/caption_search.json.
 """
@@ -41,37 +45,46 @@ CONFIGS = {"lexical": ("lexical", {}, False), "text_vector": ("semantic", {"imag
            "hybrid": ("hybrid", {}, True)}
 
 
-def choose(captioner_dir: Path, reduced: int, seed: int) -> tuple[list[dict], set[str]]:
+def held_skus(path: Path) -> set[str]:
+    return {json.loads(line)["sku"] for line in path.read_text().splitlines() if line.strip()}
+
+
+def choose(held_file: Path, reduced: int, seed: int) -> tuple[list[dict], set[str]]:
     """The subset's rows (fashion products.jsonl rows) and the skus of the ones to reduce."""
     rng = random.Random(seed)
     rows = {r["sku"]: r for r in map(json.loads, (FASHION / "products.jsonl").read_text().splitlines()) if r.get("images")}
-    held = [json.loads(line)["sku"] for line in (captioner_dir / "heldout.jsonl").read_text().splitlines() if line.strip()]
-    held = sorted(s for s in set(held) if s in rows)
+    held = sorted(s for s in held_skus(held_file) if s in rows)
     if len(held) < reduced:
-        raise SystemExit(f"{captioner_dir}/heldout.jsonl has {len(held)} fashion products; ask for --reduced {len(held)}")
+        raise SystemExit(f"{held_file} has {len(held)} fashion products; ask for --reduced {len(held)}")
     targets = set(rng.sample(held, reduced))
     others = sorted(s for s in rows if s not in set(held))
     chosen = sorted(targets) + rng.sample(others, 4 * reduced)
     return [rows[s] for s in chosen], targets
 
 
-def reduce_row(row: dict, what: str) -> dict:
-    """The row with its title cut to the brand (and, for title+attributes, no attributes)."""
+def reduce_row(row: dict) -> dict:
+    """The row with its title cut to the brand."""
     from mmsearch.training.caption.targets import brand_of
 
     brand = brand_of(row["title"], row.get("attributes") or {})
-    title = " ".join(row["title"].split()[: max(1, len(brand))])
-    out = {**row, "title": title}
-    if what == "title+attributes":
-        out["attributes"] = {}
-    return out
+    return {**row, "title": " ".join(row["title"].split()[: max(1, len(brand))])}
 
 
-def write_catalog(rows: list[dict], targets: set[str], what: str, folder: Path) -> Path:
+def write_catalog(rows: list[dict], targets: set[str], folder: Path) -> Path:
     (folder / "images").symlink_to(FASHION / "images")
     path = folder / "products.jsonl"
-    path.write_text("".join(json.dumps(reduce_row(r, what) if r["sku"] in targets else r) + "\n" for r in rows))
+    path.write_text("".join(json.dumps(reduce_row(r) if r["sku"] in targets else r) + "\n" for r in rows))
     return path
+
+
+def wait_for_captioner(folder: Path, seconds: float) -> None:
+    """Block until the captioner's training in `folder` has finished (its model card says so)."""
+    deadline = time.monotonic() + seconds
+    card = folder / "model_card.json"
+    while not (card.is_file() and json.loads(card.read_text()).get("training", {}).get("finished")):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no finished captioner in {folder} after {seconds:.0f} s")
+        time.sleep(20)
 
 
 def queries_for(rows: list[dict], targets: set[str], min_targets: int, seed: int) -> list[dict]:
@@ -143,7 +156,10 @@ def measure(queries: list[dict], target_attrs: dict[int, tuple]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reduced", type=int, default=1000, help="held-out products whose titles are reduced")
-    parser.add_argument("--reduce", choices=["title", "title+attributes"], default="title")
+    parser.add_argument("--targets-from", type=Path, help="held-out file to pick the reduced products from "
+                        "(default: the captioner's heldout.jsonl)")
+    parser.add_argument("--wait-for-captioner", type=float, default=0.0,
+                        help="seconds to wait for the captioner's training to finish before captioning")
     parser.add_argument("--min-targets", type=int, default=5, help="reduced products a query's values must have")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -157,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     if settings.DATABASES["default"]["NAME"] == "mmsearch" or settings.MMSEARCH_AUTO_INDEX:
         raise SystemExit("run on a copy database with MMSEARCH_DB_NAME=... MMSEARCH_AUTO_INDEX=0: the bench deletes "
                          "every product of its database first and embeds in process")
-    if "captioner" not in settings.MMSEARCH_MODELS:
-        raise SystemExit(f"no captioner at {settings.MMSEARCH_CAPTIONER_PATH} (set MMSEARCH_CAPTIONER_PATH)")
+    captioner_dir = Path(settings.MMSEARCH_CAPTIONER_PATH)
+    if not args.wait_for_captioner and "captioner" not in settings.MMSEARCH_MODELS:
+        raise SystemExit(f"no captioner at {captioner_dir} (set MMSEARCH_CAPTIONER_PATH)")
     import torch
     from django.core.management import call_command
 
@@ -172,11 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     from workers.captioning import run_captions
 
     t0 = time.perf_counter()
-    rows, targets = choose(Path(settings.MMSEARCH_CAPTIONER_PATH), args.reduced, args.seed)
+    rows, targets = choose(args.targets_from or captioner_dir / "heldout.jsonl", args.reduced, args.seed)
     Product.objects.all().delete()
     with tempfile.TemporaryDirectory() as folder:
-        report = CatalogImporter(write_catalog(rows, targets, args.reduce, Path(folder))).run()
-    print(f"imported {report.created} products ({len(targets)} reduced: {args.reduce}) in "
+        report = CatalogImporter(write_catalog(rows, targets, Path(folder))).run()
+    print(f"imported {report.created} products ({len(targets)} with the title cut to the brand) in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     ids = dict(Product.objects.values_list("sku", "pk"))
     target_ids = sorted(ids[s] for s in targets)
@@ -187,9 +204,21 @@ def main(argv: list[str] | None = None) -> int:
     keys = embed(sorted(ids.values()), list(ProductImage.objects.values_list("pk", flat=True)))
     print(f"embedded in {time.perf_counter() - t1:.0f} s: {keys}", flush=True)
     queries = queries_for(rows, targets, args.min_targets, args.seed)
-    print(f"{len(queries)} queries target the reduced products; without captions:", flush=True)
+    print(f"{len(queries)} queries target the reduced products; titles cut, without captions:", flush=True)
     before = measure(queries, target_attrs)
 
+    if args.wait_for_captioner:
+        from mmsearch import plugins
+
+        wait_for_captioner(captioner_dir, args.wait_for_captioner)
+        settings.MMSEARCH_MODELS.setdefault("captioner", {
+            "BACKEND": "mmsearch.plugins.captioner.TrunkCaptioner",
+            "OPTIONS": {"path": str(captioner_dir), "beam_size": 3, "device": "auto"}})
+        plugins.reset()
+    unseen = targets - held_skus(captioner_dir / "heldout.jsonl")
+    if unseen:
+        raise SystemExit(f"{len(unseen)} reduced products (e.g. {sorted(unseen)[0]}) are not in {captioner_dir}/"
+                         "heldout.jsonl: the captioner trained on them")
     captioner = get_model("captioner")
     t2 = time.perf_counter()
     for start in range(0, len(target_ids), 256):
@@ -198,15 +227,30 @@ def main(argv: list[str] | None = None) -> int:
     accepted = set_status(Caption.objects.filter(product_id__in=target_ids, model_key=captioner.model_key), "accepted")
     embed(target_ids, [])  # the changed product texts, as the change path re-embeds them
     print(f"captioned and accepted {accepted} in {caption_s:.0f} s ({1000 * caption_s / max(1, accepted):.0f} ms a "
-          "product, scoring included); with captions:", flush=True)
+          "product, scoring included); titles cut, with captions:", flush=True)
     after = measure(queries, target_attrs)
+
+    # The second pass: the reduced products lose their attributes too (one UPDATE, then their texts refreshed).
+    from catalog.search_text import refresh_search_vectors
+
+    Product.objects.filter(pk__in=target_ids).update(attributes={})
+    refresh_search_vectors(target_ids)
+    embed(target_ids, [])
+    print("titles cut and attributes removed, with captions:", flush=True)
+    bare_after = measure(queries, target_attrs)
+    set_status(Caption.objects.filter(product_id__in=target_ids), "rejected")
+    embed(target_ids, [])
+    print("titles cut and attributes removed, without captions:", flush=True)
+    bare_before = measure(queries, target_attrs)
     examples = list(Caption.objects.filter(product_id__in=target_ids[:8]).values_list("product__sku", "text", "score"))
     out = {
         "date": time.strftime("%Y-%m-%d"), "database": settings.DATABASES["default"]["NAME"],
-        "catalog": {"products": len(rows), "reduced": len(targets), "reduce": args.reduce,
+        "catalog": {"products": len(rows), "reduced": len(targets),
                     "reduced_from": "captioner heldout.jsonl (never trained on)", "seed": args.seed},
         "models": {**keys, "captioner": captioner.model_key}, "queries": len(queries), "min_targets": args.min_targets,
-        "without_captions": before, "with_captions": after, "captions_accepted": accepted,
+        "title_cut": {"without_captions": before, "with_captions": after},
+        "title_cut_no_attributes": {"without_captions": bare_before, "with_captions": bare_after},
+        "captions_accepted": accepted,
         "caption_seconds": round(caption_s, 1),
         "examples": [{"sku": s, "original_title": by_sku[s]["title"], "caption": t, "score": sc} for s, t, sc in examples],
         "query_list": queries,
