@@ -164,6 +164,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # A person's decision on a suggestion (product tags, captions: bulk and PATCH), one named choice set.
+    "ENUM_NAME_OVERRIDES": {"ReviewDecisionEnum": [("accepted", "accepted"), ("rejected", "rejected")]},
 }
 
 # --- Celery (Redis broker) ----------------------------------------------------------------------------------
