@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from catalog import facets, vocabulary
 from catalog.filters import apply_filters, check_categories
-from catalog.models import Product, ProductImage, ProductTag, Tag
-from mmsearch.adapter import ImageFile, ProductCard, TagRow
+from catalog.models import Caption, Product, ProductImage, ProductTag, Tag
+from mmsearch.adapter import CaptionRow, ImageFile, ProductCard, TagRow
 from mmsearch.text import product_text
 
 
@@ -66,8 +66,14 @@ class CatalogAdapter:
             .values_list("product_id", "tag__name")
         ):
             tags.setdefault(pid, []).append(name)
+        captions: dict[int, list[str]] = {}
+        for pid, text in (
+            Caption.objects.filter(product_id__in=ids, status=Caption.Status.ACCEPTED)
+            .order_by("product_id", "image__position", "image_id", "id").values_list("product_id", "text")
+        ):
+            captions.setdefault(pid, []).append(text)
         return {
-            pid: product_text(title, path, attributes, tags.get(pid, ()))
+            pid: product_text(title, path, attributes, tags.get(pid, ()), captions.get(pid, ()))
             for pid, title, path, attributes in Product.objects.filter(pk__in=ids).values_list(
                 "pk", "title", "category__path", "attributes"
             )
@@ -136,6 +142,18 @@ class CatalogAdapter:
         from catalog.quality import store_match_scores
 
         return store_match_scores(rows)
+
+    # --- captions -------------------------------------------------------------------------------------------
+    def captioned_products(self, product_ids: Sequence[int], model_key: str) -> set[int]:
+        return set(
+            Caption.objects.filter(product_id__in=list(product_ids), model_key=model_key)
+            .values_list("product_id", flat=True).distinct()
+        )
+
+    def store_captions(self, rows: Sequence[CaptionRow]) -> int:
+        from catalog.captions import store_suggestions
+
+        return store_suggestions(rows)
 
     # --- query understanding --------------------------------------------------------------------------------
     # Attributes with more distinct values than this are identifiers (or free text), not a vocabulary.

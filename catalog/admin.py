@@ -6,7 +6,7 @@ from django.utils.html import format_html
 
 from mmsearch.images import ImageRejected, check_image, check_size
 from catalog.storage import write_image_file
-from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup
+from catalog.models import Caption, Category, Product, ProductImage, ProductTag, ReviewStatus, Tag, TagGroup
 
 
 class ProductImageForm(forms.ModelForm):
@@ -68,9 +68,10 @@ class ProductTagInline(admin.TabularInline):
     fields = ["tag", "source", "status", "score", "model_key"]
 
 
-def thumbnail(product: Product | None, height: int = 48) -> str:
-    """The product's first image, small (the review screens decide by looking)."""
-    image = product.images.all()[0] if product is not None and product.images.all() else None
+def thumbnail(product: Product | None, height: int = 48, image: ProductImage | None = None) -> str:
+    """`image` (default: the product's first image), small (the review screens decide by looking)."""
+    if image is None:
+        image = product.images.all()[0] if product is not None and product.images.all() else None
     if image is None or not image.file:
         return "-"
     return format_html('<img src="{}" alt="{}" style="max-height:{}px;max-width:{}px">', image.file.url, product.title,
@@ -101,19 +102,28 @@ class CategoryTreeFilter(admin.SimpleListFilter):
         return queryset.filter(Q(**{self.field: value}) | Q(**{f"{self.field}__startswith": value + "/"}))
 
 
-def _start_tag_job(modeladmin, request, **selection) -> None:
-    from mmsearch.indexing import JobError, start_tag_job
+def _start_product_job(modeladmin, request, what: str, **selection) -> None:
+    """Start a tag job (what="tags") or a caption job (what="captions") for the selection, saying where to follow
+    it and where to review what it suggests."""
+    from mmsearch.indexing import JobError, start_caption_job, start_tag_job
 
+    start, noun, review = {
+        "tags": (start_tag_job, "Tag", "Product tags"),
+        "captions": (start_caption_job, "Caption", "Captions"),
+    }[what]
     try:
-        job = start_tag_job(**selection)
+        job = start(**selection)
     except JobError as exc:
         modeladmin.message_user(request, str(exc), messages.ERROR)
         return
     modeladmin.message_user(
-        request, format_html('Tag job {} started for {} products: <a href="/admin/mmsearch/indexjob/{}/change/">'
-                             "progress</a>, then review the suggestions under Product tags.", job.pk, job.total, job.pk),
+        request, format_html('{} job {} started for {} products: <a href="/admin/mmsearch/indexjob/{}/change/">'
+                             "progress</a>, then review the suggestions under {}.", noun, job.pk, job.total, job.pk,
+                             review),
         messages.SUCCESS,
     )
+
+
 
 
 @admin.register(Product)
@@ -122,11 +132,11 @@ class ProductAdmin(admin.ModelAdmin):
     list_display_links = ["sku", "title"]
     list_filter = ["active", "currency", CategoryTreeFilter]
     search_fields = ["sku", "title", "brand", "description"]
-    readonly_fields = ["created_at", "updated_at"]
+    readonly_fields = ["created_at", "updated_at", "captions"]
     autocomplete_fields = ["category"]
     inlines = [ProductImageInline, ProductTagInline]
     list_select_related = ["category"]
-    actions = ["suggest_tags"]
+    actions = ["suggest_tags", "suggest_captions"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("images")
@@ -135,9 +145,26 @@ class ProductAdmin(admin.ModelAdmin):
     def image(self, product: Product) -> str:
         return thumbnail(product)
 
+    @admin.display(description="captions")
+    def captions(self, product: Product) -> str:
+        """The product's captions with their status, and a link to review them (Captions)."""
+        from django.utils.html import format_html_join
+
+        rows = product.captions.order_by("image__position", "id").values_list("text", "status") if product.pk else []
+        if not rows:
+            return "-"
+        return format_html(
+            '<ul style="margin:0;padding-left:1em">{}</ul><a href="/admin/catalog/caption/?q={}">'
+            "review</a>", format_html_join("", "<li>{} ({})</li>", rows), product.sku,
+        )
+
     @admin.action(description="Suggest tags (a tag job; select all to tag the whole catalog)")
     def suggest_tags(self, request, queryset):
-        _start_tag_job(self, request, skus=list(queryset.values_list("sku", flat=True)))
+        _start_product_job(self, request, "tags", skus=list(queryset.values_list("sku", flat=True)))
+
+    @admin.action(description="Suggest captions (a caption job; select all to caption the whole catalog)")
+    def suggest_captions(self, request, queryset):
+        _start_product_job(self, request, "captions", skus=list(queryset.values_list("sku", flat=True)))
 
 
 @admin.register(Category)
@@ -145,11 +172,16 @@ class CategoryAdmin(admin.ModelAdmin):
     list_display = ["path", "name", "parent"]
     search_fields = ["path", "name"]
     autocomplete_fields = ["parent"]
-    actions = ["suggest_tags"]
+    actions = ["suggest_tags", "suggest_captions"]
 
     @admin.action(description="Suggest tags for the products in these categories (and below)")
     def suggest_tags(self, request, queryset):
-        _start_tag_job(self, request, filters={"category": list(queryset.values_list("path", flat=True))})
+        _start_product_job(self, request, "tags", filters={"category": list(queryset.values_list("path", flat=True))})
+
+    @admin.action(description="Suggest captions for the products in these categories (and below)")
+    def suggest_captions(self, request, queryset):
+        _start_product_job(self, request, "captions",
+                           filters={"category": list(queryset.values_list("path", flat=True))})
 
 
 @admin.register(ProductImage)
@@ -205,18 +237,20 @@ class TagAdmin(admin.ModelAdmin):
     search_fields = ["name", "slug", "synonyms"]
 
 
-@admin.action(description="Accept selected tags")
-def accept_tags(modeladmin, request, queryset):
-    from catalog.tags import set_status
+def review_action(status: str, noun: str):
+    """An admin action that accepts or rejects the selected suggestions (tags or captions) in one update."""
 
-    modeladmin.message_user(request, f"{set_status(queryset, ProductTag.Status.ACCEPTED)} tags accepted")
+    def act(modeladmin, request, queryset):
+        from catalog.review import set_status
+
+        modeladmin.message_user(request, f"{set_status(queryset, status)} {noun} {status}")
+
+    verb = "Accept" if status == ReviewStatus.ACCEPTED else "Reject"
+    act.__name__ = f"{verb.lower()}_{noun}"
+    return admin.action(description=f"{verb} selected {noun}")(act)
 
 
-@admin.action(description="Reject selected tags")
-def reject_tags(modeladmin, request, queryset):
-    from catalog.tags import set_status
-
-    modeladmin.message_user(request, f"{set_status(queryset, ProductTag.Status.REJECTED)} tags rejected")
+accept_tags, reject_tags = review_action(ReviewStatus.ACCEPTED, "tags"), review_action(ReviewStatus.REJECTED, "tags")
 
 
 class ConfidenceFilter(admin.SimpleListFilter):
@@ -267,6 +301,73 @@ class ProductTagAdmin(admin.ModelAdmin):
     @admin.display(description="confidence", ordering="score")
     def confidence(self, pt: ProductTag) -> str:
         return "-" if pt.score is None else f"{pt.score:.2f}"
+
+
+class CaptionScoreFilter(ConfidenceFilter):
+    """Caption scores are image-text cosine similarities (-1..1), not probabilities: their own ranges."""
+
+    title = "score"
+    parameter_name = "score"
+    RANGES = {"0.3-1": (0.3, 1.01), "0.2-0.3": (0.2, 0.3), "0.1-0.2": (0.1, 0.2), "-1-0.1": (-1.01, 0.1)}
+
+
+class CaptionForm(forms.ModelForm):
+    class Meta:
+        model = Caption
+        fields = ["text", "status"]
+
+    def clean_text(self):
+        from catalog.captions import clean_caption
+        from mmsearch.validation import BadText
+
+        try:
+            return clean_caption(self.cleaned_data.get("text"))
+        except BadText as exc:
+            raise forms.ValidationError(exc.problem) from None
+
+
+@admin.register(Caption)
+class CaptionAdmin(admin.ModelAdmin):
+    """The caption review list: each caption beside its image, the embedder's score, and the text editable in the
+    list (saving an edit accepts the caption as edited); a page of them is accepted or rejected in one action."""
+
+    form = CaptionForm
+    list_display = ["image", "product_title", "text", "score_shown", "status", "edited", "model_key"]
+    list_display_links = ["product_title"]
+    list_editable = ["text"]
+    list_filter = ["status", "edited", CaptionScoreFilter, ProductCategoryFilter, "model_key"]
+    search_fields = ["product__sku", "product__title", "text"]
+    raw_id_fields = ["product", "image"]
+    readonly_fields = ["product", "image", "model_key", "score", "edited", "created_at", "updated_at"]
+    actions = [review_action(ReviewStatus.ACCEPTED, "captions"), review_action(ReviewStatus.REJECTED, "captions")]
+    list_per_page = 50
+    ordering = ["-score", "id"]
+
+    def has_add_permission(self, request):
+        return False  # captions come from caption jobs (Products or Categories: "Suggest captions")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("product", "image")
+
+    def save_model(self, request, obj, form, change):
+        if change and "text" in form.changed_data:
+            from catalog.captions import edit
+
+            edit(obj, obj.text)  # a person's words: accepted, marked edited
+            return
+        super().save_model(request, obj, form, change)
+
+    @admin.display(description="image")
+    def image(self, caption: Caption) -> str:
+        return thumbnail(caption.product, 64, caption.image)
+
+    @admin.display(description="product", ordering="product__title")
+    def product_title(self, caption: Caption) -> str:
+        return f"{caption.product.title} ({caption.product.sku})"
+
+    @admin.display(description="score", ordering="score")
+    def score_shown(self, caption: Caption) -> str:
+        return "-" if caption.score is None else f"{caption.score:.3f}"
 
 
 from catalog.models import SearchSynonym  # noqa: E402 - the merchant's search synonyms (query understanding)

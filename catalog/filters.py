@@ -11,7 +11,7 @@ from django.db.models import Q, QuerySet
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from rest_framework.exceptions import ValidationError
 
-from catalog.models import Category, Product, ProductTag
+from catalog.models import Caption, Category, Product, ProductTag
 from mmsearch.search.params import ATTR_PREFIX, FilterError, price, split_values, tag_parts
 
 
@@ -133,15 +133,31 @@ class ProductFilterSet(django_filters.FilterSet):
             raise _drf(exc) from None
 
 
-class ProductTagFilterSet(django_filters.FilterSet):
-    """The review queue's filters: status, source, model, group and tag, confidence range, product category."""
+class ReviewFilterSet(django_filters.FilterSet):
+    """What every review queue (product tags, captions) filters on: score range, product category, product sku."""
 
-    group = django_filters.CharFilter(field_name="tag__group__slug", help_text="tag group slug, e.g. colour")
-    tag = django_filters.CharFilter(method="filter_tag", help_text="'group:slug' or 'slug'")
     min_score = django_filters.NumberFilter(field_name="score", lookup_expr="gte")
     max_score = django_filters.NumberFilter(field_name="score", lookup_expr="lte")
     category = django_filters.CharFilter(method="filter_category", help_text="the product's category path or below")
     product__sku = django_filters.CharFilter()
+
+    def filter_category(self, queryset, name, value):
+        return _known_category(queryset, value, "product__category")
+
+
+class CaptionFilterSet(ReviewFilterSet):
+    """The caption review queue's filters: status, model, edited, score range, product category and sku."""
+
+    class Meta:
+        model = Caption
+        fields = ["status", "model_key", "edited"]
+
+
+class ProductTagFilterSet(ReviewFilterSet):
+    """The review queue's filters: status, source, model, group and tag, confidence range, product category."""
+
+    group = django_filters.CharFilter(field_name="tag__group__slug", help_text="tag group slug, e.g. colour")
+    tag = django_filters.CharFilter(method="filter_tag", help_text="'group:slug' or 'slug'")
 
     class Meta:
         model = ProductTag
@@ -152,9 +168,6 @@ class ProductTagFilterSet(django_filters.FilterSet):
         for group, slug in tag_parts(value):
             q |= Q(tag__slug=slug, **({"tag__group__slug": group} if group else {}))
         return queryset.filter(q)
-
-    def filter_category(self, queryset, name, value):
-        return _known_category(queryset, value, "product__category")
 
 
 def check_params(params, allowed: set[str]) -> None:

@@ -92,8 +92,8 @@ class Product(models.Model):
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
-    # Weighted full-text vector over title (A), category and accepted tags (B), brand and attributes (C),
-    # description (D); maintained by catalog.search_text.refresh_search_vectors().
+    # Weighted full-text vector over title (A), category, accepted tags and accepted captions (B), brand and
+    # attributes (C), description (D); maintained by catalog.search_text.refresh_search_vectors().
     search_vector = SearchVectorField(null=True, editable=False)
 
     class Meta:
@@ -171,15 +171,20 @@ class Tag(models.Model):
         super().save(*args, **kwargs)
 
 
+class ReviewStatus(models.TextChoices):
+    """Where a model's suggestion (a tag or a caption) stands: only accepted ones feed search."""
+
+    SUGGESTED = "suggested"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
 class ProductTag(models.Model):
     class Source(models.TextChoices):
         MANUAL = "manual"
         MODEL = "model"
 
-    class Status(models.TextChoices):
-        SUGGESTED = "suggested"
-        ACCEPTED = "accepted"
-        REJECTED = "rejected"
+    Status = ReviewStatus
 
     product = models.ForeignKey(Product, related_name="product_tags", on_delete=models.CASCADE)
     tag = models.ForeignKey(Tag, related_name="product_tags", on_delete=models.CASCADE)
@@ -200,6 +205,37 @@ class ProductTag(models.Model):
 
     def __str__(self) -> str:
         return f"{self.product_id} {self.tag} ({self.status})"
+
+
+class Caption(models.Model):
+    """A captioner's sentence about one product image. Accepted captions join the product's full-text vector and
+    its embedded text; an admin's edit accepts the edited text (model_key kept, `edited` set); a rejected caption
+    is remembered, so the same model_key never suggests it for that image again."""
+
+    Status = ReviewStatus
+
+    product = models.ForeignKey(Product, related_name="captions", on_delete=models.CASCADE)
+    image = models.ForeignKey(ProductImage, related_name="captions", on_delete=models.CASCADE)
+    text = models.CharField(max_length=500)
+    # Which model wrote it (the captioner's model_key, decoding included).
+    model_key = models.CharField(max_length=200)
+    # The embedder's image-text similarity of the caption and its image (cosine, -1..1); a ranking signal.
+    score = models.FloatField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=ReviewStatus.choices, default=ReviewStatus.SUGGESTED)
+    edited = models.BooleanField(default=False, help_text="a person changed the model's text")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["product_id", "image_id", "id"]
+        constraints = [models.UniqueConstraint(fields=["image", "model_key"], name="caption_unique_per_model")]
+        indexes = [
+            models.Index(fields=["product", "status"], name="caption_product_status_idx"),
+            models.Index(fields=["status", "score"], name="caption_status_score_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.product_id}: {self.text} ({self.status})"
 
 
 from django.db.models.fields.json import KeyTextTransform  # noqa: E402 - used by SearchSynonym only

@@ -1,4 +1,5 @@
-"""The product full-text vector: one SQL statement computes it from the product, its category and its tags."""
+"""The product full-text vector: one SQL statement computes it from the product, its category, its accepted tags
+and its accepted captions."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ SET search_vector =
           coalesce(replace(c.path, '/', ' '), '') || ' ' || coalesce((
               SELECT string_agg(t.name || ' ' || array_to_string(t.synonyms, ' '), ' ')
               FROM catalog_producttag pt JOIN catalog_tag t ON t.id = pt.tag_id
-              WHERE pt.product_id = p.id AND pt.status = 'accepted'), '')), 'B')
+              WHERE pt.product_id = p.id AND pt.status = 'accepted'), '') || ' ' || coalesce((
+              SELECT string_agg(cap.text, ' ') FROM catalog_caption cap
+              WHERE cap.product_id = p.id AND cap.status = 'accepted'), '')), 'B')
    || setweight(to_tsvector(%(cfg)s::regconfig,
           coalesce(p.brand, '') || ' ' || coalesce((
               SELECT string_agg(kv.value, ' ') FROM jsonb_each_text(

@@ -6,7 +6,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from catalog.changes import notify_changed
-from catalog.models import Category, Product, ProductImage, ProductTag, Tag
+from catalog.models import Caption, Category, Product, ProductImage, ProductTag, Tag
 from catalog.search_text import refresh_search_vectors
 
 
@@ -36,6 +36,13 @@ def product_tag_changed(sender, instance: ProductTag, raw=False, **kwargs):
     if raw:
         return
     text_changed([instance.product_id])  # accepted tags are part of the product's text
+
+
+@receiver([post_save, post_delete], sender=Caption)
+def caption_changed(sender, instance: Caption, raw=False, **kwargs):
+    if raw:
+        return
+    text_changed([instance.product_id])  # accepted captions are part of the product's text
 
 
 @receiver(post_save, sender=Tag)

@@ -71,6 +71,17 @@ class MatchRow:
     caption_model_key: str = ""
 
 
+@dataclass(frozen=True)
+class CaptionRow:
+    """One model caption for the catalog: a sentence about one product image, with the key of what wrote it."""
+
+    product_id: int
+    image_id: int
+    text: str
+    model_key: str
+    score: float | None = None  # the embedder's image-text similarity
+
+
 @runtime_checkable
 class CatalogAdapter(Protocol):
     """What the engine asks of a catalog. Filters are {name: [values]} with the names of
@@ -122,6 +133,13 @@ class CatalogAdapter(Protocol):
     def store_match_scores(self, rows: Sequence[MatchRow]) -> dict[str, int]:
         """Store match scores (one per product and model_key, replaced when scored again; a person's review
         mark is kept while the score is unchanged); returns {"stored", "unknown_sku", "title_changed"}."""
+
+    # --- captions -------------------------------------------------------------------------------------------
+    def captioned_products(self, product_ids: Sequence[int], model_key: str) -> set[int]:
+        """Which of these products have a caption (in any status) from this model key already."""
+
+    def store_captions(self, rows: Sequence[CaptionRow]) -> int:
+        """Store model captions as suggestions (never overwriting a person's decision); returns rows created."""
 
     # --- query understanding (mmsearch.search.understanding) -------------------------------------------------
     def search_vocabulary(self) -> list["VocabularyTerm"]:

@@ -3,6 +3,8 @@
     POST /api/v1/index-jobs/            {"alias": "embedder", "only_missing": false, "force": false, "kind": "all"}
     POST /api/v1/index-jobs/            {"alias": "tagger", "kind": "tags", "filters": {"category": ["Apparel"]},
                                          "skus": [...], "only_missing": true}    suggest tags
+    POST /api/v1/index-jobs/            {"alias": "captioner", "kind": "captions", "filters": ..., "skus": ...}
+                                                                                  caption products' main images
     GET  /api/v1/index-jobs/            newest first
     GET  /api/v1/index-jobs/{id}/       progress, counters, timings, error
     POST /api/v1/index-jobs/{id}/cancel
@@ -37,11 +39,11 @@ class IndexJobSerializer(serializers.ModelSerializer):
 
 
 class StartJobSerializer(serializers.Serializer):
-    alias = serializers.CharField(required=False, max_length=100, help_text="default embedder (tag jobs: tagger)")
-    only_missing = serializers.BooleanField(required=False, help_text="default false (tag jobs: true)")
+    alias = serializers.CharField(required=False, max_length=100, help_text="default embedder (tag jobs: tagger, caption jobs: captioner)")
+    only_missing = serializers.BooleanField(required=False, help_text="default false (tag and caption jobs: true)")
     force = serializers.BooleanField(default=False)
     kind = serializers.ChoiceField(choices=IndexJob.Kind.choices, required=False)
-    # Tag jobs: which products (default all active ones), as the search filters name them.
+    # Tag and caption jobs: which products (default all active ones), as the search filters name them.
     filters = serializers.DictField(child=serializers.ListField(child=serializers.CharField(max_length=500), max_length=100),
                                     required=False)
     skus = serializers.ListField(child=serializers.CharField(max_length=128), required=False, max_length=100_000)
@@ -64,21 +66,27 @@ class IndexJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         return StartJobSerializer if self.action == "create" else IndexJobSerializer
 
     def create(self, request, *args, **kwargs):
-        """Start a job: embed the catalog for `alias`, or (kind=tags) suggest tags for the chosen products."""
-        from mmsearch.indexing import JobError, QueueUnavailable, start_job, start_tag_job
+        """Start a job: embed the catalog for `alias`, or suggest tags (kind=tags) or captions (kind=captions) for
+        the chosen products."""
+        from mmsearch.indexing import JobError, QueueUnavailable, start_caption_job, start_job, start_tag_job
+
+        product_jobs = {IndexJob.Kind.TAGS: ("tagger", start_tag_job), IndexJob.Kind.CAPTIONS: ("captioner", start_caption_job)}
 
         params = StartJobSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = dict(params.validated_data)
         try:
-            if data.get("kind") == IndexJob.Kind.TAGS:
+            if data.get("kind") in product_jobs:
+                default_alias, start = product_jobs[data["kind"]]
                 if data.get("force"):
-                    raise JobError("force is for embedding jobs; a tag job skips only what this model tagged already")
-                job = start_tag_job(data.get("alias", "tagger"), filters=data.get("filters"), skus=data.get("skus"),
-                                    only_missing=data.get("only_missing", True))
+                    raise JobError("force is for embedding jobs; a tag or caption job skips only what this model "
+                                   "did already")
+                job = start(data.get("alias", default_alias), filters=data.get("filters"), skus=data.get("skus"),
+                            only_missing=data.get("only_missing", True))
             else:
                 if {"filters", "skus"} & set(data):
-                    raise JobError("filters and skus choose the products of a tag job (kind=tags) only")
+                    raise JobError("filters and skus choose the products of a tag job (kind=tags) or a caption job "
+                                   "(kind=captions) only")
                 data.setdefault("alias", "embedder")
                 job = start_job(**data)
         except QueueUnavailable as exc:

@@ -64,7 +64,7 @@ def index_aliases() -> list[str]:
 
 # The Celery tasks (workers/tasks.py) that embed each item kind; routed to queues by CELERY_TASK_ROUTES.
 TASKS = {"image": "workers.tasks.embed_images", "product": "workers.tasks.embed_products",
-         "tag": "workers.tasks.tag_products"}
+         "tag": "workers.tasks.tag_products", "caption": "workers.tasks.caption_products"}
 
 
 def batch_size() -> int:
@@ -180,40 +180,76 @@ def start_job(alias: str = "embedder", *, only_missing: bool = False, force: boo
     return _queue_job(job, [(k, ids[k]) for k in kinds])
 
 
+JOB_NOUNS = {"tagger": "tag", "captioner": "caption"}
+
+
+def _product_selection(alias: str, role: str, filters: dict[str, list[str]] | None,
+                       skus: Sequence[str] | None) -> tuple[object, list[int]]:
+    """The plugin for `alias` (which must have `role`) and the ids of the active products a product job covers:
+    those matching filters and skus (all by default)."""
+    from mmsearch.adapter import get_catalog
+    from mmsearch.search.params import SearchError, check_filters
+
+    try:
+        found = alias_role(alias)
+    except PluginError as exc:
+        raise JobError(str(exc)) from exc
+    if found != role:
+        raise JobError(f"alias {alias!r} has role {found!r}; {JOB_NOUNS[role]} jobs need a {role} alias")
+    try:
+        filters = check_filters(filters or {})
+    except SearchError as exc:
+        raise JobError(str(exc)) from exc
+    return get_model(alias), get_catalog().product_ids(filters, skus)
+
+
+def _start_product_job(plugin, alias: str, kind: str, task: str, ids: list[int], only_missing: bool) -> IndexJob:
+    job = IndexJob.objects.create(
+        alias=alias, model_key=plugin.model_key, kind=kind, only_missing=only_missing,
+        total=len(ids), batches=math.ceil(len(ids) / batch_size()),
+    )
+    return _queue_job(job, [(task, ids)])
+
+
 def start_tag_job(alias: str = "tagger", *, filters: dict[str, list[str]] | None = None,
                   skus: Sequence[str] | None = None, only_missing: bool = True) -> IndexJob:
     """A job that has `alias` (a tagger) suggest tags for the active products matching filters / skus (all by
     default), on the `tag` queue; with only_missing, products already tagged by this model for every group of
     the vocabulary are skipped, so a rerun does only what is left."""
     from mmsearch.adapter import get_catalog
-    from mmsearch.search.params import SearchError, check_filters
 
-    try:
-        role = alias_role(alias)
-    except PluginError as exc:
-        raise JobError(str(exc)) from exc
-    if role != "tagger":
-        raise JobError(f"alias {alias!r} has role {role!r}; tag jobs need a tagger alias")
-    try:
-        filters = check_filters(filters or {})
-    except SearchError as exc:
-        raise JobError(str(exc)) from exc
+    plugin, ids = _product_selection(alias, "tagger", filters, skus)
     catalog = get_catalog()
     vocabulary = catalog.vocabulary()
     if not vocabulary:
         raise JobError("the tag vocabulary is empty: create groups and tags in the admin, or from the catalog's "
                        "attributes with `manage.py create_vocabulary`")
-    plugin = get_model(alias)
-    ids = catalog.product_ids(filters, skus)
     if only_missing and ids:
         keys = [plugin.group_key(group) for group in vocabulary]
         done = set().union(*(catalog.tagged_products(part, keys) for part in batches(ids, 5000)))
         ids = [i for i in ids if i not in done]
-    job = IndexJob.objects.create(
-        alias=alias, model_key=plugin.model_key, kind=IndexJob.Kind.TAGS, only_missing=only_missing,
-        total=len(ids), batches=math.ceil(len(ids) / batch_size()),
-    )
-    return _queue_job(job, [("tag", ids)])
+    return _start_product_job(plugin, alias, IndexJob.Kind.TAGS, "tag", ids, only_missing)
+
+
+def start_caption_job(alias: str = "captioner", *, filters: dict[str, list[str]] | None = None,
+                      skus: Sequence[str] | None = None, only_missing: bool = True) -> IndexJob:
+    """A job that has `alias` (a captioner) caption the main image of the active products matching filters /
+    skus (all by default), on the `caption` queue. With only_missing, products this model (model_key) captioned
+    already are skipped: after a cancel, or a worker lost mid-job, the same call resumes with what is left."""
+    from mmsearch.adapter import get_catalog
+
+    if alias not in model_settings() and alias == "captioner":
+        raise JobError(
+            f"no captioner is configured: no trained captioner at {getattr(settings, 'MMSEARCH_CAPTIONER_PATH', '?')} "
+            "(train one with `manage.py train_captioner --data products.jsonl --out models/captioner`, or set "
+            "MMSEARCH_CAPTIONER_PATH to its folder)"
+        )
+    plugin, ids = _product_selection(alias, "captioner", filters, skus)
+    if only_missing and ids:
+        catalog = get_catalog()
+        done = set().union(*(catalog.captioned_products(part, plugin.model_key) for part in batches(ids, 5000)))
+        ids = [i for i in ids if i not in done]
+    return _start_product_job(plugin, alias, IndexJob.Kind.CAPTIONS, "caption", ids, only_missing)
 
 
 def _queue_job(job: IndexJob, work: list[tuple[str, list[int]]]) -> IndexJob:

@@ -90,7 +90,7 @@ class ActiveModel(models.Model):
 
 
 class IndexJob(models.Model):
-    """A bulk run of one model alias over catalog items (embedding images and texts, or suggesting tags):
+    """A bulk run of one model alias over catalog items (embedding images and texts, suggesting tags or captions):
     totals and counters updated atomically by the workers, a ledger of written batches, cancel and resume."""
 
     class Status(models.TextChoices):
@@ -105,6 +105,7 @@ class IndexJob(models.Model):
         IMAGES = "images"
         PRODUCTS = "products", "product texts"
         TAGS = "tags", "tag suggestions"
+        CAPTIONS = "captions", "caption suggestions"
 
     alias = models.CharField(max_length=100)
     model_key = models.CharField(max_length=200)

@@ -164,6 +164,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # A person's decision on a suggestion (product tags, captions: bulk and PATCH), one named choice set.
+    "ENUM_NAME_OVERRIDES": {"ReviewDecisionEnum": [("accepted", "accepted"), ("rejected", "rejected")]},
 }
 
 # --- Celery (Redis broker) ----------------------------------------------------------------------------------
@@ -223,6 +225,9 @@ else:
             "MMSEARCH_EMBEDDER_PATH to an open_clip model folder"
         ),
     }
+# The captioner: the folder `manage.py train_captioner` writes (`make train` puts it at models/captioner); the
+# `captioner` alias exists only when that folder does (caption jobs then say what to train instead).
+MMSEARCH_CAPTIONER_PATH = Path(os.environ.get("MMSEARCH_CAPTIONER_PATH") or BASE_DIR / "models" / "captioner")
 MMSEARCH_MODELS = {
     "embedder": _EMBEDDER,
     "text_embedder": {"BACKEND": "mmsearch.plugins.sentence.SentenceEmbedder", "OPTIONS": {}},
@@ -230,6 +235,11 @@ MMSEARCH_MODELS = {
     # adapters (tagger.json beside the embedder's folder, fitted by `make train`) load when present.
     "tagger": {"BACKEND": "mmsearch.plugins.zeroshot.ZeroShotTagger", "OPTIONS": {"embedder": "embedder"}},
 }
+if MMSEARCH_CAPTIONER_PATH.is_dir():
+    MMSEARCH_MODELS["captioner"] = {
+        "BACKEND": "mmsearch.plugins.captioner.TrunkCaptioner",
+        "OPTIONS": {"path": str(MMSEARCH_CAPTIONER_PATH), "beam_size": 3, "device": "auto"},
+    }
 
 # --- embedding pipeline (workers/) --------------------------------------------------------------------------
 # Named queues: a worker host consumes the ones it serves (`celery -A mmsearch worker -Q embed`).
@@ -238,6 +248,7 @@ CELERY_TASK_ROUTES = {
     "workers.tasks.embed_products": {"queue": "embed"},
     "workers.tasks.drain_index_outbox": {"queue": "embed"},  # the outbox holds embedding work
     "workers.tasks.tag_products": {"queue": "tag"},
+    "workers.tasks.caption_products": {"queue": "caption"},
 }
 # Items per forward pass, and forward passes per task (a task decodes batch n+1 while batch n runs).
 MMSEARCH_EMBED_BATCH_SIZE = int(os.environ.get("MMSEARCH_EMBED_BATCH_SIZE", 32))
@@ -252,6 +263,11 @@ MMSEARCH_INDEX_ALIASES = None
 # Tag jobs accept a suggestion outright when its calibrated confidence reaches its group's auto-accept threshold
 # (chosen for MMSEARCH_MODELS["tagger"]'s target precision, 0.95 by default); otherwise it waits for review.
 MMSEARCH_TAG_AUTO_ACCEPT = env_bool("MMSEARCH_TAG_AUTO_ACCEPT", False)
+
+# --- captions -----------------------------------------------------------------------------------------------
+# A caption's score is this embedder alias's image-text similarity of the caption and its image (the stored
+# image vector when there is one): the review list sorts by it.
+MMSEARCH_CAPTION_SCORER = os.environ.get("MMSEARCH_CAPTION_SCORER", "embedder")
 
 # --- search (mmsearch.search.engine.DEFAULTS lists every key) -------------------------------------------------
 # Weighted reciprocal rank fusion of the lexical, trigram and vector signals; RRF_K is the fusion constant.

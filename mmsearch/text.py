@@ -13,8 +13,10 @@ def product_text(
     category: str | None = None,
     attributes: Mapping[str, object] | None = None,
     tags: Iterable[str] = (),
+    captions: Iterable[str] = (),
 ) -> str:
-    """'Title. Category > Path. key: value, key: value. tags' with empty parts left out."""
+    """'Title. Category > Path. key: value, key: value. tags. captions' with empty parts left out (captions: the
+    accepted ones, each a sentence about what the product's image shows)."""
     parts = [title.strip()]
     if category:
         parts.append(" > ".join(p for p in category.split("/") if p))
@@ -27,4 +29,5 @@ def product_text(
     tags = [t for t in tags if t]
     if tags:
         parts.append(", ".join(tags))
+    parts += [c.strip() for c in captions if c and c.strip()]
     return ". ".join(p for p in parts if p)

@@ -29,9 +29,11 @@ from workers.pipeline import (
 logger = logging.getLogger(__name__)
 
 
-def _image_vectors(tagger, files) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """{image_id: unit vector} for these images (stored ones first), and {image_id: reason} for unreadable ones."""
-    got = vectors.image_vectors(tagger.embedder_model_key, [f.image_id for f in files])
+def image_vectors(embedder: str, model_key: str, files) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """{image_id: unit vector} of these images by the embedder alias `embedder` (whose model_key is
+    `model_key`): the vectors the embed pipeline stored first, the rest embedded now; and {image_id: reason}
+    for unreadable ones. Shared by the tag and caption tasks."""
+    got = vectors.image_vectors(model_key, [f.image_id for f in files])
     missing = [f for f in files if f.image_id not in got]
     failures: dict[int, str] = {}
     if missing:
@@ -42,7 +44,7 @@ def _image_vectors(tagger, files) -> tuple[dict[int, np.ndarray], dict[int, str]
             except PermanentItemError as exc:
                 failures[f.image_id] = str(exc)
         if decoded:
-            rows = unit_rows(get_model(tagger.embedder).embed_images([im for _, im in decoded]))
+            rows = unit_rows(get_model(embedder).embed_images([im for _, im in decoded]))
             got.update({image_id: row for (image_id, _), row in zip(decoded, rows)})
     return got, failures
 
@@ -89,7 +91,8 @@ def run_tags(alias: str, model_key: str, product_ids: Sequence[int], *, job_id: 
             continue
         t0 = time.perf_counter()
         images = catalog.product_images(batch_ids)
-        vecs, failures = _image_vectors(tagger, [f for files in images.values() for f in files])
+        vecs, failures = image_vectors(tagger.embedder, tagger.embedder_model_key,
+                                       [f for files in images.values() for f in files])
         rows = suggestions(tagger, vocabulary, images, vecs, auto_accept=settings.MMSEARCH_TAG_AUTO_ACCEPT)
         tagged = {r.product_id for r in rows}
         failed = [pid for pid in batch_ids if pid in images and pid not in tagged]  # every image unreadable

@@ -1,4 +1,4 @@
-"""Celery tasks on the `embed` and `tag` queues. Messages carry ids, the alias and the model_key only (never objects).
+"""Celery tasks on the `embed`, `tag` and `caption` queues. Messages carry ids, the alias and the model_key only (never objects).
 
 acks_late (global setting): a task killed mid-way is redelivered; the pipeline's ledger makes that safe.
 Transient infrastructure errors retry with exponential backoff; a wrong model_key fails without retrying.
@@ -13,6 +13,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mmsearch.indexing import drain_outbox, fail_job
 from workers import pipeline
+from workers.captioning import run_captions
 from workers.tagging import run_tags
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
@@ -54,6 +55,14 @@ def tag_products(
 ) -> dict:
     """Suggest tags for products with the tagger for `alias`, refusing to write unless its model_key matches."""
     return run_tags(alias, model_key, product_ids, job_id=job_id, chunk=chunk, force=force).as_dict()
+
+
+@shared_task(name="workers.tasks.caption_products", base=JobTask)
+def caption_products(
+    alias: str, model_key: str, product_ids: list[int], job_id: int | None = None, chunk: int = 0, force: bool = False,
+) -> dict:
+    """Caption products' main images with the captioner for `alias`, refusing to write unless its model_key matches."""
+    return run_captions(alias, model_key, product_ids, job_id=job_id, chunk=chunk, force=force).as_dict()
 
 
 @shared_task(name="workers.tasks.embed_products", base=JobTask)

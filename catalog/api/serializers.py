@@ -10,7 +10,7 @@ from rest_framework import serializers
 from rest_framework.validators import UniqueValidator
 
 from catalog.importer import ATTRIBUTE_TEXT_MAX, CATEGORY_NAME_MAX, CATEGORY_PATH_MAX, DESCRIPTION_MAX
-from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup, normalize_path
+from catalog.models import Caption, Category, Product, ProductImage, ProductTag, Tag, TagGroup, normalize_path
 from mmsearch.validation import INT32_MAX, BadValue, clean_text, text_problem
 
 
@@ -253,3 +253,55 @@ class ProductTagSerializer(serializers.ModelSerializer):
         fields = ["id", "product", "tag", "group", "tag_name", "source", "score", "model_key", "status", "created_at",
                   "updated_at"]
         read_only_fields = ["created_at", "updated_at"]
+
+
+class CaptionSerializer(serializers.ModelSerializer):
+    """A caption for review: PATCH {"text": ...} is a person's edit (accepted, marked edited, model_key kept);
+    PATCH {"status": "accepted" | "rejected"} decides on the model's text."""
+
+    product = serializers.SlugRelatedField(slug_field="sku", read_only=True)
+    image_url = serializers.SerializerMethodField()
+    status = serializers.ChoiceField(choices=["accepted", "rejected"], required=False,
+                                     help_text="suggested until a person decides")
+
+    class Meta:
+        model = Caption
+        fields = ["id", "product", "image", "image_url", "text", "model_key", "score", "status", "edited",
+                  "created_at", "updated_at"]
+        read_only_fields = ["image", "model_key", "score", "edited", "created_at", "updated_at"]
+
+    def get_image_url(self, caption: Caption) -> str | None:
+        if not caption.image.file:
+            return None
+        request = self.context.get("request")
+        return request.build_absolute_uri(caption.image.file.url) if request else caption.image.file.url
+
+    def to_representation(self, caption: Caption) -> dict:
+        data = super().to_representation(caption)
+        data["status"] = caption.status  # "suggested" too, though a client may only set the other two
+        return data
+
+    def validate_text(self, value: str) -> str:
+        from catalog.captions import clean_caption
+
+        try:
+            return clean_caption(value)
+        except BadValue as exc:
+            raise serializers.ValidationError(exc.problem) from None
+
+    def validate(self, attrs: dict) -> dict:
+        if not attrs:
+            raise serializers.ValidationError("give text (an edit) or status (accepted or rejected)")
+        if "text" in attrs and attrs.get("status") == Caption.Status.REJECTED:
+            raise serializers.ValidationError({"status": "an edited caption is accepted; reject it without text"})
+        return attrs
+
+    def update(self, caption: Caption, validated: dict) -> Caption:
+        from catalog.captions import edit
+
+        if "text" in validated and (validated["text"] != caption.text or caption.status != Caption.Status.ACCEPTED):
+            return edit(caption, validated["text"])
+        if "status" in validated and validated["status"] != caption.status:
+            caption.status = validated["status"]
+            caption.save()
+        return caption

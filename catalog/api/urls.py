@@ -12,5 +12,6 @@ router.register("tag-groups", views.TagGroupViewSet, basename="taggroup")
 router.register("tags", views.TagViewSet, basename="tag")
 router.register("product-tags", views.ProductTagViewSet, basename="producttag")
 router.register("match-scores", quality.MatchScoreViewSet, basename="matchscore")  # the data-quality report
+router.register("captions", views.CaptionViewSet, basename="caption")
 
 urlpatterns = router.urls

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status, viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -10,6 +10,7 @@ from rest_framework.response import Response
 
 from catalog.api.serializers import (
     BulkStatusSerializer,
+    CaptionSerializer,
     CategorySerializer,
     ImageUploadSerializer,
     ProductImageSerializer,
@@ -18,9 +19,9 @@ from catalog.api.serializers import (
     TagGroupSerializer,
     TagSerializer,
 )
-from catalog.filters import ProductFilterSet, ProductTagFilterSet, check_params
+from catalog.filters import CaptionFilterSet, ProductFilterSet, ProductTagFilterSet, check_params
 from mmsearch.images import ImageRejected, check_image, check_size
-from catalog.models import Category, Product, ProductImage, ProductTag, Tag, TagGroup
+from catalog.models import Caption, Category, Product, ProductImage, ProductTag, Tag, TagGroup
 from catalog.storage import add_image
 from mmsearch.validation import BadValue, check_json_text, text_problem
 
@@ -140,21 +141,57 @@ class TagViewSet(StrictParamsMixin, viewsets.ModelViewSet):
     extra_params = {"group__slug"}
 
 
-class ProductTagViewSet(StrictParamsMixin, viewsets.ModelViewSet):
+class BulkReviewMixin:
+    """POST .../bulk {"ids": [...], "status": "accepted" | "rejected"}: decide on many suggestions in one update
+    (catalog.review.set_status), for every review queue (product tags, captions)."""
+
+    @extend_schema(request=BulkStatusSerializer, responses={200: BulkStatusSerializer})
+    @action(detail=False, methods=["post"], url_path="bulk")
+    def bulk(self, request):
+        """Accept or reject many suggestions at once: {"ids": [...], "status": "accepted" | "rejected"}."""
+        from catalog.review import set_status
+
+        params = BulkStatusSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        ids = params.validated_data["ids"]
+        changed = set_status(self.get_queryset().model.objects.filter(pk__in=ids), params.validated_data["status"])
+        return Response({**params.validated_data, "changed": changed})
+
+
+class ProductTagViewSet(BulkReviewMixin, StrictParamsMixin, viewsets.ModelViewSet):
     """Tags on products, manual or suggested by a model; accepting or rejecting one is a PATCH of status."""
 
     serializer_class = ProductTagSerializer
     queryset = ProductTag.objects.select_related("product", "tag__group").order_by("id")
     filterset_class = ProductTagFilterSet
 
-    @extend_schema(request=BulkStatusSerializer, responses={200: BulkStatusSerializer})
-    @action(detail=False, methods=["post"], url_path="bulk")
-    def bulk(self, request):
-        """Accept or reject many suggestions at once: {"ids": [...], "status": "accepted" | "rejected"}."""
-        from catalog.tags import set_status
 
-        params = BulkStatusSerializer(data=request.data)
-        params.is_valid(raise_exception=True)
-        ids = params.validated_data["ids"]
-        changed = set_status(ProductTag.objects.filter(pk__in=ids), params.validated_data["status"])
-        return Response({**params.validated_data, "changed": changed})
+class CaptionViewSet(BulkReviewMixin, StrictParamsMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                     mixins.UpdateModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
+    """Captions of product images written by caption jobs (POST /api/v1/index-jobs/ with kind=captions). Reads are
+    public; deciding needs a staff user: PATCH {"text": ...} edits (accepted, marked edited), PATCH {"status": ...},
+    POST .../accept, .../reject, or many at once with .../bulk. Only accepted captions feed search."""
+
+    serializer_class = CaptionSerializer
+    queryset = Caption.objects.select_related("product", "image").order_by("id")
+    filterset_class = CaptionFilterSet
+
+    def _decide(self, status_value: str) -> Response:
+        from catalog.review import set_status
+
+        caption = self.get_object()
+        set_status(Caption.objects.filter(pk=caption.pk), status_value)
+        caption.refresh_from_db()
+        return Response(self.get_serializer(caption).data)
+
+    @extend_schema(request=None, responses={200: CaptionSerializer})
+    @action(detail=True, methods=["post"])
+    def accept(self, request, pk=None):
+        """Accept the model's text as it is."""
+        return self._decide(Caption.Status.ACCEPTED)
+
+    @extend_schema(request=None, responses={200: CaptionSerializer})
+    @action(detail=True, methods=["post"])
+    def reject(self, request, pk=None):
+        """Reject the caption (remembered: this model does not suggest it again for this image)."""
+        return self._decide(Caption.Status.REJECTED)

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET, require_POST
 
-from catalog.models import Product, ProductTag
+from catalog.models import Caption, Product, ProductTag
 from mmsearch.search.engine import browse, search
 from mmsearch.search.params import SearchError, SearchQuery, SearchUnavailable, parse_params
 from mmsearch.web import photos, present
@@ -167,12 +167,16 @@ def query_photo(request: HttpRequest, key: str) -> HttpResponse:
 
 @require_GET
 def product_page(request: HttpRequest, sku: str) -> HttpResponse:
-    """One product: images, price, attributes, accepted tags, similar products, questions."""
+    """One product: images, price, attributes, accepted tags and captions, similar products, questions."""
     product = get_object_or_404(Product.objects.select_related("category"), sku=sku, active=True)
     images = list(product.images.all())
     tags = (
         ProductTag.objects.filter(product=product, status=ProductTag.Status.ACCEPTED)
         .select_related("tag__group").order_by("tag__group__name", "tag__name")
+    )
+    captions = list(
+        Caption.objects.filter(product=product, status=Caption.Status.ACCEPTED)
+        .order_by("image__position", "image_id", "id").values_list("text", flat=True)
     )
     breadcrumbs = []
     if product.category_id:
@@ -201,6 +205,7 @@ def product_page(request: HttpRequest, sku: str) -> HttpResponse:
         "images": images,
         "attributes": attributes,
         "tags": tags,
+        "captions": captions,
         "breadcrumbs": breadcrumbs,
         "similar": similar,
         "similar_error": similar_error,

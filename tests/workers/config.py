@@ -9,3 +9,16 @@ TEST_MODELS = {
     "slow_tagger": {"ROLE": "tagger", "BACKEND": "tests.workers.plugins.SlowTagger",
                     "OPTIONS": {"embedder": "embedder", "calibration": None, "delay": 0.3}},
 }
+
+
+def captioner_models(path: str) -> dict:
+    """TEST_MODELS plus a captioner trained by the test (a folder of train_captioner), a slow twin of it, and the
+    real MiniLM text embedder (the hashing embedder's word hashes are no text model)."""
+    return {
+        **TEST_MODELS,
+        "text_embedder": {"BACKEND": "mmsearch.plugins.sentence.SentenceEmbedder", "OPTIONS": {}},
+        "captioner": {"BACKEND": "mmsearch.plugins.captioner.TrunkCaptioner",
+                      "OPTIONS": {"path": path, "beam_size": 2, "device": "cpu", "batch_size": 8}},
+        "slow_captioner": {"ROLE": "captioner", "BACKEND": "tests.workers.plugins.SlowCaptioner",
+                           "OPTIONS": {"path": path, "beam_size": 1, "device": "cpu", "delay": 0.4}},
+    }

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from mmsearch.plugins.captioner import TrunkCaptioner
 from mmsearch.plugins.hashing import HashingEmbedder
 from mmsearch.plugins.zeroshot import ZeroShotTagger
 
@@ -35,3 +36,15 @@ class SlowTagger(ZeroShotTagger):
     def score_vectors(self, vectors, group):
         time.sleep(self.delay / 3)  # the demo vocabulary has 3 groups: ~delay per batch
         return super().score_vectors(vectors, group)
+
+
+class SlowCaptioner(TrunkCaptioner):
+    """The trained captioner, `delay` seconds slower per batch of images, so a test can cancel a job mid-way."""
+
+    def __init__(self, delay: float = 0.4, **options):
+        super().__init__(**options)
+        self.delay = delay
+
+    def caption(self, images):
+        time.sleep(self.delay)
+        return super().caption(images)

@@ -7,9 +7,10 @@ import os
 
 from mmsearch.settings import *  # noqa: F401,F403
 from mmsearch.settings import CELERY_BROKER_TRANSPORT_OPTIONS
-from tests.workers.config import TEST_MODELS
+from tests.workers.config import TEST_MODELS, captioner_models
 
-MMSEARCH_MODELS = TEST_MODELS
+# The caption tests train a tiny captioner and name its folder here.
+MMSEARCH_MODELS = captioner_models(os.environ["TEST_CAPTIONER_PATH"]) if os.environ.get("TEST_CAPTIONER_PATH") else TEST_MODELS
 # A killed worker's unacked task comes back after the visibility timeout; the kill test shortens it and
 # sweeps every second so the restarted worker picks the task up within seconds.
 CELERY_BROKER_TRANSPORT_OPTIONS = {

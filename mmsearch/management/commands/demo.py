@@ -25,7 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--addr", default="127.0.0.1:8000")
         parser.add_argument("--no-serve", action="store_true", help="load and index, then exit (for scripts)")
         parser.add_argument("--no-train", action="store_true",
-                            help="do not train a small embedder on --data when no trained one exists")
+                            help="do not train a small embedder and captioner on --data when no trained ones exist")
 
     def handle(self, *args, data: Path, addr: str, no_serve: bool, no_train: bool = False, **options):
         if not settings.DEBUG:
@@ -34,7 +34,7 @@ class Command(BaseCommand):
         if not data.is_file():
             raise CommandError(f"{data}: no such file (give DATA=path/to/products.jsonl)")
         if not no_serve and not no_train:
-            self._ensure_embedder(data)
+            self._ensure_models(data)
         self.stdout.write(f"Importing {data} ...")
         try:
             call_command("import_catalog", str(data), stdout=self.stdout, stderr=self.stderr)
@@ -48,36 +48,73 @@ class Command(BaseCommand):
             for alias in ("embedder", "text_embedder"):
                 if alias in settings.MMSEARCH_MODELS:
                     call_command("reindex", "--alias", alias, "--only-missing", stdout=self.stdout, stderr=self.stderr)
+        caption_job = None if no_serve else self._start_captions()
         self._ensure_admin()
         if no_serve:
             return
-        self._serve(addr)
+        self._serve(addr, caption_job)
 
-    def _ensure_embedder(self, data: Path) -> None:
-        """No trained embedder yet (a fresh machine): train a small one on --data (minutes; resumable).
+    def _ensure_models(self, data: Path) -> None:
+        """No trained embedder or captioner yet (a fresh machine): train small ones on --data (minutes; resumable).
 
-        The worker and web server started afterwards are new processes, so their settings find the model.
+        This process chose its models when it read the settings, before the models existed: it starts afresh
+        afterwards, so the import, the jobs and the children (worker, web server) all use the trained models.
         """
+        trained = [
+            role for role, folder, command in (
+                ("embedder", settings.MMSEARCH_EMBEDDER_PATH, "train_embedder"),
+                ("captioner", settings.MMSEARCH_CAPTIONER_PATH, "train_captioner"),
+            ) if self._train_if_missing(role, Path(folder), command, data)
+        ]
+        if trained:
+            self.stdout.write(f"Restarting the demo with the trained {' and '.join(trained)} ...")
+            self.stdout.flush()
+            os.environ["MMSEARCH_DEMO_RESTARTED"] = "1"
+            os.execv(sys.executable, [sys.executable, *sys.argv])
+
+    def _train_if_missing(self, role: str, folder: Path, command: str, data: Path) -> bool:
+        """Train the demo preset of `command` into `folder` unless a finished model is there; True when it trained."""
         import json
 
-        folder = Path(settings.MMSEARCH_EMBEDDER_PATH)
         card = folder / "model_card.json"
         if folder.is_dir() and not card.is_file() and any(folder.iterdir()):
-            return  # someone's own model folder: leave it alone
+            return False  # someone's own model folder: leave it alone
         if card.is_file() and json.loads(card.read_text()).get("training", {}).get("finished"):
-            return
+            return False
         if os.environ.get("MMSEARCH_DEMO_RESTARTED"):
-            raise CommandError(f"the demo embedder trained into {folder} did not finish; see the output above")
-        self.stdout.write(f"No trained embedder at {folder}: training a small one on {data} "
-                          "(train_embedder --preset demo; `make train` trains the full models) ...")
-        call_command("train_embedder", "--data", str(data), "--out", str(folder), "--preset", "demo",
+            raise CommandError(f"the demo {role} trained into {folder} did not finish; see the output above")
+        self.stdout.write(f"No trained {role} at {folder}: training a small one on {data} "
+                          f"({command} --preset demo; `make train` trains the full models) ...")
+        call_command(command, "--data", str(data), "--out", str(folder), "--preset", "demo",
                      stdout=self.stdout, stderr=self.stderr)
-        # This process chose its models when it read the settings, before the model existed: start afresh so
-        # the import, the index jobs and the children all use the trained model.
-        self.stdout.write("Restarting the demo with the trained embedder ...")
-        self.stdout.flush()
-        os.environ["MMSEARCH_DEMO_RESTARTED"] = "1"
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+        return True
+
+    def _start_captions(self):
+        """A caption job for what the captioner has not captioned yet (its captions are accepted once it is done:
+        see _accept_demo_captions)."""
+        from mmsearch.indexing import JobError, start_caption_job
+
+        if "captioner" not in settings.MMSEARCH_MODELS:
+            self.stdout.write("No captioner configured (no folder at MMSEARCH_CAPTIONER_PATH): no captions.")
+            return None
+        try:
+            job = start_caption_job("captioner")
+        except JobError as exc:
+            self.stderr.write(f"warning: no caption job: {exc}")
+            return None
+        self.stdout.write(f"Caption job {job.pk}: {job.total} products to caption on the caption queue.")
+        return job
+
+    def _accept_demo_captions(self, job) -> None:
+        """The demo accepts its caption job's suggestions, so the product pages show them at once; in a real
+        catalog an admin reviews them (/admin/catalog/caption/) or REST integrations do."""
+        from catalog.models import Caption
+        from catalog.review import set_status
+
+        accepted = set_status(Caption.objects.filter(model_key=job.model_key, status=Caption.Status.SUGGESTED),
+                              Caption.Status.ACCEPTED)
+        self.stdout.write(f"Caption job {job.pk} {job.status}: the demo accepted its {accepted} captions (they show on "
+                          "the product pages and join search); review them in the admin under Captions.")
 
     def _ensure_admin(self) -> None:
         User = get_user_model()
@@ -93,7 +130,7 @@ class Command(BaseCommand):
             user.delete()
             self.stdout.write("Removed the demo superuser admin.")
 
-    def _serve(self, addr: str) -> None:
+    def _serve(self, addr: str, caption_job=None) -> None:
         python = sys.executable
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         children: list[subprocess.Popen] = [
@@ -124,6 +161,11 @@ class Command(BaseCommand):
         try:
             while not stopping and all(c.poll() is None for c in children):
                 time.sleep(0.5)
+                if caption_job is not None:
+                    caption_job.refresh_from_db()
+                    if caption_job.finished:
+                        self._accept_demo_captions(caption_job)
+                        caption_job = None
         finally:
             self.stdout.write("Stopping the worker (it finishes its current task) and the web server ...")
             for child in children:

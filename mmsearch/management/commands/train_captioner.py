@@ -11,6 +11,9 @@ from django.core.management.base import BaseCommand, CommandError
 # Presets fill in what the flags leave unset; "default" is what `make train` trains (docs/captioning.md).
 PRESETS: dict[str, dict] = {
     "default": {"n_layer": 3, "n_head": 4, "n_embd": 256, "epochs": 6, "batch_size": 128, "lr": 1e-3},
+    # A few minutes on the bundled 81-product grocery catalog (make demo when `make train` has not run).
+    "demo": {"n_layer": 2, "n_head": 4, "n_embd": 128, "epochs": 40, "batch_size": 16, "lr": 2e-3, "min_count": 1,
+             "holdout": 0.0, "val_images": 16},
     "tiny": {"n_layer": 1, "n_head": 2, "n_embd": 32, "epochs": 1, "batch_size": 8, "lr": 1e-3, "min_count": 1,
              "val_images": 16},
 }
