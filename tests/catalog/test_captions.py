@@ -20,6 +20,12 @@ pytestmark = pytest.mark.django_db
 KEY = "captioner:test:beam3"
 
 
+@pytest.fixture(autouse=True)
+def no_trained_captioner(settings):
+    """The settings of a checkout without models/captioner, whether or not this one has run make train."""
+    settings.MMSEARCH_MODELS = {k: v for k, v in settings.MMSEARCH_MODELS.items() if k != "captioner"}
+
+
 @pytest.fixture
 def shop():
     """Three products whose titles say little (a brand), each with one image and one suggested caption."""
