@@ -230,6 +230,13 @@ MMSEARCH_MODELS = {
     # adapters (tagger.json beside the embedder's folder, fitted by `make train`) load when present.
     "tagger": {"BACKEND": "mmsearch.plugins.zeroshot.ZeroShotTagger", "OPTIONS": {"embedder": "embedder"}},
 }
+# Product questions (qa/, docs/qa.md): the trained answerer folder (`manage.py train_answerer`, `make train`) when it
+# exists; without one the product page's question box is off and the ask API answers 503.
+MMSEARCH_ANSWERER_PATH = Path(os.environ.get("MMSEARCH_ANSWERER_PATH") or BASE_DIR / "models" / "answerer")
+if MMSEARCH_ANSWERER_PATH.is_dir():
+    MMSEARCH_MODELS["answerer"] = {"BACKEND": "mmsearch.plugins.answerer.TrunkAnswerer",
+                                   "OPTIONS": {"path": str(MMSEARCH_ANSWERER_PATH), "device": "auto"}}
+MMSEARCH_QA_MAX_CHARS = int(os.environ.get("MMSEARCH_QA_MAX_CHARS", 300))  # longest question accepted
 
 # --- embedding pipeline (workers/) --------------------------------------------------------------------------
 # Named queues: a worker host consumes the ones it serves (`celery -A mmsearch worker -Q embed`).
