@@ -278,12 +278,14 @@ class QATrainer:
         raw, cal = M.softmax(z), M.softmax(z / temperature)
         ece_raw, _ = C.ece(raw, y)
         ece_cal, table = C.ece(cal, y)
+        nll_raw, nll_cal = C.nll(z, y), C.nll(z, y, temperature)
         point = C.auto_accept(cal, y, self.cfg.target_accuracy, min_accepted=min(C.MIN_ACCEPTED, max(1, len(y) // 5)))
         threshold = point["threshold"] if point["threshold"] is not None else 1.0
         return {"temperature": round(temperature, 5), "threshold": round(float(threshold), 5),
                 "target_accuracy": self.cfg.target_accuracy, "coverage": round(point["coverage"], 4),
                 "answered_accuracy": point["precision"], "ece_uncalibrated": round(ece_raw, 4),
-                "ece": round(ece_cal, 4), "reliability": table, "products": len(self.cal_products),
+                "ece": round(ece_cal, 4), "nll_uncalibrated": round(nll_raw, 4), "nll": round(nll_cal, 4),
+                "reliability": table, "products": len(self.cal_products),
                 "questions": len(y)}
 
     # ---- main loop
@@ -365,9 +367,9 @@ class QATrainer:
             if stop:
                 break
         else:
-            if start_epoch >= cfg.epochs:
+            if card is None:  # nothing left to train: the folder is rewritten from the saved state
                 self.log(f"{self.out} is already trained ({cfg.epochs} epochs)")
-            card = self.save(model, history, seconds, finished=True)
+                card = self.save(model, history, seconds, finished=True)
         return card
 
     def save(self, model: VQA, history: list[dict], seconds: float, finished: bool) -> dict:
