@@ -26,6 +26,7 @@ Backends supply the image side (`image_features`, `visual_probabilities`) and a 
 - LateFusionAnswerer: the baseline, the zero-shot tagger (alias `tagger`) scoring the image vector against the
   asked attribute's values; yes/no is P(value), a choice the two values' renormalised probabilities.
 - transformers_vqa.TransformersVQA: ViLT / BLIP VQA models (hub names or local folders).
+LateFusionAnswerer and TransformersVQA read their vocabulary from an answerer folder or a JSON file.
 Constructors only validate options and read small config files; torch loads on first use.
 """
 
@@ -66,6 +67,27 @@ def facts_from_product(product: Any) -> ProductFacts:
                         brand=str(getattr(product, "brand", "") or ""),
                         price=None if price in (None, "") else str(price),
                         currency=str(getattr(product, "currency", "") or ""))
+
+
+def load_vocabulary(vocabulary: str) -> Q.Vocabulary:
+    """The attributes and values an image answers: an answerer folder's, or a JSON file {key: {value: count}}."""
+    import json
+
+    path = Path(str(vocabulary)).expanduser()
+    if path.is_dir():
+        from mmsearch.training.qa.model import read_config
+
+        values = read_config(path)["vocabulary"]
+    elif path.is_file():
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"vocabulary={vocabulary!r} is not valid JSON: {exc}") from exc
+    else:
+        raise FileNotFoundError(f"vocabulary={vocabulary!r}: neither an answerer folder nor a JSON file")
+    if not isinstance(values, dict) or not values or not all(isinstance(v, dict) for v in values.values()):
+        raise ValueError(f"vocabulary={vocabulary!r} must map attribute keys to {{value: count}}")
+    return Q.Vocabulary(values)
 
 
 class Router:
@@ -362,21 +384,8 @@ class LateFusionAnswerer(ProductAnswerer):
 
     def __init__(self, vocabulary: str, tagger: str = "tagger", threshold: float | None = None,
                  text_embedder: str = "text_embedder", fact_similarity: float = 0.3):
-        import json
-
         super().__init__(text_embedder=text_embedder, threshold=threshold, fact_similarity=fact_similarity)
-        path = Path(str(vocabulary)).expanduser()
-        if path.is_dir():
-            from mmsearch.training.qa.model import read_config
-
-            values = read_config(path)["vocabulary"]
-        elif path.is_file():
-            values = json.loads(path.read_text())
-        else:
-            raise FileNotFoundError(f"vocabulary={vocabulary!r}: neither an answerer folder nor a JSON file")
-        if not isinstance(values, dict) or not values:
-            raise ValueError(f"vocabulary={vocabulary!r} names no attribute values")
-        self._vocab = Q.Vocabulary(values)
+        self._vocab = load_vocabulary(vocabulary)
         if not isinstance(tagger, str) or not tagger:
             raise ValueError(f"tagger={tagger!r} must name a tagger alias")
         self.tagger = tagger

@@ -47,7 +47,7 @@ def trained_answerer(tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        call_command("train_answerer", "--data", str(data), "--out", str(out), "--preset", "tiny", "--epochs", "4",
+        call_command("train_answerer", "--data", str(data), "--out", str(out), "--preset", "tiny", "--epochs", "8",
                      "--holdout", "0.2", "--holdout-products", "0.1", "--calibration", "0.2", "--cache-dir",
                      str(root / "cache"), "--checkpoint-every", "0", "--no-progress")
     finally:

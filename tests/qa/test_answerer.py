@@ -18,7 +18,7 @@ from tests.qa.plugins import RGB
 
 def test_trained_answerer_loads_through_the_plugin(trained_answerer, settings):
     card = json.loads((trained_answerer / "model_card.json").read_text())
-    assert card["training"]["finished"] and card["training"]["epochs_done"] == 4
+    assert card["training"]["finished"] and card["training"]["epochs_done"] == 8
     assert card["architecture"]["trunk"]["grid"] == [16, 1280] and card["architecture"]["model"]["colour_dim"] == 6
     assert set(card["data"]["question_types"]) == {"colour", "article_type", "gender", "yes_no", "choice"}
     cal = card["calibration"]

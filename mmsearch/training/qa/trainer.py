@@ -59,11 +59,12 @@ class QATrainConfig:
     trunk: str = "effl0-128"
     n_layer: int = 2
     n_head: int = 4
-    n_embd: int = 256
+    n_embd: int = 128
     dropout: float = 0.1
     colour_dim: int = 6
     max_tokens: int = 24
-    epochs: int = 3
+    epochs: int = 2
+    questions_per_product: int = 2  # of a product's generated questions, drawn anew each epoch (0: all of them)
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -235,13 +236,42 @@ class QATrainer:
 
     # ---- batches
     def batch(self, ex: Examples, rows: np.ndarray):
-        """(grids, tokens, mask, allowed, answers) of example rows on the device."""
+        """(memory input, image index, tokens, mask, allowed, answers) of example rows on the device: each image's
+        grid once (its questions index it), the tokens cut to the batch's longest question."""
         from mmsearch.training.qa.model import allowed_mask
 
-        grids = self.grids[ex.image[rows]].to(self.device).float()
-        tokens = self.tokens[ex.text[rows]].to(self.device).float()
+        images, index = np.unique(ex.image[rows], return_inverse=True)
+        grids = self.grids[images].to(self.device).float()
+        tokens = self.tokens[ex.text[rows]]
+        mask = token_mask(tokens)
+        width = max(1, int(mask.sum(1).max()))
+        tokens, mask = tokens[:, :width].to(self.device).float(), mask[:, :width].to(self.device)
         allowed = allowed_mask([ex.allowed[r] for r in rows], len(self.vocab), self.device)
-        return grids, tokens, token_mask(tokens), allowed, torch.from_numpy(ex.answer[rows]).to(self.device)
+        return (grids, torch.from_numpy(index).to(self.device), tokens, mask, allowed,
+                torch.from_numpy(ex.answer[rows]).to(self.device))
+
+    def forward(self, model: VQA, ex: Examples, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked logits, answers) of example rows."""
+        grids, index, tokens, mask, allowed, y = self.batch(ex, rows)
+        z = model.logits(model.encode(grids)[index], tokens, mask).float().masked_fill(~allowed, MASKED)
+        return z, y
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Example rows of an epoch: per product `questions_per_product` of its questions drawn by (seed, epoch),
+        products in random order, each product's questions together (its grid is encoded once per batch)."""
+        cfg, ex = self.cfg, self.examples
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        by_image: dict[int, list[int]] = {}
+        for r, i in enumerate(ex.image):
+            by_image.setdefault(int(i), []).append(r)
+        images = sorted(by_image)
+        rows = []
+        for j in torch.randperm(len(images), generator=gen).tolist():
+            own = by_image[images[j]]
+            k = len(own) if cfg.questions_per_product <= 0 else min(cfg.questions_per_product, len(own))
+            pick = torch.randperm(len(own), generator=gen)[:k].tolist()
+            rows += [own[p] for p in pick]
+        return np.array(rows, dtype=np.int64)
 
     @torch.no_grad()
     def logits_of(self, model: VQA, ex: Examples) -> tuple[np.ndarray, np.ndarray]:
@@ -250,8 +280,7 @@ class QATrainer:
         model.eval()
         out = []
         for s in range(0, len(ex), 1024):
-            grids, tokens, mask, allowed, _ = self.batch(ex, np.arange(s, min(len(ex), s + 1024)))
-            z = model.logits(model.encode(grids), tokens, mask).float().masked_fill(~allowed, MASKED)
+            z, _ = self.forward(model, ex, np.arange(s, min(len(ex), s + 1024)))
             out.append(z.cpu().numpy().astype(np.float64))
         model.train(was)
         return (np.concatenate(out) if out else np.zeros((0, len(self.vocab)))), ex.answer
@@ -303,7 +332,7 @@ class QATrainer:
         no_decay = [p for p in model.parameters() if p.ndim < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-        n = len(self.examples)
+        n = len(self.epoch_order(0))
         bs = min(cfg.batch_size, n)
         steps_per_epoch = max(1, n // bs)
         total = cfg.epochs * steps_per_epoch
@@ -323,8 +352,7 @@ class QATrainer:
         model.train()
         stop, last_save, card = False, time.time(), None
         for epoch in range(start_epoch, cfg.epochs):
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-            order = torch.randperm(n, generator=gen).numpy()
+            order = self.epoch_order(epoch)
             torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout masks: a resumed epoch draws the same
             t0 = time.time()
             bar = progress_bar(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=self.progress)
@@ -335,8 +363,7 @@ class QATrainer:
                     break
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, total, cfg.lr, warmup)
-                grids, tokens, mask, allowed, y = self.batch(self.examples, order[b * bs:(b + 1) * bs])
-                z = model.logits(model.encode(grids), tokens, mask).float().masked_fill(~allowed, MASKED)
+                z, y = self.forward(model, self.examples, order[b * bs:(b + 1) * bs])
                 loss = F.cross_entropy(z, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -10,10 +10,12 @@ from django.core.management.base import BaseCommand, CommandError
 
 # Presets fill in what the flags leave unset; "default" is what `make train` trains (docs/qa.md).
 PRESETS: dict[str, dict] = {
-    "default": {"n_layer": 2, "n_head": 4, "n_embd": 256, "epochs": 3, "batch_size": 256, "lr": 1e-3},
-    "tiny": {"n_layer": 1, "n_head": 2, "n_embd": 32, "epochs": 1, "batch_size": 8, "lr": 3e-3},
+    "default": {"n_layer": 2, "n_head": 4, "n_embd": 128, "epochs": 2, "questions_per_product": 2, "batch_size": 256,
+                "lr": 2e-3},
+    "tiny": {"n_layer": 1, "n_head": 2, "n_embd": 32, "epochs": 1, "questions_per_product": 0, "batch_size": 8,
+             "lr": 3e-3},
     # the demo's own small answerer when `make train` has not run (its catalog is small: many epochs)
-    "demo": {"n_layer": 1, "n_head": 4, "n_embd": 128, "epochs": 30, "batch_size": 64, "lr": 2e-3, "holdout": 0.0,
+    "demo": {"n_layer": 1, "n_head": 4, "n_embd": 128, "epochs": 30, "questions_per_product": 0, "batch_size": 64, "lr": 2e-3, "holdout": 0.0,
              "holdout_products": 0.0, "calibration": 0.2},
 }
 
@@ -37,6 +39,8 @@ class Command(BaseCommand):
         parser.add_argument("--width", dest="n_embd", type=int, help="fusion width")
         parser.add_argument("--dropout", type=float)
         parser.add_argument("--epochs", type=int)
+        parser.add_argument("--questions-per-product", type=int,
+                            help="questions of each product drawn per epoch (default 2; 0: all of its questions)")
         parser.add_argument("--batch-size", type=int)
         parser.add_argument("--lr", type=float)
         parser.add_argument("--holdout", type=float, help="share of titles held out (default 0.1, the embedder's)")
@@ -69,7 +73,7 @@ class Command(BaseCommand):
             torch.set_num_threads(o["threads"])
         preset = dict(PRESETS[o["preset"]])
         for key in ("trunk", "n_layer", "n_head", "n_embd", "dropout", "epochs", "batch_size", "lr", "holdout",
-                    "holdout_products", "calibration", "target_accuracy", "keys"):
+                    "holdout_products", "calibration", "target_accuracy", "keys", "questions_per_product"):
             if o.get(key) is not None:
                 preset[key] = o[key]
         cache = o["cache_dir"] or Path(settings.BASE_DIR) / "models" / "cache"
