@@ -221,8 +221,12 @@ class ProductAnswerer(runtime.CheapConstructor):
                                              confidence=round(conf, 4)))
             return Answer(text, 1.0, self.model_key, False, evidence, kind)
         seen = self.image_answer(question, parsed, features)
-        if seen is None:
-            return Answer(DONT_KNOW, 0.0, self.model_key, True, [], kind)
+        if seen is None or seen[1] < self.threshold:
+            # Neither the data's attribute nor a sure image: a description sentence may still say it
+            # ("the pulp is orange coloured").
+            written = self.evidence_answer(kind, question, product)
+            if not written.abstained or seen is None:
+                return written if not written.abstained else Answer(DONT_KNOW, 0.0, self.model_key, True, [], kind)
         value, conf = seen
         ev = [Evidence("image", f"the image suggests {value}" if kind != Q.YES_NO
                        else f"the image {'shows' if value == Q.YES else 'does not show'} {parsed.values[0]}",

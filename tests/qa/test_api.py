@@ -196,3 +196,23 @@ def test_admins_correct_answers_in_the_log(qa_shop, colourmeter, admin_client):
     q.refresh_from_db()
     assert q.corrected_answer == "12 EUR" and q.corrected_by.is_superuser and q.corrected_at is not None
     assert q.answer == "I don't know"  # the log keeps what the shopper was told
+
+
+def test_corrected_answers_become_training_questions(qa_shop, colourmeter, tmp_path):
+    from django.core.management import call_command
+
+    from mmsearch.training.qa import questions as Q
+    from mmsearch.training.qa.trainer import answered_questions
+    from mmsearch.training.data import Product
+
+    client = Client()
+    ask(client, "plain-socks", {"question": "is it blue?"})
+    ask(client, "plain-socks", {"question": "what colour is it?"})
+    Question.objects.filter(question="is it blue?").update(corrected_answer="No")
+    out = tmp_path / "answers.jsonl"
+    call_command("export_answers", "--out", str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == [{"sku": "plain-socks", "question": "is it blue?", "answer": "No"}]
+    vocab = Q.Vocabulary({"colour": {"Red": 1, "Green": 1, "Blue": 1}})
+    product = Product("plain-socks", "Socks", "", {}, ())
+    assert answered_questions([str(out)], [product], vocab) == [(0, Q.QA("is it blue?", "no", "yes_no", "colour"))]

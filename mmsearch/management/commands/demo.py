@@ -34,7 +34,8 @@ class Command(BaseCommand):
         if not data.is_file():
             raise CommandError(f"{data}: no such file (give DATA=path/to/products.jsonl)")
         if not no_serve and not no_train:
-            self._ensure_embedder(data)
+            answerer_trained = self._ensure_answerer(data)
+            self._ensure_embedder(data, restart=answerer_trained)
         self.stdout.write(f"Importing {data} ...")
         try:
             call_command("import_catalog", str(data), stdout=self.stdout, stderr=self.stderr)
@@ -53,7 +54,24 @@ class Command(BaseCommand):
             return
         self._serve(addr)
 
-    def _ensure_embedder(self, data: Path) -> None:
+    def _ensure_answerer(self, data: Path) -> bool:
+        """No trained answerer yet: train a small one on --data for the product page's questions (a minute or so);
+        True when it trained one (the settings of this process predate it: the demo restarts)."""
+        import json
+
+        folder = Path(settings.MMSEARCH_ANSWERER_PATH)
+        card = folder / "model_card.json"
+        if folder.is_dir() and (not card.is_file() or json.loads(card.read_text()).get("training", {}).get("finished")):
+            return False  # trained already, or someone's own folder: leave it alone
+        if os.environ.get("MMSEARCH_DEMO_RESTARTED"):
+            raise CommandError(f"the demo answerer trained into {folder} did not finish; see the output above")
+        self.stdout.write(f"No trained answerer at {folder}: training a small one on {data} "
+                          "(train_answerer --preset demo; `make train` trains the full models) ...")
+        call_command("train_answerer", "--data", str(data), "--out", str(folder), "--preset", "demo",
+                     "--no-progress", stdout=self.stdout, stderr=self.stderr)
+        return True
+
+    def _ensure_embedder(self, data: Path, restart: bool = False) -> None:
         """No trained embedder yet (a fresh machine): train a small one on --data (minutes; resumable).
 
         The worker and web server started afterwards are new processes, so their settings find the model.
@@ -63,18 +81,21 @@ class Command(BaseCommand):
         folder = Path(settings.MMSEARCH_EMBEDDER_PATH)
         card = folder / "model_card.json"
         if folder.is_dir() and not card.is_file() and any(folder.iterdir()):
-            return  # someone's own model folder: leave it alone
+            return self._restart("the trained answerer") if restart else None  # someone's own model folder
         if card.is_file() and json.loads(card.read_text()).get("training", {}).get("finished"):
-            return
+            return self._restart("the trained answerer") if restart else None
         if os.environ.get("MMSEARCH_DEMO_RESTARTED"):
             raise CommandError(f"the demo embedder trained into {folder} did not finish; see the output above")
         self.stdout.write(f"No trained embedder at {folder}: training a small one on {data} "
                           "(train_embedder --preset demo; `make train` trains the full models) ...")
         call_command("train_embedder", "--data", str(data), "--out", str(folder), "--preset", "demo",
                      stdout=self.stdout, stderr=self.stderr)
+        self._restart("the trained embedder")
+
+    def _restart(self, what: str) -> None:
         # This process chose its models when it read the settings, before the model existed: start afresh so
         # the import, the index jobs and the children all use the trained model.
-        self.stdout.write("Restarting the demo with the trained embedder ...")
+        self.stdout.write(f"Restarting the demo with {what} ...")
         self.stdout.flush()
         os.environ["MMSEARCH_DEMO_RESTARTED"] = "1"
         os.execv(sys.executable, [sys.executable, *sys.argv])

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 VISUAL_KEYS: tuple[str, ...] = ("colour", "article_type", "gender", "usage")
+CATEGORY_KEY = "category"  # asked as "what is this?": the category's family level (value_of)
 YES, NO = "yes", "no"
 YES_NO, CHOICE = "yes_no", "choice"
 FACT_TYPES: tuple[str, ...] = ("price", "brand", "origin", "description", "attribute")
@@ -34,6 +35,8 @@ OPEN_PHRASINGS: dict[str, tuple[str, ...]] = {
                      "what sort of thing is this?", "what is it exactly?"),
     "gender": ("who is it for?", "which gender is it for?", "who is this made for?", "who can wear this?",
                "what gender is this for?", "who is this product designed for?", "is it for him or her?"),
+    "category": ("what is this?", "what kind of product is it?", "which product is this?", "what is it?",
+                 "what am I looking at?", "what sort of product is this?"),
     "usage": ("what is it used for?", "what occasion is it for?", "what is the usage?", "when would I wear this?",
               "what is this meant for?", "what style of use is it?", "what setting is this for?"),
 }
@@ -142,9 +145,14 @@ class Vocabulary:
 
 
 def value_of(product, key: str) -> str | None:
-    """A product's value of `key` as an answer names it, or None."""
+    """A product's value of `key` as an answer names it, or None. The key CATEGORY_KEY, when no attribute has that
+    name, is the second level of the product's category path (its family: Fruit/Apple/Pink-Lady -> Apple)."""
     attrs = getattr(product, "attributes", product) or {}
     v = attrs.get(key) if isinstance(attrs, Mapping) else None
+    if v is None and key == CATEGORY_KEY:
+        path = getattr(product, "category", "")
+        levels = [x for x in path.split("/") if x] if isinstance(path, str) else []
+        v = levels[1] if len(levels) > 1 else (levels[0] if levels else None)
     if v in (None, "") or isinstance(v, (dict, list, tuple, set)):
         return None
     return str(v)
