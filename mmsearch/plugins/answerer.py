@@ -348,13 +348,20 @@ class TrunkAnswerer(ProductAnswerer, runtime.LazyModel):
         from mmsearch.training.qa.model import token_mask
 
         self._ensure_loaded()
+        return self.logits_from_tokens(self._encoder.encode(list(questions)), features)
+
+    def logits_from_tokens(self, tokens: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """`logits` from the questions' MiniLM token states (QuestionEncoder.encode, or a cache of them)."""
+        from mmsearch.training.qa.model import token_mask
+
+        self._ensure_loaded()
         torch = self._torch
         out = []
-        for s in range(0, len(questions), 256):
-            tokens = torch.from_numpy(self._encoder.encode(list(questions[s:s + 256]))).to(self._device)
+        for s in range(0, len(tokens), 256):
+            t = torch.as_tensor(np.asarray(tokens[s:s + 256], np.float32), device=self._device)
             grids = torch.as_tensor(np.asarray(features[s:s + 256], np.float32), device=self._device)
             with torch.inference_mode():
-                out.append(self._net.logits(self._net.encode(grids), tokens, token_mask(tokens)).float().cpu().numpy())
+                out.append(self._net.logits(self._net.encode(grids), t, token_mask(t)).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self._vocab)), np.float32)
 
     def candidate_probabilities(self, logits: np.ndarray, candidates: Sequence[str]) -> np.ndarray:
