@@ -22,10 +22,9 @@ right when the answer's evidence is that text.
 
 from __future__ import annotations
 
-import json
 import random
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
