@@ -56,6 +56,7 @@ bench: services
 	$(BIN)/python bench/vector_search.py --real --synthetic $(VECTORS)
 	$(BIN)/python bench/captioner.py --model $(CAPTIONER)
 	for n in 1 4 16; do $(BIN)/python bench/load.py --clients $$n --out bench/results/load-$$n.json $(LOAD_ARGS) || exit 1; done
+	$(BIN)/python bench/qa_latency.py
 
 clean-var: services-stop
 	rm -rf var
@@ -74,6 +75,11 @@ CACHE       ?= models/cache
 # Then the captioner (docs/captioning.md) on the fashion products into models/captioner, reading the trunk grids
 # the embedder's run cached, evaluated on its held-out titles against two baselines. CAPTION_ARGS adds flags.
 CAPTIONER   ?= models/captioner
+# Then the answerer (docs/qa.md) on the fashion products into models/answerer (the default settings' `answerer`),
+# reading the same trunk grids and the captioner's cell colours from $(CACHE); evaluated on its held-out titles
+# (accuracy per question type against the majority and late-fusion baselines) and on the grocery fact questions
+# of qa/data/grocery-facts.jsonl. QA_ARGS adds flags.
+ANSWERER    ?= models/answerer
 train: install
 	$(BIN)/python manage.py train_embedder --data $(SHARED_DATA)/fashion/products.jsonl \
 	  --data $(SHARED_DATA)/grocery/products.jsonl --photos $(SHARED_DATA)/grocery/photos-train.jsonl \
@@ -94,3 +100,9 @@ train: install
 	$(BIN)/python manage.py evaluate_captioner --threads 2 --model $(CAPTIONER) --data $(CAPTIONER)/heldout.jsonl \
 	  --corpus $(SHARED_DATA)/fashion/products.jsonl --embedder $(EMBEDDER) --cache-dir $(CACHE) \
 	  --json $(CAPTIONER)/eval-fashion.json
+	$(BIN)/python manage.py train_answerer --data $(SHARED_DATA)/fashion/products.jsonl --out $(ANSWERER) \
+	  --replace --threads 2 --cache-dir $(CACHE) $(QA_ARGS)
+	$(BIN)/python manage.py evaluate_qa --threads 2 --model $(ANSWERER) --data $(ANSWERER)/heldout.jsonl \
+	  --embedder $(EMBEDDER) --cache-dir $(CACHE) --json $(ANSWERER)/eval-fashion.json
+	$(BIN)/python manage.py evaluate_qa --threads 2 --model $(ANSWERER) --data $(SHARED_DATA)/grocery/products.jsonl \
+	  --facts qa/data/grocery-facts.jsonl --embedder none --cache-dir $(CACHE) --json $(ANSWERER)/eval-grocery-facts.json

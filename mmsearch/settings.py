@@ -240,6 +240,13 @@ if MMSEARCH_CAPTIONER_PATH.is_dir():
         "BACKEND": "mmsearch.plugins.captioner.TrunkCaptioner",
         "OPTIONS": {"path": str(MMSEARCH_CAPTIONER_PATH), "beam_size": 3, "device": "auto"},
     }
+# Product questions (qa/, docs/qa.md): the trained answerer folder (`manage.py train_answerer`, `make train`) when it
+# exists; without one the product page's question box is off and the ask API answers 503.
+MMSEARCH_ANSWERER_PATH = Path(os.environ.get("MMSEARCH_ANSWERER_PATH") or BASE_DIR / "models" / "answerer")
+if MMSEARCH_ANSWERER_PATH.is_dir():
+    MMSEARCH_MODELS["answerer"] = {"BACKEND": "mmsearch.plugins.answerer.TrunkAnswerer",
+                                   "OPTIONS": {"path": str(MMSEARCH_ANSWERER_PATH), "device": "auto"}}
+MMSEARCH_QA_MAX_CHARS = int(os.environ.get("MMSEARCH_QA_MAX_CHARS", 300))  # longest question accepted
 
 # --- embedding pipeline (workers/) --------------------------------------------------------------------------
 # Named queues: a worker host consumes the ones it serves (`celery -A mmsearch worker -Q embed`).

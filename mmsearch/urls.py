@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/v1/search", search_api.SearchView.as_view(), name="search"),
     path("api/v1/search/image", search_api.ImageSearchView.as_view(), name="search-image"),
     path("api/v1/products/<sku:sku>/similar", search_api.SimilarView.as_view(), name="product-similar"),
+    path("", include("qa.urls")),  # POST /api/v1/products/<sku>/ask and the product page's question box
     path("api/v1/", include("mmsearch.api")),  # index-jobs (staff only)
     path("api/v1/", include("catalog.api.urls")),
     path("api/v1/auth/token", views.ThrottledAuthToken.as_view(), name="api-token"),

@@ -130,19 +130,64 @@ class Tagger(Protocol):
 
 
 @dataclass(frozen=True)
+class ProductFacts:
+    """What an answerer may read about one product besides its images (the serving side fills it from the
+    catalog; evaluation from a products.jsonl row). `price` is the decimal as text, or None when unknown."""
+
+    sku: str
+    title: str
+    category: str = ""
+    attributes: dict = field(default_factory=dict)
+    description: str = ""
+    brand: str = ""
+    price: str | None = None
+    currency: str = ""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Why an answer says what it says: `source` is image, attribute, description, price, brand or title; `text`
+    the words a shopper is shown; `key`, `value` and `confidence` where they apply."""
+
+    source: str
+    text: str
+    key: str | None = None
+    value: str | None = None
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
 class Answer:
+    """An answer to one question. `confidence` is calibrated (the probability the answer is right); below the
+    answerer's threshold the answer is "I don't know" with `abstained` True. `kind` is the question's type."""
+
     text: str
     confidence: float
     model_key: str
-    evidence: list[str] = field(default_factory=list)
+    abstained: bool = False
+    evidence: list[Evidence] = field(default_factory=list)
+    kind: str = ""
 
 
 @runtime_checkable
 class Answerer(Protocol):
     model_key: str
 
-    def answer(self, question: str, product_text: str, images: Sequence[Image.Image]) -> Answer:
-        """Answer a shopper's question about one product."""
+    def answer(self, question: str, product: ProductFacts, images: Sequence[Image.Image]) -> Answer:
+        """Answer a shopper's question about one product from its data and its images."""
+
+
+@runtime_checkable
+class FeatureAnswerer(Protocol):
+    """Optional extra of an Answerer: the image side split off, so a caller can cache it per (image, model_key).
+
+    `answer_features(q, product, image_features(images))` equals `answer(q, product, images)`."""
+
+    def image_features(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """What the answerer reads from the images (a float32 array), computed once per image set."""
+
+    def answer_features(self, question: str, product: ProductFacts, features: np.ndarray | None) -> Answer:
+        """Answer from precomputed image features (None: no image)."""
 
 
 # role -> the Protocol an alias of that role must satisfy

@@ -125,39 +125,15 @@ class TrunkCaptioner(runtime.LazyModel):
     def trunk_channels(self) -> int:
         return int(self.config["decoder"]["grid_dim"])
 
-    def _pixels(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """uint8 (N, S, S, 3): each image squashed to the trunk's input size, as in training (data.squash)."""
-        from mmsearch.training.data import squash
-
-        size = int(self.config["trunk"]["image_size"])
-        return np.stack([squash(im.convert("RGB"), size) for im in images])
-
     def grids(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Each image's grid, (len(images), tokens, channels) float32 (16 x (1280 + 6) for the default model): the
         trunk's spatial feature grid, one token per 32 x 32 cell, then the cell's pixel colour statistics
         (mean and standard deviation of R, G, B). Another head over the same trunk (same `trunk_key`) reads
         `grids[..., :trunk_channels]`: the trunk runs once per image for all of them."""
-        from mmsearch.training.data import cell_colours
-
         self._ensure_loaded()
         tokens, channels = self.grid_shape
-        if len(images) == 0:
-            return np.zeros((0, tokens, channels), np.float32)
-        torch = self._torch
-        colour_dim = channels - self.trunk_channels
-        out = []
-        for chunk in runtime.batches(list(images), self.batch_size):
-            pixels = self._pixels(chunk)
-            x = torch.from_numpy(pixels).to(self._device).permute(0, 3, 1, 2).float().div_(255)
-            x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), runtime.autocast(self._device, self._dtype):
-                grid = self._trunk.forward_features(x)
-            grid = grid.flatten(2).transpose(1, 2).float().cpu().numpy()
-            if colour_dim:
-                side = int(round(tokens ** 0.5))
-                grid = np.concatenate([grid, cell_colours(pixels, side)[..., :colour_dim]], axis=-1)
-            out.append(grid)
-        return np.concatenate(out)
+        return trunk_grids(self._trunk, images, int(self.config["trunk"]["image_size"]), self._mean, self._std,
+                           self._device, self._dtype, tokens, channels - self.trunk_channels, self.batch_size)
 
     # --- captions -----------------------------------------------------------------------------------------
     def caption(self, images: Sequence[Image.Image]) -> list[Caption]:
@@ -208,3 +184,29 @@ class TrunkCaptioner(runtime.LazyModel):
 
     def __repr__(self) -> str:
         return f"TrunkCaptioner(path={str(self.path)!r}, decoding={self.decoding!r}, device={self.device!r})"
+
+
+def trunk_grids(trunk: Any, images: Sequence[Image.Image], size: int, mean: Any, std: Any, device: str, dtype: Any,
+                tokens: int, colour_dim: int, batch_size: int) -> np.ndarray:
+    """(len(images), tokens, trunk channels + colour_dim) float32: a locked timm trunk's spatial grid of each image
+    squashed to `size` (as in training, data.squash), each token followed by its cell's pixel colour statistics
+    (data.cell_colours) when colour_dim > 0. Every head over the trunk's grid (captioner, answerer) reads this."""
+    import torch
+
+    from mmsearch.training.data import cell_colours, squash
+
+    if len(images) == 0:
+        return np.zeros((0, tokens, int(trunk.num_features) + colour_dim), np.float32)
+    out = []
+    for chunk in runtime.batches(list(images), batch_size):
+        pixels = np.stack([squash(im.convert("RGB"), size) for im in chunk])
+        x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div_(255)
+        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), runtime.autocast(device, dtype):
+            grid = trunk.forward_features(x)
+        grid = grid.flatten(2).transpose(1, 2).float().cpu().numpy()
+        if colour_dim:
+            side = int(round(tokens ** 0.5))
+            grid = np.concatenate([grid, cell_colours(pixels, side)[..., :colour_dim]], axis=-1)
+        out.append(grid)
+    return np.concatenate(out)

@@ -13,6 +13,7 @@ from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET, require_POST
 
 from catalog.models import Caption, Product, ProductTag
+from mmsearch.plugins import model_settings
 from mmsearch.search.engine import browse, search
 from mmsearch.search.params import SearchError, SearchQuery, SearchUnavailable, parse_params
 from mmsearch.web import photos, present
@@ -209,5 +210,5 @@ def product_page(request: HttpRequest, sku: str) -> HttpResponse:
         "breadcrumbs": breadcrumbs,
         "similar": similar,
         "similar_error": similar_error,
-        "qa_enabled": False,
+        "qa_enabled": "answerer" in model_settings(),
     })

@@ -55,7 +55,7 @@ class Command(BaseCommand):
         self._serve(addr, caption_job)
 
     def _ensure_models(self, data: Path) -> None:
-        """No trained embedder or captioner yet (a fresh machine): train small ones on --data (minutes; resumable).
+        """No trained embedder, captioner or answerer yet (a fresh machine): train small ones on --data (minutes; resumable).
 
         This process chose its models when it read the settings, before the models existed: it starts afresh
         afterwards, so the import, the jobs and the children (worker, web server) all use the trained models.
@@ -64,6 +64,7 @@ class Command(BaseCommand):
             role for role, folder, command in (
                 ("embedder", settings.MMSEARCH_EMBEDDER_PATH, "train_embedder"),
                 ("captioner", settings.MMSEARCH_CAPTIONER_PATH, "train_captioner"),
+                ("answerer", settings.MMSEARCH_ANSWERER_PATH, "train_answerer"),
             ) if self._train_if_missing(role, Path(folder), command, data)
         ]
         if trained:

