@@ -398,6 +398,9 @@ def probe_ask(port: int, plan: Plan) -> Ask:
         return Ask(False, reason=f"POST {ASK_PATH} answers 404 from URL routing (no such route"
                                  f"{'' if not routed else ', though it resolves in this process'}): the feature "
                                  "does not exist yet")
+    if status == 503 and is_json:
+        return Ask(False, reason=f"POST {ASK_PATH} answers 503: {content.decode(errors='replace')[:200]} "
+                                 "(no answerer is configured)")
     if status == 405:
         allow = headers.get("allow", "")
         if "GET" in allow and "POST" not in allow:

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                           cache_dir=str(args.cache_dir or args.out / "cache"), **preset)
         trainer = Trainer(cfg, replace=True, progress=False)
         card = trainer.run()
-        seconds = card["training"]["seconds"]
+        seconds = max(card["training"]["seconds"], 0.1)  # the card rounds to 0.1 s: a tiny run can read 0.0
         pairs = len(trainer.items) * cfg.epochs
         if args.max_steps is not None:
             pairs = min(pairs, args.max_steps * min(cfg.batch_size, len(trainer.items)))
