@@ -378,6 +378,90 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+class HeadTrainer:
+    """The epoch loop of the heads trained over cached trunk grids (captioner, answerer).
+
+    AdamW (weight decay on matrices only), warm-up then cosine (`lr_at`), gradient clipping at 1, per-epoch
+    validation, and a resumable RunState saved every `cfg.checkpoint_every_s` and at the end. A subclass has
+    `cfg` (with seed, epochs, batch_size, lr, weight_decay, warmup, max_steps, checkpoint_every_s, run_key()),
+    `out`, `replace`, `device`, `progress`, `log`, and `epoch_order(epoch)` (an epoch's example order, from
+    (seed, epoch) only), `batch_loss(model, idx)`, `validate(model)`, `save(model, history, seconds, finished)`.
+    """
+
+    def fit(self, model, describe: str) -> dict:
+        """Train `model` (resuming when OUT/train_state.pt matches the config); returns the model card."""
+        import torch
+
+        cfg = self.cfg
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+        n = len(self.epoch_order(0))
+        bs = min(cfg.batch_size, n)
+        steps_per_epoch = max(1, n // bs)
+        total = cfg.epochs * steps_per_epoch
+        warmup = max(1, int(cfg.warmup * total))
+        run_state = RunState(self.out, cfg.run_key(), self.replace, self.log)
+        state = run_state.load()
+        start_epoch, history, seconds = 0, [], 0.0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start_epoch, history, seconds = state["epoch"], state["history"], state["seconds"]
+            self.log(f"resuming {self.out} after epoch {start_epoch}/{cfg.epochs}")
+        self.log(f"model: {describe} on {self.device}; {cfg.epochs} epochs x {steps_per_epoch} steps of {bs}")
+        step = start_epoch * steps_per_epoch
+        model.train()
+        stop, last_save, card = False, time.time(), None
+        for epoch in range(start_epoch, cfg.epochs):
+            order = self.epoch_order(epoch)
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout masks: a resumed epoch draws the same
+            t0 = time.time()
+            bar = progress_bar(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=self.progress)
+            loss_sum, n_steps = 0.0, 0
+            for b in bar:
+                if cfg.max_steps is not None and step >= cfg.max_steps:
+                    stop = True
+                    break
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, total, cfg.lr, warmup)
+                loss = self.batch_loss(model, order[b * bs:(b + 1) * bs])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                step += 1
+                loss_sum += loss.item()
+                n_steps += 1
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.close()
+            seconds += time.time() - t0
+            if stop and n_steps < steps_per_epoch:
+                card = self.save(model, history, seconds, finished=False)
+                break
+            metrics = self.validate(model)
+            record = {"epoch": epoch + 1, "steps": step, "loss": round(loss_sum / max(1, n_steps), 4),
+                      "seconds": round(seconds, 1), **metrics}
+            history.append(record)
+            self.log(f"epoch {epoch + 1}: loss {record['loss']:.3f}" + "".join(
+                f", {k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
+            last = epoch + 1 == cfg.epochs
+            if not (last or stop or time.time() - last_save >= cfg.checkpoint_every_s):
+                continue
+            last_save = time.time()
+            card = self.save(model, history, seconds, finished=last)
+            run_state.save(model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1, history=history,
+                           seconds=seconds)
+            if stop:
+                break
+        else:
+            if card is None:  # nothing left to train: the folder is rewritten from the saved state
+                self.log(f"{self.out} is already trained ({cfg.epochs} epochs)")
+                card = self.save(model, history, seconds, finished=True)
+        return card
+
+
 # --- the run --------------------------------------------------------------------------------------------------
 class Trainer:
     """Prepares data and model from a TrainConfig and runs (or resumes) the training."""

@@ -34,8 +34,8 @@ from mmsearch.training.caption.model import CaptionConfig, Captioner, save_capti
 from mmsearch.training.caption.targets import CaptionTargets
 from mmsearch.training.caption.vocab import PAD, Vocab
 from mmsearch.training.model import ARCHS, build_trunk
-from mmsearch.training.trainer import (HELDOUT_NAME, RunState, TrainingError, grid_cache, lr_at, module_identity,
-                                       progress_bar, run_card, seed_everything, split_by_title, trunk_views, view_keys)
+from mmsearch.training.trainer import (HELDOUT_NAME, HeadTrainer, TrainingError, grid_cache, module_identity,
+                                       run_card, seed_everything, split_by_title, trunk_views, view_keys)
 
 
 @dataclass
@@ -110,7 +110,7 @@ def cached_grids(trunk: torch.nn.Module, spec: dict, paths: list[Path], cache_di
     return np.concatenate([out, cells.rows(files)[..., :colour_dim]], axis=-1) if cells is not None else out
 
 
-class CaptionTrainer:
+class CaptionTrainer(HeadTrainer):
     """Prepares data, grids and model from a CaptionTrainConfig and runs (or resumes) the training."""
 
     def __init__(self, cfg: CaptionTrainConfig, log: Callable[[str], None] = print, progress: bool = True,
@@ -230,78 +230,19 @@ class CaptionTrainer:
                                n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)
         torch.manual_seed(cfg.seed)
         model = Captioner(config).to(self.device)
-        decay = [p for p in model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in model.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-        n = len(self.item_image)
-        bs = min(cfg.batch_size, n)
-        steps_per_epoch = max(1, n // bs)
-        total = cfg.epochs * steps_per_epoch
-        warmup = max(1, int(cfg.warmup * total))
-        run_state = RunState(self.out, cfg.run_key(), self.replace, self.log)
-        state = run_state.load()
-        start_epoch, history, seconds = 0, [], 0.0
-        if state is not None:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start_epoch, history, seconds = state["epoch"], state["history"], state["seconds"]
-            self.log(f"resuming {self.out} after epoch {start_epoch}/{cfg.epochs}")
-        self.log(f"model: caption decoder {cfg.n_layer} layers x {cfg.n_embd} wide ({model.num_params() / 1e6:.2f}M "
-                 f"parameters) over the locked {cfg.trunk} grid {tuple(self.grids.shape[1:])} on {self.device}; "
-                 f"{cfg.epochs} epochs x {steps_per_epoch} steps of {bs}")
-        step = start_epoch * steps_per_epoch
-        model.train()
-        stop, last_save, card = False, time.time(), None
-        for epoch in range(start_epoch, cfg.epochs):
-            # The order of an epoch depends only on (seed, epoch): resumable and deterministic.
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-            order = torch.randperm(n, generator=gen).numpy()
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout masks: a resumed epoch draws the same
-            t0 = time.time()
-            bar = progress_bar(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=self.progress)
-            loss_sum, n_steps = 0.0, 0
-            for b in bar:
-                if cfg.max_steps is not None and step >= cfg.max_steps:
-                    stop = True
-                    break
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step, total, cfg.lr, warmup)
-                grids, x, y = self.batch(order[b * bs:(b + 1) * bs])
-                _, loss = model(model.encode(grids), x, y, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                step += 1
-                loss_sum += loss.item()
-                n_steps += 1
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-            bar.close()
-            seconds += time.time() - t0
-            if stop and n_steps < steps_per_epoch:
-                card = self.save(model, history, seconds, finished=False)
-                break
-            metrics = self.validate(model)
-            record = {"epoch": epoch + 1, "steps": step, "loss": round(loss_sum / max(1, n_steps), 4),
-                      "seconds": round(seconds, 1), **metrics}
-            history.append(record)
-            self.log(f"epoch {epoch + 1}: loss {record['loss']:.3f}" + "".join(
-                f", {k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
-            last = epoch + 1 == cfg.epochs
-            if not (last or stop or time.time() - last_save >= cfg.checkpoint_every_s):
-                continue
-            last_save = time.time()
-            card = self.save(model, history, seconds, finished=last)
-            run_state.save(model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1, history=history,
-                           seconds=seconds)
-            if stop:
-                break
-        else:
-            if start_epoch >= cfg.epochs:
-                self.log(f"{self.out} is already trained ({cfg.epochs} epochs)")
-            card = self.save(model, history, seconds, finished=True)
-        return card
+        describe = (f"caption decoder {cfg.n_layer} layers x {cfg.n_embd} wide ({model.num_params() / 1e6:.2f}M "
+                    f"parameters) over the locked {cfg.trunk} grid {tuple(self.grids.shape[1:])}")
+        return self.fit(model, describe)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """An epoch's order of the training images, from (seed, epoch) only: resumable and deterministic."""
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.item_image), generator=gen).numpy()
+
+    def batch_loss(self, model: Captioner, idx: np.ndarray) -> torch.Tensor:
+        grids, x, y = self.batch(idx)
+        _, loss = model(model.encode(grids), x, y, label_smoothing=self.cfg.label_smoothing)
+        return loss
 
     def save(self, model: Captioner, history: list[dict], seconds: float, finished: bool) -> dict:
         """Write the model folder (config, weights, card) and the held-out products for the current weights."""

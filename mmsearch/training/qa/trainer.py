@@ -42,7 +42,7 @@ from mmsearch.training.caption.trainer import cached_grids
 from mmsearch.training.model import ARCHS, build_trunk
 from mmsearch.training.qa import questions as Q
 from mmsearch.training.qa.model import QAConfig, QuestionEncoder, VQA, save_answerer, token_mask
-from mmsearch.training.trainer import (HELDOUT_NAME, HELDOUT_PRODUCTS_NAME, RunState, TrainingError, lr_at,
+from mmsearch.training.trainer import (HELDOUT_NAME, HELDOUT_PRODUCTS_NAME, HeadTrainer, TrainingError,
                                        module_identity, progress_bar, run_card, seed_everything, split_by_title)
 
 MASKED = -1e6  # the logit of an answer a question does not allow (finite: temperature fitting multiplies it)
@@ -177,7 +177,7 @@ def question_tokens(encoder: QuestionEncoder, texts: list[str], cache_dir: Path 
     return cache.rows(texts)
 
 
-class QATrainer:
+class QATrainer(HeadTrainer):
     """Prepares data, grids, question tokens and model from a QATrainConfig and runs (or resumes) training."""
 
     def __init__(self, cfg: QATrainConfig, log: Callable[[str], None] = print, progress: bool = True,
@@ -328,76 +328,14 @@ class QATrainer:
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)
         torch.manual_seed(cfg.seed)
         model = VQA(config).to(self.device)
-        decay = [p for p in model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in model.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-        n = len(self.epoch_order(0))
-        bs = min(cfg.batch_size, n)
-        steps_per_epoch = max(1, n // bs)
-        total = cfg.epochs * steps_per_epoch
-        warmup = max(1, int(cfg.warmup * total))
-        run_state = RunState(self.out, cfg.run_key(), self.replace, self.log)
-        state = run_state.load()
-        start_epoch, history, seconds = 0, [], 0.0
-        if state is not None:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start_epoch, history, seconds = state["epoch"], state["history"], state["seconds"]
-            self.log(f"resuming {self.out} after epoch {start_epoch}/{cfg.epochs}")
-        self.log(f"model: answerer {cfg.n_layer} fusion layers x {cfg.n_embd} wide ({model.num_params() / 1e6:.2f}M "
-                 f"parameters) over the locked {cfg.trunk} grid {tuple(self.grids.shape[1:])} and MiniLM question "
-                 f"tokens on {self.device}; {cfg.epochs} epochs x {steps_per_epoch} steps of {bs}")
-        step = start_epoch * steps_per_epoch
-        model.train()
-        stop, last_save, card = False, time.time(), None
-        for epoch in range(start_epoch, cfg.epochs):
-            order = self.epoch_order(epoch)
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout masks: a resumed epoch draws the same
-            t0 = time.time()
-            bar = progress_bar(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=self.progress)
-            loss_sum, n_steps = 0.0, 0
-            for b in bar:
-                if cfg.max_steps is not None and step >= cfg.max_steps:
-                    stop = True
-                    break
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step, total, cfg.lr, warmup)
-                z, y = self.forward(model, self.examples, order[b * bs:(b + 1) * bs])
-                loss = F.cross_entropy(z, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                step += 1
-                loss_sum += loss.item()
-                n_steps += 1
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-            bar.close()
-            seconds += time.time() - t0
-            if stop and n_steps < steps_per_epoch:
-                card = self.save(model, history, seconds, finished=False)
-                break
-            metrics = self.validate(model)
-            record = {"epoch": epoch + 1, "steps": step, "loss": round(loss_sum / max(1, n_steps), 4),
-                      "seconds": round(seconds, 1), **metrics}
-            history.append(record)
-            self.log(f"epoch {epoch + 1}: loss {record['loss']:.3f}" + "".join(
-                f", {k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
-            last = epoch + 1 == cfg.epochs
-            if not (last or stop or time.time() - last_save >= cfg.checkpoint_every_s):
-                continue
-            last_save = time.time()
-            card = self.save(model, history, seconds, finished=last)
-            run_state.save(model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1, history=history,
-                           seconds=seconds)
-            if stop:
-                break
-        else:
-            if card is None:  # nothing left to train: the folder is rewritten from the saved state
-                self.log(f"{self.out} is already trained ({cfg.epochs} epochs)")
-                card = self.save(model, history, seconds, finished=True)
-        return card
+        describe = (f"answerer {cfg.n_layer} fusion layers x {cfg.n_embd} wide ({model.num_params() / 1e6:.2f}M "
+                    f"parameters) over the locked {cfg.trunk} grid {tuple(self.grids.shape[1:])} and MiniLM question "
+                    "tokens")
+        return self.fit(model, describe)
+
+    def batch_loss(self, model: VQA, idx: np.ndarray) -> torch.Tensor:
+        z, y = self.forward(model, self.examples, idx)
+        return F.cross_entropy(z, y)
 
     def save(self, model: VQA, history: list[dict], seconds: float, finished: bool) -> dict:
         """Calibrate, then write the model folder (config, weights, card) and the held-out products."""
