@@ -128,3 +128,22 @@ def resolve_model_ref(ref: str, base: Path | None = None) -> str:
     if packaged is not None:
         return str(packaged)
     return ref
+
+
+def read_model_config(folder: str | Path, config_name: str, weights_name: str, fmt: str, role: str) -> dict:
+    """The JSON config of a model folder the project trains (`role`: captioner, answerer), checked without
+    loading the weights: FileNotFoundError / ValueError naming what is wrong and the fix."""
+    folder = Path(folder)
+    path = folder / config_name
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not {'an' if role[0] in 'aeiou' else 'a'} {role} folder: {config_name} "
+                                f"is missing (train one with `manage.py train_{role} --out FOLDER`)")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict) or config.get("format") != fmt:
+        raise ValueError(f"{path} is not a {fmt} config (format {config.get('format') if isinstance(config, dict) else None!r})")
+    if not (folder / weights_name).is_file():
+        raise FileNotFoundError(f"{folder} has no {weights_name} (an unfinished copy? retrain or copy it again)")
+    return config

@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from mmsearch.plugins.files import read_model_config
 
 CONFIG_NAME = "captioner_config.json"
 WEIGHTS_NAME = "captioner.safetensors"
@@ -30,17 +31,4 @@ def trunk_spec(arch, identity: str) -> dict:
 
 def read_config(folder: str | Path) -> dict:
     """A captioner folder's config; FileNotFoundError / ValueError naming what is wrong and the fix."""
-    folder = Path(folder)
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a captioner folder: {CONFIG_NAME} is missing "
-                                "(train one with `manage.py train_captioner --out FOLDER`)")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} config (format {config.get('format')!r})")
-    if not (folder / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME} (an unfinished copy? retrain or copy it again)")
-    return config
+    return read_model_config(folder, CONFIG_NAME, WEIGHTS_NAME, FORMAT, "captioner")
