@@ -388,6 +388,24 @@ class HeadTrainer:
     (seed, epoch) only), `batch_loss(model, idx)`, `validate(model)`, `save(model, history, seconds, finished)`.
     """
 
+    def __init__(self, cfg, log: Callable[[str], None] = print, progress: bool = True, replace: bool = False):
+        self.cfg, self.log, self.progress, self.replace = cfg, log, progress, replace
+        self.out = Path(cfg.out)
+        try:
+            self.device = runtime.resolve_device(cfg.device)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+
+    def check_trunk(self) -> None:
+        """The options every head checks first: at least one epoch, a trunk with pretrained weights."""
+        cfg = self.cfg
+        if cfg.epochs < 1:
+            raise TrainingError("--epochs must be at least 1")
+        if cfg.trunk not in ARCHS or not ARCHS[cfg.trunk].vision_weights:
+            choices = ", ".join(n for n, a in ARCHS.items() if a.vision_weights)
+            raise TrainingError(f"--trunk {cfg.trunk!r} is not an architecture with a pretrained trunk ({choices})")
+
     def fit(self, model, describe: str) -> dict:
         """Train `model` (resuming when OUT/train_state.pt matches the config); returns the model card."""
         import torch

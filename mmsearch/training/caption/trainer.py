@@ -19,7 +19,6 @@ import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,24 +112,10 @@ def cached_grids(trunk: torch.nn.Module, spec: dict, paths: list[Path], cache_di
 class CaptionTrainer(HeadTrainer):
     """Prepares data, grids and model from a CaptionTrainConfig and runs (or resumes) the training."""
 
-    def __init__(self, cfg: CaptionTrainConfig, log: Callable[[str], None] = print, progress: bool = True,
-                 replace: bool = False):
-        self.cfg, self.log, self.progress, self.replace = cfg, log, progress, replace
-        self.out = Path(cfg.out)
-        try:
-            self.device = runtime.resolve_device(cfg.device)
-        except ValueError as exc:
-            raise TrainingError(str(exc)) from None
-        self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
-
     # ---- preparation
     def prepare(self) -> None:
         cfg = self.cfg
-        if cfg.epochs < 1:
-            raise TrainingError("--epochs must be at least 1")
-        if cfg.trunk not in ARCHS or not ARCHS[cfg.trunk].vision_weights:
-            choices = ", ".join(n for n, a in ARCHS.items() if a.vision_weights)
-            raise TrainingError(f"--trunk {cfg.trunk!r} is not an architecture with a pretrained trunk ({choices})")
+        self.check_trunk()
         if cfg.n_embd % cfg.n_head:
             raise TrainingError(f"--n-embd {cfg.n_embd} must be a multiple of --n-head {cfg.n_head}")
         products = D.load_catalog(cfg.data).products

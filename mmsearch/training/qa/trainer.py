@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from mmsearch.plugins import runtime
 from mmsearch.training import calibration as C
 from mmsearch.training import data as D
 from mmsearch.training import metrics as M
@@ -180,24 +179,10 @@ def question_tokens(encoder: QuestionEncoder, texts: list[str], cache_dir: Path 
 class QATrainer(HeadTrainer):
     """Prepares data, grids, question tokens and model from a QATrainConfig and runs (or resumes) training."""
 
-    def __init__(self, cfg: QATrainConfig, log: Callable[[str], None] = print, progress: bool = True,
-                 replace: bool = False):
-        self.cfg, self.log, self.progress, self.replace = cfg, log, progress, replace
-        self.out = Path(cfg.out)
-        try:
-            self.device = runtime.resolve_device(cfg.device)
-        except ValueError as exc:
-            raise TrainingError(str(exc)) from None
-        self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
-
     # ---- preparation
     def prepare(self) -> None:
         cfg = self.cfg
-        if cfg.epochs < 1:
-            raise TrainingError("--epochs must be at least 1")
-        if cfg.trunk not in ARCHS or not ARCHS[cfg.trunk].vision_weights:
-            choices = ", ".join(n for n, a in ARCHS.items() if a.vision_weights)
-            raise TrainingError(f"--trunk {cfg.trunk!r} is not an architecture with a pretrained trunk ({choices})")
+        self.check_trunk()
         if cfg.n_embd % cfg.n_head:
             raise TrainingError(f"--width {cfg.n_embd} must be a multiple of --heads {cfg.n_head}")
         products = D.load_catalog(cfg.data).products
