@@ -274,3 +274,35 @@ def read_card(folder: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+# --- the folders of heads trained over a locked trunk (captioner, answerer) ----------------------------------------
+def save_head_folder(folder, tensors: dict, weights_name: str, config_name: str, config: dict, card_name: str,
+                     card: dict) -> dict:
+    """Write a head's weights (atomically, float32 on the CPU), config and card into `folder`; returns the card
+    with the weights' sha256."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    tmp = folder / (weights_name + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(folder / weights_name)
+    (folder / config_name).write_text(json.dumps(config, indent=1))
+    card = {**card, "weights": {"file": weights_name, "sha256": files.sha256_of(folder / weights_name)}}
+    (folder / card_name).write_text(json.dumps(card, indent=2, ensure_ascii=False))
+    return card
+
+
+def load_head_folder(folder, config: dict, weights_name: str) -> tuple[torch.nn.Module, dict]:
+    """(the trunk rebuilt from config["trunk"] with its saved weights, every saved tensor) of a head's folder."""
+    from safetensors.torch import load_file
+
+    spec = config["trunk"]
+    state = load_file(str(Path(folder) / weights_name))
+    arch = Arch(spec["arch"], {"timm_model_name": spec["timm_model_name"], "timm_pool": spec["timm_pool"]},
+                spec["image_size"], vision_weights=spec["weights"])
+    trunk = build_trunk(arch, pretrained=False)
+    trunk.load_state_dict({k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")})
+    return trunk, state

@@ -378,7 +378,21 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-class HeadTrainer:
+class TrainingRun:
+    """What every training command's run holds: its config, where it writes, the device, the feature cache."""
+
+    def __init__(self, cfg, log: Callable[[str], None] = print, progress: bool = True, replace: bool = False):
+        self.cfg, self.log, self.progress = cfg, log, progress
+        self.replace = replace  # a different run in the output folder is replaced instead of being an error
+        self.out = Path(cfg.out)
+        try:
+            self.device = runtime.resolve_device(cfg.device)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
+
+
+class HeadTrainer(TrainingRun):
     """The epoch loop of the heads trained over cached trunk grids (captioner, answerer).
 
     AdamW (weight decay on matrices only), warm-up then cosine (`lr_at`), gradient clipping at 1, per-epoch
@@ -387,15 +401,6 @@ class HeadTrainer:
     `out`, `replace`, `device`, `progress`, `log`, and `epoch_order(epoch)` (an epoch's example order, from
     (seed, epoch) only), `batch_loss(model, idx)`, `validate(model)`, `save(model, history, seconds, finished)`.
     """
-
-    def __init__(self, cfg, log: Callable[[str], None] = print, progress: bool = True, replace: bool = False):
-        self.cfg, self.log, self.progress, self.replace = cfg, log, progress, replace
-        self.out = Path(cfg.out)
-        try:
-            self.device = runtime.resolve_device(cfg.device)
-        except ValueError as exc:
-            raise TrainingError(str(exc)) from None
-        self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
 
     def check_trunk(self) -> None:
         """The options every head checks first: at least one epoch, a trunk with pretrained weights."""
@@ -481,21 +486,8 @@ class HeadTrainer:
 
 
 # --- the run --------------------------------------------------------------------------------------------------
-class Trainer:
+class Trainer(TrainingRun):
     """Prepares data and model from a TrainConfig and runs (or resumes) the training."""
-
-    def __init__(self, cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True,
-                 replace: bool = False):
-        self.cfg = cfg
-        self.replace = replace  # a different run in the output folder is replaced instead of being an error
-        self.log = log
-        self.progress = progress
-        self.out = Path(cfg.out)
-        try:
-            self.device = runtime.resolve_device(cfg.device)
-        except ValueError as exc:
-            raise TrainingError(str(exc)) from None
-        self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else None
 
     # ---- preparation
     def prepare(self) -> None:

@@ -14,7 +14,6 @@ their weights (as in nanoGPT).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -273,43 +272,25 @@ class Captioner(nn.Module):
 # --- the saved folder (caption/folder.py describes it) ------------------------------------------------------------
 def save_captioner(folder, model: Captioner, trunk: nn.Module, spec: dict, vocab, card: dict) -> dict:
     """Write config, weights and card into `folder`; returns the card (with the weights' sha256)."""
-    from safetensors.torch import save_file
-
-    from mmsearch.plugins import files
     from mmsearch.training.caption.folder import CARD_NAME, CONFIG_NAME, FORMAT, WEIGHTS_NAME
+    from mmsearch.training.model import save_head_folder
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {f"trunk.{k}": v for k, v in trunk.state_dict().items()}
-    state.update({f"decoder.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"})
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    tmp = folder / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(folder / WEIGHTS_NAME)
+    tensors = {f"trunk.{k}": v for k, v in trunk.state_dict().items()}
+    tensors.update({f"decoder.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"})
     config = {"format": FORMAT, "version": 1, "decoder": asdict(model.config), "trunk": spec,
               "vocab": list(vocab.words)}
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=1))
-    card = {**card, "weights": {"file": WEIGHTS_NAME, "sha256": files.sha256_of(folder / WEIGHTS_NAME)}}
-    (folder / CARD_NAME).write_text(json.dumps(card, indent=2, ensure_ascii=False))
-    return card
+    return save_head_folder(folder, tensors, WEIGHTS_NAME, CONFIG_NAME, config, CARD_NAME, card)
 
 
 def load_captioner(folder, device: str = "cpu"):
     """(trunk, captioner, vocab, config) of a saved folder, in eval mode on `device`."""
-    from safetensors.torch import load_file
-
     from mmsearch.training.caption.folder import WEIGHTS_NAME, read_config
     from mmsearch.training.caption.vocab import Vocab
-    from mmsearch.training.model import Arch, build_trunk
+    from mmsearch.training.model import load_head_folder
 
     folder = Path(folder)
     config = read_config(folder)
-    spec = config["trunk"]
-    state = load_file(str(folder / WEIGHTS_NAME))
-    arch = Arch(spec["arch"], {"timm_model_name": spec["timm_model_name"], "timm_pool": spec["timm_pool"]},
-                spec["image_size"], vision_weights=spec["weights"])
-    trunk = build_trunk(arch, pretrained=False)
-    trunk.load_state_dict({k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")})
+    trunk, state = load_head_folder(folder, config, WEIGHTS_NAME)
     model = Captioner(CaptionConfig(**config["decoder"]))
     decoder = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
     missing, unexpected = model.load_state_dict(decoder, strict=False)

@@ -19,7 +19,6 @@ The saved folder:
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -165,39 +164,20 @@ def token_mask(tokens: torch.Tensor) -> torch.Tensor:
 # --- the saved folder ---------------------------------------------------------------------------------------------
 def save_answerer(folder, model: VQA, trunk: nn.Module, config: dict, card: dict) -> dict:
     """Write weights, config and card into `folder`; returns the card (with the weights' sha256)."""
-    from safetensors.torch import save_file
+    from mmsearch.training.model import save_head_folder
 
-    from mmsearch.plugins import files
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {f"trunk.{k}": v for k, v in trunk.state_dict().items()}
-    state.update({f"head.{k}": v for k, v in model.state_dict().items()})
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    tmp = folder / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(folder / WEIGHTS_NAME)
+    tensors = {f"trunk.{k}": v for k, v in trunk.state_dict().items()}
+    tensors.update({f"head.{k}": v for k, v in model.state_dict().items()})
     body = {"format": FORMAT, "version": 1, "model": asdict(model.config), **config}
-    (folder / CONFIG_NAME).write_text(json.dumps(body, indent=1, ensure_ascii=False))
-    card = {**card, "weights": {"file": WEIGHTS_NAME, "sha256": files.sha256_of(folder / WEIGHTS_NAME)}}
-    (folder / CARD_NAME).write_text(json.dumps(card, indent=2, ensure_ascii=False))
-    return card
+    return save_head_folder(folder, tensors, WEIGHTS_NAME, CONFIG_NAME, body, CARD_NAME, card)
 
 
 def load_answerer(folder, device: str = "cpu"):
     """(trunk, VQA, config) of a saved folder, in eval mode on `device`."""
-    from safetensors.torch import load_file
+    from mmsearch.training.model import load_head_folder
 
-    from mmsearch.training.model import Arch, build_trunk
-
-    folder = Path(folder)
     config = read_config(folder)
-    spec = config["trunk"]
-    state = load_file(str(folder / WEIGHTS_NAME))
-    arch = Arch(spec["arch"], {"timm_model_name": spec["timm_model_name"], "timm_pool": spec["timm_pool"]},
-                spec["image_size"], vision_weights=spec["weights"])
-    trunk = build_trunk(arch, pretrained=False)
-    trunk.load_state_dict({k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")})
+    trunk, state = load_head_folder(folder, config, WEIGHTS_NAME)
     model = VQA(QAConfig(**config["model"]))
     model.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
     return trunk.to(device).eval(), model.to(device).eval(), config
