@@ -35,9 +35,18 @@ DEFAULTS: dict[str, Any] = {
         # pair is this much closer to that value than to the word's own.
         "COMPOUND_MARGIN": 0.05,
         "EXACT_CONFIDENCE": {"merchant": 1.0, "name": 1.0, "synonym": 0.95},
+        # The lexicon stage (WordNet, mmsearch.search.lexicon): a word maps to the values whose names it is a
+        # kind of, at most LEXICON_DEPTH hyponym steps below them; among those, the value whose phrase is
+        # closest to the word's embedding after LEXICON_STEP x the WordNet cost, if that similarity reaches
+        # LEXICON_MIN_SIMILARITY.
+        "LEXICON": True,
+        "LEXICON_DEPTH": 3,
+        "LEXICON_STEP": 0.2,
+        "LEXICON_MIN_SIMILARITY": 0.0,
         # confidence = sigmoid(a * relative edit distance + b) for typos; sigmoid(a * sim + b * margin + c) for
-        # the embedding stage (fitted by fit_search_weights on a labelled set's spans).
-        "CALIBRATION": {"typo": [-6.0, 3.0], "embedding": [10.0, 5.0, -6.0]},
+        # the embedding stage; sigmoid(a * sim + b * WordNet cost + c) for the lexicon (fitted by
+        # fit_search_weights on a labelled set's spans).
+        "CALIBRATION": {"typo": [-6.0, 3.0], "embedding": [10.0, 5.0, -6.0], "lexicon": [6.0, -0.5, -1.0]},
         # The understood candidates are ranked by an exact vector search when they are at most this many, else
         # through the HNSW index with the filter.
         "EXACT_LIMIT": 3000,

@@ -9,8 +9,8 @@
 A labelled query is relevant-by-filters: a product is relevant when it has, for every filter of `relevant`,
 one of its values (spelled as the catalog spells them; checked with the adapter's products_having). Optional
 `spans` ([{"span": "jumper", "filter": "attr.article_type", "values": ["Sweaters"]}]) label what
-understanding should read; `calibrate` fits the typo and embedding confidences and the embedding threshold
-on them.
+understanding should read; `calibrate` fits the typo, embedding and lexicon confidences and the embedding
+threshold on them.
 
 Used by `manage.py fit_search_weights` and by bench/query_understanding.py.
 """
@@ -199,15 +199,16 @@ def fit(table: Table, weights: dict, boosts: dict, *, signals: Iterable[str] = S
 
 @dataclass
 class SpanCandidate:
-    stage: str  # typo | embedding
+    stage: str  # typo | embedding | lexicon
     correct: bool
     similarity: float = 0.0
     margin: float = 0.0
     distance: float = 0.0
+    cost: float = 0.0  # the lexicon's WordNet cost
 
 
 def span_candidates(rows: Sequence[dict], floor: float = 0.3) -> tuple[list[SpanCandidate], dict]:
-    """Every typo and embedding match understanding makes on the labelled spans, with the embedding threshold
+    """Every typo, embedding and lexicon match understanding makes on the labelled spans, with the embedding threshold
     lowered to `floor` and no margin, each marked correct when a labelled span over its words names its
     value. Also counts exact matches ({"exact": n, "exact_correct": m})."""
     from django.test import override_settings
@@ -244,6 +245,8 @@ def span_candidates(rows: Sequence[dict], floor: float = 0.3) -> tuple[list[Span
                     out.append(SpanCandidate("embedding", correct, u.similarity or 0.0, _margin(u)))
                 elif u.source == "typo":
                     out.append(SpanCandidate("typo", correct, distance=_typo_distance(u)))
+                elif u.source == "lexicon":
+                    out.append(SpanCandidate("lexicon", correct, u.similarity or 0.0, cost=float(u.cost or 0.0)))
                 else:
                     counts["exact"] += 1
                     counts["exact_correct"] += int(correct)
@@ -304,7 +307,7 @@ def threshold_for_precision(sims: np.ndarray, correct: np.ndarray, target: float
 
 def calibrate(cands: Sequence[SpanCandidate], precision: float) -> dict:
     """UNDERSTAND settings from labelled candidates: EMBED_THRESHOLD for the stated precision, and the
-    CALIBRATION of both stages (a logistic fit of correctness). Returns {"UNDERSTAND": {...}, "report": {...}}."""
+    CALIBRATION of the typo, embedding and lexicon stages (logistic fits of correctness). Returns {"UNDERSTAND": {...}, "report": {...}}."""
     conf = config()["UNDERSTAND"]
     emb = [c for c in cands if c.stage == "embedding"]
     typo = [c for c in cands if c.stage == "typo"]
@@ -333,6 +336,17 @@ def calibrate(cands: Sequence[SpanCandidate], precision: float) -> dict:
         report.update(typo_precision=round(float(y.mean()), 4), typo_ece=round(ece(p, y), 4))
     elif typo:
         report.update(typo_precision=round(float(np.mean([c.correct for c in typo])), 4))
+    lex = [c for c in cands if c.stage == "lexicon"]
+    report["lexicon_candidates"] = len(lex)
+    if len(lex) >= 10 and 0 < sum(c.correct for c in lex) < len(lex):
+        x = np.array([[c.similarity, c.cost] for c in lex])
+        y = np.array([c.correct for c in lex], dtype=float)
+        w = logistic(x, y)
+        understand["CALIBRATION"]["lexicon"] = [round(float(v), 4) for v in w]
+        p = 1 / (1 + np.exp(-(x @ w[:2] + w[2])))
+        report.update(lexicon_precision=round(float(y.mean()), 4), lexicon_ece=round(ece(p, y), 4))
+    elif lex:
+        report.update(lexicon_precision=round(float(np.mean([c.correct for c in lex])), 4))
     return {"UNDERSTAND": understand, "report": report}
 
 
@@ -359,6 +373,14 @@ def evaluate_candidates(cands: Sequence[SpanCandidate]) -> dict:
         y = np.array([c.correct for c in typo], dtype=float)
         p = 1 / (1 + np.exp(-(a * d + b)))
         out.update(typo_matches=len(typo), typo_precision=round(float(y.mean()), 4), typo_ece=round(ece(p, y), 4))
+    lex = [c for c in cands if c.stage == "lexicon"]
+    if lex:
+        a, b, c0 = conf["CALIBRATION"]["lexicon"]
+        x = np.array([[c.similarity, c.cost] for c in lex])
+        y = np.array([c.correct for c in lex], dtype=float)
+        p = 1 / (1 + np.exp(-(a * x[:, 0] + b * x[:, 1] + c0)))
+        out.update(lexicon_matches=len(lex), lexicon_precision=round(float(y.mean()), 4),
+                   lexicon_ece=round(ece(p, y), 4))
     return out
 
 

