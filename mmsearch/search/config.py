@@ -35,6 +35,10 @@ DEFAULTS: dict[str, Any] = {
         # pair is this much closer to that value than to the word's own.
         "COMPOUND_MARGIN": 0.05,
         "EXACT_CONFIDENCE": {"merchant": 1.0, "name": 1.0, "synonym": 0.95},
+        # The typo stage also corrects a word that at most TYPO_RARE products contain (a catalog's own
+        # misspelling) into a value that at least TYPO_RARE_RATIO times as many products have.
+        "TYPO_RARE": 2,
+        "TYPO_RARE_RATIO": 20,
         # The lexicon stage (WordNet, mmsearch.search.lexicon): a word maps to the values whose names it is a
         # kind of, at most LEXICON_DEPTH hyponym steps below them; among those, the value whose phrase is
         # closest to the word's embedding after LEXICON_STEP x the WordNet cost, if that similarity reaches

@@ -169,7 +169,8 @@ def gather(query: SearchQuery, conf: dict | None = None) -> Gathered:
         plan = None
         if understand:
             t0 = time.perf_counter()
-            plan = understanding.prepare(understanding.current_vocabulary(), text, words.unknown if words else None)
+            plan = understanding.prepare(understanding.current_vocabulary(), text, words.unknown if words else None,
+                                         words.rare if words else None)
             debug["understand_ms"] = {"match": round((time.perf_counter() - t0) * 1000, 2)}
         # Lexical mode loads no model: understanding then has its exact and typo stages only.
         text_enc = signals.active_encoder("text_embedder") if mode in ("hybrid", "semantic") else None

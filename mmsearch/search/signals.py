@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -221,6 +221,9 @@ class QueryWords:
     known: list[str]  # those that occur in some active product's full-text vector
     unknown: list[str]  # words (as typed) that occur nowhere: likely typos, left to the trigram signal
     plain: bool  # no quotes or negation: the query may be relaxed to some of its words
+    # words (as typed) that occur in at most UNDERSTAND["TYPO_RARE"] products, with that count: a catalog's own
+    # misspellings make a shopper's typo "known" ("wmens" in one title); understanding may still correct them
+    rare: dict[str, int] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=1)
@@ -241,20 +244,24 @@ def analyse_words(text: str) -> QueryWords:
     from django.db.models.expressions import RawSQL
 
     _, sv, _ = _columns()
-    # A correlated subquery on the active products; `q` is the outer query's tsquery of one word.
-    has_word = get_catalog().products({}).filter(RawSQL(f"{sv} @@ q", [], output_field=BooleanField()))
-    exists_sql, exists_params = has_word.values("id")[:1].query.sql_with_params()
+    rare_max = max(int(config()["UNDERSTAND"].get("TYPO_RARE", 0)), 0)
+    # A correlated subquery on the active products; `q` is the outer query's tsquery of one word. It counts
+    # at most rare_max + 1 of them.
+    has_word = get_catalog().products({}).filter(RawSQL(f"{sv} @@ q", [], output_field=BooleanField())).order_by()
+    some_sql, some_params = has_word.values("id")[: rare_max + 1].query.sql_with_params()
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT w, q::text, (q::text <> '' AND EXISTS ({exists_sql})) "
+            f"SELECT w, q::text, CASE WHEN q::text <> '' THEN (SELECT count(*) FROM ({some_sql}) AS found) ELSE 0 END "
             "FROM unnest(%s::text[]) WITH ORDINALITY AS u(w, n), plainto_tsquery(%s::regconfig, w) AS q ORDER BY n",
-            [*exists_params, words, settings.MMSEARCH_FTS_CONFIG],
+            [*some_params, words, settings.MMSEARCH_FTS_CONFIG],
         )
         rows = cursor.fetchall()
     lexemes = [lx for _, lx, _ in rows if lx]
-    known = list(dict.fromkeys(lx for _, lx, found in rows if found))
-    unknown = [w for w, lx, found in rows if lx and not found and len(w) >= 3 and not w.isdigit()]
-    return QueryWords(lexemes, known, unknown, plain)
+    known = list(dict.fromkeys(lx for _, lx, count in rows if count))
+    typo_like = lambda w: len(w) >= 3 and not w.isdigit()  # noqa: E731
+    unknown = [w for w, lx, count in rows if lx and not count and typo_like(w)]
+    rare = {w: int(count) for w, lx, count in rows if lx and 0 < count <= rare_max and typo_like(w)}
+    return QueryWords(lexemes, known, unknown, plain, rare)
 
 
 def _some_of(lexemes: list[str]) -> str:

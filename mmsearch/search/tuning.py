@@ -228,7 +228,8 @@ def span_candidates(rows: Sequence[dict], floor: float = 0.3) -> tuple[list[Span
         for row in rows:
             labels = row.get("spans") or []
             counts["labelled"] += len(labels)
-            plan = understanding.prepare(vocab, row["q"], signals.analyse_words(row["q"]).unknown)
+            words = signals.analyse_words(row["q"])
+            plan = understanding.prepare(vocab, row["q"], words.unknown, words.rare)
             vecs = None
             embed = None
             if enc is not None and plan.runs:

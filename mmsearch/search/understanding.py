@@ -347,9 +347,12 @@ def _understood(plan: Plan, run: Sequence[int], phrase: Phrase, source: str, con
     )
 
 
-def prepare(vocab: Vocabulary, text: str, unknown: Iterable[str] | None = None) -> Plan:
-    """Exact and typo matches; `unknown` are the query's words that no product's text contains (the lexical
-    signal's analysis) - only those are typo candidates. None: every unmatched word is."""
+def prepare(vocab: Vocabulary, text: str, unknown: Iterable[str] | None = None,
+            rare: dict[str, int] | None = None) -> Plan:
+    """Exact, lexicon and typo matches; `unknown` are the query's words that no product's text contains (the
+    lexical signal's analysis) - only those are typo candidates (None: every unmatched word is); `rare` the words
+    a few products contain, with their count: a typo candidate too, but only for a value of at least
+    TYPO_RARE_RATIO times as many products (the catalog's own misspellings: "wmens" in one title)."""
     conf = config()["UNDERSTAND"]
     toks = tokens(text)
     plan = Plan(text, vocab, toks)
@@ -395,13 +398,16 @@ def prepare(vocab: Vocabulary, text: str, unknown: Iterable[str] | None = None) 
                     plan.lexical[run] = hits
     # 3. typos: one word against the one-word keys within its edit distance; a unique nearest key only.
     unknown_set = None if unknown is None else {w.lower() for w in unknown}
+    rare_map = {w.lower(): int(n) for w, n in (rare or {}).items()}
+    rare_ratio = float(conf.get("TYPO_RARE_RATIO", 20))
     a, b = conf["CALIBRATION"]["typo"]
     for i, tok in enumerate(toks):
         limit = typo_limit(tok.norm)
         if used[i] or reserved[i] or not tok.content or not limit or tok.norm.isdigit() or _field_word(vocab, tok):
             continue
         forms = {tok.norm, tok.text.lower(), re.split(r"['’]", tok.text.lower())[0]}  # "womeen's": "womeen"
-        if unknown_set is not None and not forms & unknown_set:
+        rare_count = max((rare_map[f] for f in forms if f in rare_map), default=0)
+        if unknown_set is not None and not forms & unknown_set and not rare_count:
             continue
         best: tuple[int, str] | None = None
         tie = False
@@ -412,8 +418,12 @@ def prepare(vocab: Vocabulary, text: str, unknown: Iterable[str] | None = None) 
                     best, tie = (d, word), False
                 elif best is not None and d == best[0] and word != best[1]:
                     tie = True
+        if rare_count and best is not None and not tie:
+            term = vocab.terms[vocab.phrases[vocab.exact[(best[1],)][0]].term]
+            if term.products < rare_ratio * rare_count:
+                best = None  # a rare word, but not rare enough beside that value to be its misspelling
         near = None
-        if lex is not None and len(tok.norm) >= 5:
+        if lex is not None and len(tok.norm) >= 5 and not rare_count:
             close = {k for k in lex.near(tok.stem) if edit_distance(tok.stem, k, 1) <= 1}
             near = close.pop() if len(close) == 1 else None
         if near is not None and (best is None or tie or best[0] > 1):

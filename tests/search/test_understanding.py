@@ -61,6 +61,17 @@ def test_typo_stage_corrects_only_words_no_product_has_and_only_a_unique_nearest
     assert not [u for u in prepare(vocab, "sweatrs", unknown=[]).found if u.source == "typo"]
 
 
+def test_typo_stage_corrects_a_rare_word_only_into_a_much_more_common_value():
+    terms = [VocabularyTerm("attr.gender", "Women", "Women", ("Women",), products=400),
+             VocabularyTerm("attr.article_type", "Sweaters", "Sweaters", ("Sweaters",), products=7)]
+    vocab = Vocabulary(terms)
+    # "wmens" is in one product's title (the catalog's own misspelling): still a typo of Women (400 products)
+    got = [(u.span, u.value, u.source) for u in prepare(vocab, "wmens sweatrs", unknown=[], rare={"wmens": 1,
+                                                                                                "sweatrs": 1}).found]
+    assert got == [("wmens", "Women", "typo")]  # Sweaters has only 7 products: "sweatrs" may be a word of its own
+    assert not prepare(vocab, "wmens", unknown=[], rare={}).found
+
+
 def test_embedding_stage_matches_left_words_above_the_threshold_with_a_margin():
     vocab = Vocabulary(TERMS)
     texts = [vocab.phrases[p].text for p in vocab.embedded]
