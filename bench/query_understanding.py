@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             understanding.reset()
             for h, queries in sets.items():
-                copy = [dict(q) for q in queries]
+                copy = [{**q, "p@10": {}} for q in queries]  # its own per-query numbers
                 results[f"{h}+merchant(tune)"] = measure(copy, f"{h} with the tune half as merchant synonyms")
             transaction.set_rollback(True)
         understanding.reset()

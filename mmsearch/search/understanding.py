@@ -2,12 +2,12 @@
 type, a category, a tag), including words the catalog never uses.
 
     vocab = current_vocabulary()                  # cached per process; one cheap version query per call
-    plan = prepare(vocab, "ladies grey jumper")   # exact and typo matches, and the spans left for the embedder
-    found = resolve(plan, span_vectors, encoder)  # + the embedder's matches -> [Understood, ...]
+    plan = prepare(vocab, "ladies grey jumper")   # exact, lexicon and typo candidates, the spans left to embed
+    found = resolve(plan, span_vectors, encoder)  # + the lexicon's and the embedder's -> [Understood, ...]
 
 The vocabulary comes through the catalog adapter (`search_vocabulary`): attribute values, category names, tags
 with their synonyms, and the merchant's search synonyms (catalog.SearchSynonym in the admin). A span is matched
-in three stages, each only on the words the earlier ones left:
+in four stages, each only on the words the earlier ones left:
 
   1. exact: the longest run of words whose light stems (plurals, possessives: "women's" = "women", "ladies" =
      "lady") or whose concatenation ("t-shirt" = "tshirt") equal a name, a synonym or a merchant synonym;
@@ -463,8 +463,8 @@ def _sigmoid(x: float) -> float:
 
 def resolve(plan: Plan, span_vectors: np.ndarray | None, model_key: str | None,
             embed: Callable[[list[str]], np.ndarray] | None) -> list[Understood]:
-    """The exact and typo matches plus the embedder's matches of the pending spans (`span_vectors`, one row
-    per plan.pending, unit length), non-overlapping, in query order."""
+    """The exact and typo matches plus the lexicon's and the embedder's readings of the pending spans and
+    compounds (`span_vectors`, one row per plan.runs, unit length), non-overlapping, in query order."""
     conf = config()["UNDERSTAND"]
     found = list(plan.found)
     runs = plan.runs
