@@ -114,14 +114,14 @@ class WordNet:
         for pos, name in POS_FILES.items():
             with open(path / f"data.{name}", encoding="utf-8") as fh:
                 for line in fh:
-                    if line.startswith(" "):
+                    if line.startswith(" ") or not line.strip():
                         continue
                     self._synset(pos, line, lexnames)
             with open(path / f"index.{name}", encoding="utf-8") as fh:
                 for line in fh:
-                    if line.startswith(" "):
-                        continue
                     parts = line.split()
+                    if line.startswith(" ") or len(parts) < 4:
+                        continue
                     lemma, n_senses = parts[0], int(parts[2])
                     ids = [f"{pos}:{o}" for o in parts[-n_senses:]]
                     self.senses.setdefault(lemma, []).extend(ids)

@@ -235,7 +235,8 @@ def _columns() -> tuple[str, str, str]:
 
 
 def analyse_words(text: str) -> QueryWords:
-    """One round trip: each word's lexeme and whether any active product has it (a GIN lookup per word)."""
+    """One round trip: each word's lexeme and how many active products have it, counted up to
+    UNDERSTAND["TYPO_RARE"] + 1 (a GIN lookup per word)."""
     words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
     plain = '"' not in text and not re.search(r"(^|\s)-\w", text)
     if not words:
