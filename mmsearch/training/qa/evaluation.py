@@ -119,6 +119,9 @@ def evaluate_qa(model: str | Path, data: str | Path, embedder: str | None = None
             chunk = pairs[s:s + 2048]
             z[s:s + len(chunk)] = answerer.logits_from_tokens(tokens[[row[qa.question] for _, qa in chunk]],
                                                               grids[img[s:s + len(chunk)]])
+        cos = None
+        if answerer.zeroshot(grids[:1]) is not None:
+            cos = np.concatenate([answerer.zeroshot(grids[s:s + 2048]) for s in range(0, len(grids), 2048)])
         timings["answers"] = round(time.time() - t, 2)
         pred, conf = [], np.zeros(len(pairs))
         for j, (_, qa) in enumerate(pairs):
@@ -126,7 +129,7 @@ def evaluate_qa(model: str | Path, data: str | Path, embedder: str | None = None
             if pq.type is None or not pq.candidates:
                 pred.append(DONT_KNOW)
                 continue
-            probs = answerer.candidate_probabilities(z[j], pq.candidates)
+            probs = answerer.candidate_probabilities(z[j], None if cos is None else cos[img[j]], pq)
             pred.append(pq.candidates[int(probs.argmax())])
             conf[j] = float(probs.max())
         truth = [qa.answer for _, qa in pairs]
