@@ -5,6 +5,10 @@
     question ─ locked MiniLM ─► token states (B, T, 384) ─ Linear ─► [ cross-attention (memory) ─ MLP ] x n_layer
              ─ masked mean over tokens ─ LayerNorm ─ Linear ─► logits over the answer vocabulary
 
+With an embedder, `zeroshot` scores the image vector against the embedder's text vector of every value answer
+(the late-fusion scores, `prompts`), and `combined_logits` weighs them with the logits per question group, with
+the weights fitted on the calibration split (trainer.fit_combination).
+
 The extra memory token (embed_dim > 0) is the trained embedder's image vector of the same trunk pass: its image
 tower is a light head (timm Mlp) over the trunk's pooled grid, and the pooled grid is the grid's mean, so the
 answerer computes it from the grid it already has (`ImageHead`, a locked copy of the embedder's head saved with
@@ -12,15 +16,16 @@ the answerer's weights; the config records the embedder's model_key, `embedder_h
 
 The blocks are the captioner's parts (caption/model.py: CrossAttention, MLP, GridEncoder), read through a
 config with the same field names: one implementation of each. `logits` scores every answer; a caller ranks
-only the answers a question allows (BLIP's rank over a closed list), and divides by the fitted temperature.
+only the answers a question allows (BLIP's rank over a closed list), calibrated by `combined_logits`.
 
 The saved folder:
     answerer_config.json   {"format": "mmsearch-answerer", "version": 1, "model": QAConfig fields,
                             "trunk": caption.folder.trunk_spec(...), "answers": [...], "vocabulary": {key: {value:
                             count}}, "text": {"package": ..., "identity": ...}, "temperature": T, "threshold": t,
-                            "calibration": {...}, "embedder": {"model_key": ..., "path": ..., "trunk_identity":
-                            ...}}
-    answerer.safetensors   the trunk under "trunk." and the classifier under "head."
+                            "combination": {"groups": {group: [a, b(, scale, bias)]}}, "embedder": {"model_key": ...,
+                            "path": ..., "trunk_identity": ..., "dim": ..., "hidden": ..., "bias": ...}}
+    answerer.safetensors   the trunk under "trunk." and the classifier under "head." (with the embedder's head copy
+                           under "head.image_head." and the value prompts as "head.prompts")
     model_card.json, heldout.jsonl, heldout-products.jsonl
 """
 

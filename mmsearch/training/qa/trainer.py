@@ -16,10 +16,12 @@
   states of every distinct question, cached per (text trunk weights, max tokens) under cache_dir.
 - Resumable and deterministic: the state after an epoch in OUT/train_state.pt (trainer.RunState); the order of
   an epoch derives from (seed, epoch).
-- After training: the temperature T minimising the calibration split's NLL (calibration.fit_temperature), and
-  the lowest calibrated confidence at which answered questions are right `target_accuracy` of the time there,
-  by the Wilson lower bound at `threshold_confidence` (calibration.auto_accept), so that the target holds on
-  products the split did not hold: the plugin's default abstention threshold. Both go into the folder's config.
+- After training, on the calibration split: the temperature T of the model alone (calibration.fit_temperature),
+  the per-group combination of its logits with the zero-shot scores of the embedder's vector (`fit_combination`,
+  model.combined_logits: the calibrated probabilities the plugin serves), and the lowest calibrated confidence
+  at which answered questions are right `target_accuracy` of the time there, by the one-sided Wilson lower bound
+  at `threshold_confidence` (calibration.auto_accept), so that the target holds on new products and not only on
+  the sample: the plugin's default abstention threshold. All go into the folder's config.
 """
 
 from __future__ import annotations
