@@ -299,6 +299,9 @@ class TrunkAnswerer(ProductAnswerer, runtime.LazyModel):
         self.device = runtime.check_device(device)
         self.batch_size = runtime.check_batch_size(batch_size)
         self._files = (self.path / WEIGHTS_NAME, self.path / CONFIG_NAME)
+        if self.config.get("model", {}).get("embed_dim") and not (self.config.get("embedder") or {}).get("model_key"):
+            raise ValueError(f"{self.path / CONFIG_NAME}: the model reads an embedder's image vector but the config "
+                             "names no embedder (an edited file? retrain with `train_answerer --embedder`)")
         self._vocab = Q.Vocabulary(self.config["vocabulary"])
         if list(self._vocab.answers) != list(self.config["answers"]):
             raise ValueError(f"{self.path / CONFIG_NAME}: its answers do not match its vocabulary (an edited file?)")

@@ -201,6 +201,17 @@ def test_an_answerer_trained_with_the_embedder_reads_its_image_vector_of_the_sam
     assert np.isclose(float(got[vocab.index["yes"]]), 2 * np.log(p_red / (1 - p_red)) + 0.5, atol=1e-5)
     assert float(got[vocab.index["no"]]) == 0 and float(got[vocab.index["Red"]]) == -1e6
     plugins.reset()
+    # a config that lost the embedder it was trained with is refused with the reason
+    import shutil
+
+    from mmsearch.plugins.answerer import TrunkAnswerer
+
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    config.pop("embedder")
+    (edited / "answerer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="names no embedder"):
+        TrunkAnswerer(str(edited))
 
 
 def test_an_embedder_over_another_trunk_is_refused(tmp_path):
