@@ -76,9 +76,10 @@ CACHE       ?= models/cache
 # the embedder's run cached, evaluated on its held-out titles against two baselines. CAPTION_ARGS adds flags.
 CAPTIONER   ?= models/captioner
 # Then the answerer (docs/qa.md) on the fashion products into models/answerer (the default settings' `answerer`),
-# reading the same trunk grids and the captioner's cell colours from $(CACHE); evaluated on its held-out titles
-# (accuracy per question type against the majority and late-fusion baselines) and on the grocery fact questions
-# of qa/data/grocery-facts.jsonl. QA_ARGS adds flags.
+# reading the same trunk grids and the captioner's cell colours from $(CACHE) and the embedder's image head and
+# value prompts (the zero-shot scores its calibration combines); evaluated on its held-out titles (accuracy per
+# question type against the majority and late-fusion baselines) and on the grocery fact questions of
+# qa/data/grocery-facts.jsonl. QA_ARGS adds flags (the defaults are train_answerer's default preset).
 ANSWERER    ?= models/answerer
 train: install
 	$(BIN)/python manage.py train_embedder --data $(SHARED_DATA)/fashion/products.jsonl \
@@ -101,7 +102,7 @@ train: install
 	  --corpus $(SHARED_DATA)/fashion/products.jsonl --embedder $(EMBEDDER) --cache-dir $(CACHE) \
 	  --json $(CAPTIONER)/eval-fashion.json
 	$(BIN)/python manage.py train_answerer --data $(SHARED_DATA)/fashion/products.jsonl --out $(ANSWERER) \
-	  --replace --threads 2 --cache-dir $(CACHE) $(QA_ARGS)
+	  --embedder $(EMBEDDER) --replace --threads 2 --cache-dir $(CACHE) $(QA_ARGS)
 	$(BIN)/python manage.py evaluate_qa --threads 2 --model $(ANSWERER) --data $(ANSWERER)/heldout.jsonl \
 	  --embedder $(EMBEDDER) --cache-dir $(CACHE) --json $(ANSWERER)/eval-fashion.json
 	$(BIN)/python manage.py evaluate_qa --threads 2 --model $(ANSWERER) --data $(SHARED_DATA)/grocery/products.jsonl \

@@ -90,6 +90,7 @@ def main() -> None:
         route.append(1000 * (time.perf_counter() - t))
         t = time.perf_counter()
         answerer.logits([question], features)
+        answerer.zeroshot(features)  # the zero-shot scores the calibrated combination reads (None without them)
         fuse.append(1000 * (time.perf_counter() - t))
     report = {"model_key": answerer.model_key, "model": str(args.model), "first": summary(first),
               "repeated": summary(repeated), "parts": {"image_features": summary(grid), "routing": summary(route),

@@ -20,7 +20,9 @@ Every backend shares `ProductAnswerer`, which does what does not depend on the m
 
 Backends supply the image side (`image_features`, `visual_probabilities`) and a vocabulary:
 - TrunkAnswerer: the project's own VQA model, a folder written by `manage.py train_answerer` (question tokens of
-  the locked MiniLM cross-attend to the locked EfficientNet-Lite0 grid; training/qa/). model_key
+  the locked MiniLM cross-attend to the locked EfficientNet-Lite0 grid and, for a model trained with an
+  embedder, to that embedder's image vector of the same grid, computed by the copy of its head the folder
+  holds; training/qa/). model_key
   "answerer:local:<content key of weights + config>". Its threshold defaults to the folder's (chosen for 0.90
   answered accuracy on the calibration split).
 - LateFusionAnswerer: the baseline, the zero-shot tagger (alias `tagger`) scoring the image vector against the
@@ -297,6 +299,9 @@ class TrunkAnswerer(ProductAnswerer, runtime.LazyModel):
         self.device = runtime.check_device(device)
         self.batch_size = runtime.check_batch_size(batch_size)
         self._files = (self.path / WEIGHTS_NAME, self.path / CONFIG_NAME)
+        if self.config.get("model", {}).get("embed_dim") and not (self.config.get("embedder") or {}).get("model_key"):
+            raise ValueError(f"{self.path / CONFIG_NAME}: the model reads an embedder's image vector but the config "
+                             "names no embedder (an edited file? retrain with `train_answerer --embedder`)")
         self._vocab = Q.Vocabulary(self.config["vocabulary"])
         if list(self._vocab.answers) != list(self.config["answers"]):
             raise ValueError(f"{self.path / CONFIG_NAME}: its answers do not match its vocabulary (an edited file?)")
@@ -364,21 +369,45 @@ class TrunkAnswerer(ProductAnswerer, runtime.LazyModel):
                 out.append(self._net.logits(self._net.encode(grids), t, token_mask(t)).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self._vocab)), np.float32)
 
-    def candidate_probabilities(self, logits: np.ndarray, candidates: Sequence[str]) -> np.ndarray:
-        """Calibrated softmax of one row of logits over the candidates (temperature scaling)."""
-        idx = [self._vocab.index[c] for c in candidates]
-        z = np.asarray(logits, np.float64)[idx] / self.temperature
+    def zeroshot(self, features: np.ndarray) -> np.ndarray | None:
+        """(N, answers) cosines of each image's embedder vector with every value answer's text vector (the
+        late-fusion scores the folder's combination weighs), or None for a model trained without an embedder."""
+        self._ensure_loaded()
+        torch = self._torch
+        grids = torch.as_tensor(np.asarray(features, np.float32), device=self._device)
+        with torch.inference_mode():
+            cos = self._net.zeroshot(grids)
+        return None if cos is None else cos.float().cpu().numpy()
+
+    def candidate_probabilities(self, logits: np.ndarray, cos: np.ndarray | None, parsed: Q.Parsed) -> np.ndarray:
+        """Calibrated probabilities of parsed.candidates from one row of logits and of zero-shot cosines: the
+        folder's per-group combination of the two (model.combined_logits), else temperature scaling."""
+        import torch
+
+        from mmsearch.training.qa.model import combined_logits, question_terms
+
+        named = parsed.values[0] if parsed.type == Q.YES_NO and parsed.values else None
+        terms = question_terms(self._vocab, [(parsed.type, parsed.key, parsed.candidates, named)],
+                               self.config.get("combination"), self.temperature)
+        z = combined_logits(torch.as_tensor(np.asarray(logits, np.float32))[None],
+                            None if cos is None else torch.as_tensor(np.asarray(cos, np.float32))[None], **terms,
+                            yes=self._vocab.index[Q.YES])[0].double().numpy()
+        z = z[[self._vocab.index[c] for c in parsed.candidates]]
         e = np.exp(z - z.max())
         return e / e.sum()
 
     def visual_probabilities(self, question: str, parsed: Q.Parsed, features: np.ndarray) -> np.ndarray:
-        return self.candidate_probabilities(self.logits([question], features[:1])[0], parsed.candidates)
+        cos = self.zeroshot(features[:1])
+        return self.candidate_probabilities(self.logits([question], features[:1])[0],
+                                            None if cos is None else cos[0], parsed)
 
     def describe(self) -> dict:
         from mmsearch.training.qa.model import CARD_NAME
 
         info = {"source": "folder", "weights": str(self._files[0]), "threshold": self.threshold,
                 "temperature": self.temperature}
+        if self.config.get("embedder"):
+            info["embedder"] = self.config["embedder"]["model_key"]  # its image head, saved in the folder
         if (self.path / CARD_NAME).is_file():
             info["card"] = str(self.path / CARD_NAME)
         return info

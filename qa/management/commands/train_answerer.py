@@ -34,6 +34,9 @@ class Command(BaseCommand):
                             help="attribute the image answers (repeatable; default colour, article_type, gender, usage)")
         parser.add_argument("--questions", action="append", default=[], type=Path,
                             help="answered questions JSONL {sku, question, answer} (e.g. `manage.py export_answers`)")
+        parser.add_argument("--embedder", type=Path,
+                            help="train_embedder folder over the same locked trunk: its image vector of the same "
+                                 "grid becomes one more memory token (make train passes models/embedder)")
         parser.add_argument("--trunk", help="architecture whose pretrained trunk reads the image (default effl0-128)")
         parser.add_argument("--layers", dest="n_layer", type=int, help="fusion blocks")
         parser.add_argument("--heads", dest="n_head", type=int, help="attention heads")
@@ -46,9 +49,14 @@ class Command(BaseCommand):
         parser.add_argument("--lr", type=float)
         parser.add_argument("--holdout", type=float, help="share of titles held out (default 0.1, the embedder's)")
         parser.add_argument("--holdout-products", type=float, help="share of skus then held out (default 0.1)")
-        parser.add_argument("--calibration", type=float, help="share of the rest kept for calibration (0.05)")
+        parser.add_argument("--calibration", type=float,
+                            help="share of the training titles also kept for calibration (default 0: the products "
+                                 "held out by sku whose titles training never saw calibrate)")
         parser.add_argument("--target-accuracy", type=float,
                             help="answered accuracy the abstention threshold is chosen for (default 0.9)")
+        parser.add_argument("--threshold-confidence", type=float,
+                            help="the threshold's answered accuracy on the calibration split is a one-sided Wilson "
+                                 "lower bound at this level (default 0.95; 0: the point estimate)")
         parser.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
         parser.add_argument("--checkpoint-every", type=float, default=60.0,
                             help="seconds between resumable checkpoints (also written after the last epoch)")
@@ -78,6 +86,15 @@ class Command(BaseCommand):
             if o.get(key) is not None:
                 preset[key] = o[key]
         cache = o["cache_dir"] or Path(settings.BASE_DIR) / "models" / "cache"
+        if o["threshold_confidence"] is not None:
+            if not 0 <= o["threshold_confidence"] < 1:
+                raise CommandError("--threshold-confidence must be in [0, 1)")
+            preset["threshold_confidence"] = o["threshold_confidence"] or None
+        if o["embedder"] is not None:
+            if not o["embedder"].is_dir():
+                raise CommandError(f"--embedder {o['embedder']}: no such folder (train one with `manage.py "
+                                   "train_embedder`)")
+            preset["embedder"] = str(o["embedder"].resolve())
         cfg = QATrainConfig(data=[str(p) for p in o["data"]], out=str(o["out"]), seed=o["seed"], device=o["device"],
                             questions=[str(p) for p in o["questions"]], max_steps=o["max_steps"],
                             checkpoint_every_s=o["checkpoint_every"], cache_dir=str(cache), **preset)
