@@ -14,7 +14,8 @@
    score is above the threshold, by default the one under which `filter_recall` of title swaps injected into the
    scored products fall (matching.swap_threshold: fitted on the catalog itself, no noise rate assumed).
 4. The final model trains on what survives (TrainConfig.texts): each product's kept original text and kept
-   caption; a product with neither is left out. Its model card records the settings and counts (`bootstrap`).
+   caption (with `captions_for="dropped"`, a caption only where the original text was dropped); a product with
+   neither is left out. Its model card records the settings and counts (`bootstrap`).
 
 The first models' folders are under `first_dir` (default OUT/bootstrap), resumed like any run, so two
 bootstraps that share them (the same data, corruption and first-model settings) train them once.
@@ -45,6 +46,7 @@ class BootstrapConfig:
     corrupt_titles: float = 0.0  # share of the training titles swapped in pairs (the ablation's noise); 0 = none
     bootstrap: bool = False  # caption and/or filter, then retrain
     captions: bool = True  # add the captioner's captions (bootstrap)
+    captions_for: str = "all"  # "all": beside every kept text (BLIP); "dropped": only where the filter dropped it
     filter: bool = True  # drop texts the first model scores as mismatched (bootstrap)
     captioner: str | None = None  # a TrunkCaptioner folder
     top_p: float = 0.9
@@ -65,6 +67,8 @@ class BootstrapConfig:
             raise TrainingError("--bootstrap with captions needs --captioner FOLDER (manage.py train_captioner)")
         if not 0 < self.top_p <= 1 or not self.temperature > 0:
             raise TrainingError("--top-p must be in (0, 1] and --temperature positive")
+        if self.captions_for not in ("all", "dropped"):
+            raise TrainingError(f"--captions-for {self.captions_for!r}: use all or dropped")
         if self.folds not in (1, 2):
             raise TrainingError(f"--folds {self.folds}: use 1 or 2")
         if self.first_epochs is not None and self.first_epochs < 1:
@@ -99,6 +103,19 @@ def caption_products(captioner_folder: str | Path, products: list[D.Product], ca
         raise TrainingError(f"--captioner {captioner_folder}: its trunk {spec['identity']} is not the "
                             f"{spec['arch']} weights of this installation ({trunk['identity']})")
     return [c.text for c in captioner.caption_grids(grids)], captioner.model_key
+
+
+def surviving_texts(originals: list[str], captions: list[str] | None, keep_original: np.ndarray,
+                    keep_caption: np.ndarray, captions_for: str = "all") -> list[list[str]]:
+    """Each product's training texts after the filter: its original text when kept, and its caption when kept
+    (beside the original, or with captions_for="dropped" only in place of a dropped one); [] leaves it out."""
+    out = []
+    for i, original in enumerate(originals):
+        kept = [original] if keep_original[i] else []
+        if captions and keep_caption[i] and captions[i] not in kept and (captions_for == "all" or not kept):
+            kept.append(captions[i])
+        out.append(kept)
+    return out
 
 
 def _product_rows(image_rows: np.ndarray, products: list[D.Product], index: dict[Path, int]) -> np.ndarray:
@@ -217,12 +234,8 @@ def run(cfg: TrainConfig, boot: BootstrapConfig, *, log: Callable[[str], None] =
         log("filter: kept {} of {} original texts".format(int(keep_original.sum()), len(train))
             + (f" and {int(keep_caption.sum())} of {len(train)} captions" if captions else "")
             + f" (threshold {', '.join(map(str, thresholds))})")
-    final: dict[str, list[str]] = {}
-    for i, p in enumerate(train):
-        kept = [originals[i]] if keep_original[i] else []
-        if captions and keep_caption[i] and captions[i] and captions[i] not in kept:
-            kept.append(captions[i])
-        final[p.sku] = kept
+    final = dict(zip((p.sku for p in train), surviving_texts(originals, captions, keep_original, keep_caption,
+                                                              boot.captions_for)))
     summary["products_trained"] = sum(1 for v in final.values() if v)
     summary["texts_trained"] = sum(len(v) for v in final.values())
     if captions:

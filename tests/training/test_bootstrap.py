@@ -10,6 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from mmsearch.training import data as D
+from mmsearch.training.bootstrap import surviving_texts
 from mmsearch.training.trainer import TrainConfig, Trainer, read_texts, write_texts
 
 COLOURS = {"Red": (220, 20, 20), "Green": (20, 200, 40), "Blue": (30, 40, 220), "Yellow": (230, 220, 30)}
@@ -108,6 +109,15 @@ def test_bootstrap_captions_filters_and_retrains_on_what_survives(shop, tmp_path
     assert (shared / "first-0" / "open_clip_model.safetensors").stat().st_mtime_ns >= before
 
 
+def test_surviving_texts_keep_what_passes_the_filter():
+    originals, captions = ["Acme Red Cap", "Bolt Blue Sock", "Cove Green Shirt"], ["red cap", "blue sock", "x"]
+    keep_o, keep_c = np.array([True, False, False]), np.array([True, True, False])
+    assert surviving_texts(originals, captions, keep_o, keep_c) == [["Acme Red Cap", "red cap"], ["blue sock"], []]
+    assert surviving_texts(originals, captions, keep_o, keep_c, "dropped") == [["Acme Red Cap"], ["blue sock"], []]
+    assert surviving_texts(originals, None, keep_o, keep_c) == [["Acme Red Cap"], [], []]
+    assert surviving_texts(["red cap"], ["red cap"], np.array([True]), np.array([True])) == [["red cap"]]
+
+
 def test_training_texts_replace_titles_and_leave_out_products_without_any(shop, tmp_path):
     products = D.load_products(shop)
     texts = {products[0].sku: ["a caption", products[0].title], products[1].sku: []}
@@ -137,6 +147,9 @@ def test_bootstrap_bad_input_is_one_line(shop, tmp_path):
     with pytest.raises(CommandError, match="would change nothing"):
         call_command("train_embedder", "--data", str(shop), "--out", str(tmp_path / "o"), "--preset", "tiny",
                      "--bootstrap", "--no-captions", "--no-filter", "--no-progress")
+    with pytest.raises(CommandError, match="--texts .*no such file"):
+        call_command("train_embedder", "--data", str(shop), "--out", str(tmp_path / "o"), "--preset", "tiny",
+                     "--texts", str(tmp_path / "none.jsonl"), "--no-progress")
     with pytest.raises(CommandError, match="corrupt-titles 1.5"):
         call_command("train_embedder", "--data", str(shop), "--out", str(tmp_path / "o"), "--preset", "tiny",
                      "--corrupt-titles", "1.5", "--no-progress")

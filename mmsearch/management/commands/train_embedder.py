@@ -89,6 +89,10 @@ class Command(BaseCommand):
         parser.add_argument("--text-mix", type=float, nargs=3, metavar=("FULL", "TITLE", "FACET"),
                             help="shares of the texts paired with an image: full product text, title, one facet "
                                  "(default preset 0.5 0.5 0)")
+        parser.add_argument("--texts", type=Path,
+                            help="JSONL of {\"sku\", \"texts\": [...]}: listed training products train on these "
+                                 "texts instead of their title and product text (none: left out); e.g. a bootstrap's "
+                                 "training-texts.jsonl")
         parser.add_argument("--no-progress", action="store_true")
         boot = parser.add_argument_group("bootstrapping (caption, filter, retrain; docs/quality.md)")
         boot.add_argument("--corrupt-titles", type=float, default=0.0,
@@ -99,6 +103,9 @@ class Command(BaseCommand):
                                "what survives")
         boot.add_argument("--captions", action=argparse.BooleanOptionalAction, default=True,
                           help="add the captioner's captions (--no-captions: filter only)")
+        boot.add_argument("--captions-for", choices=("all", "dropped"), default="all",
+                          help="add a kept caption beside every kept text (all), or only to the products whose own "
+                               "text the filter dropped (dropped)")
         boot.add_argument("--filter", action=argparse.BooleanOptionalAction, default=True,
                           help="filter original texts and captions by the first model's match score (--no-filter: "
                                "captions only)")
@@ -136,8 +143,12 @@ class Command(BaseCommand):
         cache = o["cache_dir"] or Path(settings.BASE_DIR) / "models" / "cache"
         cfg = TrainConfig(data=[str(p) for p in o["data"]], photos=[str(p) for p in o["photos"]], init=o["init"],
                           out=str(o["out"]), seed=o["seed"], device=o["device"], max_steps=o["max_steps"],
-                          checkpoint_every_s=o["checkpoint_every"],
+                          checkpoint_every_s=o["checkpoint_every"], texts=str(o["texts"]) if o["texts"] else None,
                           cache_dir=str(cache), **preset)
+        if cfg.texts and not Path(cfg.texts).is_file():
+            raise CommandError(f"--texts {cfg.texts}: no such file")
+        if cfg.texts and (o["bootstrap"] or o["corrupt_titles"]):
+            raise CommandError("--texts cannot be combined with --bootstrap or --corrupt-titles (they write the texts)")
         if cfg.batch_size < 2:
             raise CommandError("--batch-size must be at least 2 (a contrastive batch needs negatives)")
         if not (0 <= cfg.holdout < 1 and 0 <= cfg.holdout_products < 1):
@@ -158,7 +169,8 @@ class Command(BaseCommand):
         from mmsearch.training.matching import MatchingError
 
         boot = bootstrap.BootstrapConfig(
-            corrupt_titles=o["corrupt_titles"], bootstrap=o["bootstrap"], captions=o["captions"], filter=o["filter"],
+            corrupt_titles=o["corrupt_titles"], bootstrap=o["bootstrap"], captions=o["captions"],
+            captions_for=o["captions_for"], filter=o["filter"],
             captioner=str(o["captioner"]) if o["captioner"] else None, top_p=o["top_p"],
             temperature=o["caption_temperature"], folds=o["folds"], first_epochs=o["first_epochs"],
             first_dir=str(o["first_dir"]) if o["first_dir"] else None, filter_score=o["filter_score"],
