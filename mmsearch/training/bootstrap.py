@@ -155,6 +155,7 @@ def run(cfg: TrainConfig, boot: BootstrapConfig, *, log: Callable[[str], None] =
     """Train the model of `cfg` on the texts `boot` makes (see the module docstring); returns its model card."""
     boot.check()
     out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     catalog = D.load_catalog(cfg.data)
     with_photos = {ph.sku for path in cfg.photos for ph in D.load_photos(path, (p.sku for p in catalog.products))}
     train, _, _ = training_split(catalog.products, cfg.holdout, cfg.holdout_products, with_photos)

@@ -332,7 +332,9 @@ def model_vectors(built: Built, image_paths: Sequence[Path], texts: list[str], c
         for start in range(0, len(paths), batch):
             out_img.append(net.encode_image(to_pixels(pixels[start:start + batch], mean, std, device)))
     out_txt = []
-    if built.lit:
+    if not texts:
+        pass
+    elif built.lit:
         feats = torch.from_numpy(pooled_text_features(built, texts, cache_dir, progress, device))
         tokens, lengths = bag_inputs(built, texts) if hasattr(net.text, "token_bag") else (None, None)
         for start in range(0, len(texts), batch):

@@ -108,6 +108,21 @@ def test_bootstrap_captions_filters_and_retrains_on_what_survives(shop, tmp_path
         boot["filter"]["thresholds"]
     assert (shared / "first-0" / "open_clip_model.safetensors").stat().st_mtime_ns >= before
 
+    # evaluate --cached-trunk reads the catalog's image vectors from the trunk-feature cache: the plugin's numbers.
+    reports = {}
+    for extra in ([], ["--cached-trunk"]):
+        path = tmp_path / f"eval{len(extra)}.json"
+        call_command("evaluate", "--data", str(shop), "--model", str(only), "--json", str(path), "--cache-dir",
+                     str(cache), "--no-calibration", "--no-progress", *extra)
+        reports[len(extra)] = json.loads(path.read_text())
+    plugin, cached = reports[0], reports[1]
+    assert (plugin["catalog_vectors"], cached["catalog_vectors"]) == ("embedder", "given")
+    assert cached["text_to_image"]["mrr"] == pytest.approx(plugin["text_to_image"]["mrr"], abs=0.02)
+    assert cached["zero_shot"]["colour"]["accuracy"] == plugin["zero_shot"]["colour"]["accuracy"]
+    with pytest.raises(CommandError, match="--cached-trunk needs --model to be a trained folder"):
+        call_command("evaluate", "--data", str(shop), "--model", "embedder", "--json", str(tmp_path / "x.json"),
+                     "--no-calibration", "--no-progress", "--cached-trunk")
+
 
 def test_surviving_texts_keep_what_passes_the_filter():
     originals, captions = ["Acme Red Cap", "Bolt Blue Sock", "Cove Green Shirt"], ["red cap", "blue sock", "x"]
