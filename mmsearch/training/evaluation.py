@@ -180,10 +180,12 @@ def zero_shot_tasks(products: Sequence[D.Product]) -> dict[str, tuple[str, list[
 def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), photos: str | Path | None = None,
              progress: bool = True, model_seconds: float = 0.0, photo_views: PhotoViews | None = None,
              calibration: Z.TaggerCalibration | None = None, cache_dir: Path | None = None,
-             target_precision: float | None = None) -> dict:
+             target_precision: float | None = None,
+             catalog_vectors: Callable[[list[Path]], np.ndarray] | None = None) -> dict:
     """All metrics of one model on one catalog; returns the JSON-ready report. Photos are embedded with
     `photo_views` (default: PhotoViews(), the search engine's default views); catalog image vectors are cached
-    under `cache_dir` when given (image_vectors); `calibration` adds the calibrated tagger's numbers."""
+    under `cache_dir` when given (image_vectors), or computed by `catalog_vectors(paths)` (unit rows) when given;
+    `calibration` adds the calibrated tagger's numbers."""
     from tqdm import tqdm
 
     t_start = time.time()
@@ -216,7 +218,7 @@ def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), phot
         bar.update(offset + n - done[0])
         done[0] = offset + n
 
-    images = image_vectors(embedder, image_paths, cache_dir, tick)
+    images = catalog_vectors(image_paths) if catalog_vectors else image_vectors(embedder, image_paths, cache_dir, tick)
     photo_views = photo_views or PhotoViews()
     # Each photo as search embeds it (the mean of its views) and, for comparison, the whole photo alone.
     whole = PhotoViews((1.0,), mirror=False)
@@ -290,6 +292,7 @@ def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), phot
     timings["total"] = round(time.time() - t_start + model_seconds, 2)
     return {
         "model_key": embedder.model_key,
+        "catalog_vectors": "given" if catalog_vectors else "embedder",
         "calibration": ({"path": str(calibration.path), "version": calibration.version,
                          "groups": sorted(calibration.groups)} if calibration is not None else None),
         "text_to_image": t2i,

@@ -193,6 +193,21 @@ def corrupt(products: Sequence[D.Product], fraction: float, seed: int, kind: str
     return Corruption(out, partner, kind, float(fraction), int(seed))
 
 
+def swap_threshold(images: np.ndarray, texts: np.ndarray, products: Sequence[D.Product], recall: float = 0.9,
+                   score: str = DEFAULT_SCORE, seed: int = 0, k: int = CSLS_K) -> float:
+    """A threshold fitted on a catalog itself, with no labels: the score at or below which a share `recall` of
+    freshly injected title swaps fall (DEFAULT_THRESHOLD_FRACTION of the products swapped, as `corrupt` swaps
+    them). The catalog's own mismatches need not be known: an injected swap is a mismatch whatever the text was."""
+    if not 0 < recall <= 1:
+        raise MatchingError(f"recall {recall!r} must be in (0, 1]")
+    c = corrupt(products, DEFAULT_THRESHOLD_FRACTION, seed, "title")
+    if not c.corrupted.any():
+        raise MatchingError(f"{len(products)} products: too few of different kinds to inject a title swap")
+    img_src, txt_src = c.sources()
+    swapped = scores(images[img_src], texts[txt_src], k)[_check_score(score)][c.corrupted]
+    return float(np.quantile(swapped, recall))
+
+
 # --- evaluation ------------------------------------------------------------------------------------------------
 def calibration_half(products: Sequence[D.Product]) -> np.ndarray:
     """True for the products whose default threshold is fitted (a stable half by sku); the rest measure it."""

@@ -95,6 +95,11 @@ class TrainConfig:
     # With cached_views: also keep the trunk's spatial grid of each image's view 0 (a trunk pass computes it anyway),
     # in the grid cache the captioner reads, so a later train_captioner runs the trunk only on images not seen here.
     cache_grids: bool = True
+    # A JSONL of {"sku": ..., "texts": [...]}: each listed training product trains on those texts in place of its
+    # title and product text (its facets stay), and a product listed with no text is left out of training. The
+    # held-out splits are still made from the catalog's own titles. Written by the bootstrap (training/bootstrap.py)
+    # and by --corrupt-titles.
+    texts: str | None = None
     max_steps: int | None = None  # stop early (tests, smoke runs)
     checkpoint_every_s: float = 60.0  # resumable state + model folder at most this often (and at the end)
     device: str = "auto"
@@ -104,8 +109,10 @@ class TrainConfig:
         """Identity of the run for resuming: everything but the output folder, device and step cap, plus the
         definition of a fresh run's architecture (a redefined one does not resume an old state)."""
         d = asdict(self)
-        for k in ("out", "device", "cache_dir", "cache_grids", "max_steps", "checkpoint_every_s"):
+        for k in ("out", "device", "cache_dir", "cache_grids", "max_steps", "checkpoint_every_s", "texts"):
             d.pop(k)
+        if self.texts:  # the texts file by its content, wherever it lies (a shared first model resumes)
+            d["texts_sha256"] = hashlib.sha256(Path(self.texts).read_bytes()).hexdigest()
         if self.init is None and self.arch in ARCHS:
             d["arch_definition"] = asdict(ARCHS[self.arch])
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -175,6 +182,41 @@ def split_by_title(products: Sequence[D.Product], fraction: float, keep: set[str
     return [p for p in products if p.sku not in held], val
 
 
+def training_split(products: Sequence[D.Product], holdout: float, holdout_products: float,
+                   with_photos: set[str] = frozenset()) -> tuple[list[D.Product], list[D.Product], list[D.Product]]:
+    """(train, held out by title, held out by product) as the embedder's trainer splits a catalog: the titles of
+    `holdout` (split_by_title; products with shopper photos stay in training), then `holdout_products` of the
+    other products by sku."""
+    _, val = split_by_title(products, holdout, keep=with_photos)
+    val_skus = {p.sku for p in val}
+    val_sku = [p for p in products if p.sku not in with_photos and p.sku not in val_skus
+               and D.in_share(p.sku, holdout_products)]
+    held = val_skus | {p.sku for p in val_sku}
+    return [p for p in products if p.sku not in held], val, val_sku
+
+
+def read_texts(path: str | Path) -> dict[str, list[str]]:
+    """A training texts file (TrainConfig.texts): sku -> the texts that product trains on."""
+    out: dict[str, list[str]] = {}
+    for line_no, row in D._read_jsonl(Path(path)):
+        texts = row.get("texts")
+        if not isinstance(row.get("sku"), str) or not isinstance(texts, list) or not all(
+                isinstance(t, str) and t.strip() for t in texts):
+            raise D.DataError(f"{path}:{line_no}: a row must be {{\"sku\": str, \"texts\": [non-empty str, ...]}}")
+        out[row["sku"]] = [t.strip() for t in texts]
+    return out
+
+
+def write_texts(texts: dict[str, list[str]], path: str | Path) -> Path:
+    """Write a training texts file (one row per sku, in the order given)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for sku, rows in texts.items():
+            fh.write(json.dumps({"sku": sku, "texts": list(rows)}, ensure_ascii=False) + "\n")
+    return path
+
+
 def run_card(name: str, architecture: dict, data: dict, cfg, history: list[dict], seconds: float, finished: bool,
              device: str) -> dict:
     """A model card's sections (model.save_model adds the weights' sha256): what was trained on what, how, and
@@ -236,6 +278,77 @@ def pooled_text_features(built: Built, texts: list[str], cache_dir: Path | None,
             new[start:start + len(ids)] = text.pooler(hidden, mask).float().cpu().numpy()
         cache.add(missing, new)
     return cache.rows(texts)
+
+
+def bag_inputs(built: Built, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token bag's input of each text (token ids) and its length (a batch is cut to its longest text)."""
+    tokens = built.tokenizer(texts)
+    pad = built.net.text.config.pad_token_id
+    return tokens, (tokens != pad).long().cumsum(1).argmax(1) + 1
+
+
+def project_texts(net, feats: torch.Tensor, tokens: torch.Tensor | None = None,
+                  lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """A locked text trunk's pooled outputs through the trainable projection, plus the token bag when the tower
+    has one (what its forward hook adds, plugin.add_token_bag)."""
+    out = net.text.proj(feats)
+    if hasattr(net.text, "token_bag"):
+        width = int(lengths.max())
+        out = out + net.text.token_bag(tokens[:, :width].to(feats.device))
+    return out
+
+
+@torch.no_grad()
+def model_vectors(built: Built, image_paths: Sequence[Path], texts: list[str], cache_dir: Path | None,
+                  device: str = "cpu", progress: bool = True, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors of image files and texts from a trained model, the way training computes them: a locked
+    trunk's pooled features of each image's view 0 from the trunk-feature cache (the trunk runs only on images it
+    lacks) through the head, and a locked text trunk's cached pooled outputs through the projection (and token
+    bag); other models run their towers. View 0 through the head is what the plugin serves (float16 rounding)."""
+    net = built.net.to(device).eval()
+    visual = net.visual
+    size = built.preprocess_cfg["size"]
+    size = int(size if isinstance(size, int) else size[0])
+    mean = torch.tensor(built.preprocess_cfg["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(built.preprocess_cfg["std"], device=device).view(1, 3, 1, 1)
+    paths = [Path(p) for p in image_paths]
+    out_img = []
+    if hasattr(visual, "trunk") and hasattr(visual, "head"):
+        trunk = visual.trunk
+        keys = view_keys(paths, np.ones(len(paths), np.int64), np.ones(len(paths)), 0)
+        cache = D.KeyedCache(cache_dir, f"trunkfeat-{module_identity(trunk)}-{size}", (trunk.num_features,),
+                             np.float16)
+        missing = cache.missing(keys)
+        if missing:
+            pixels = D.image_cache([Path(k.split("|")[0]) for k in missing], size, cache_dir, progress=progress)
+            trunk_views(trunk, pixels, missing, np.arange(len(missing)), np.zeros(len(missing), np.int64),
+                        np.ones(len(missing)), pooled=cache, mean=mean, std=std, device=device,
+                        autocast=lambda: runtime.autocast(device, None), progress=progress)
+        feats = cache.rows(keys)
+        for start in range(0, len(paths), batch):
+            out_img.append(visual.head(torch.from_numpy(feats[start:start + batch]).to(device).float()))
+    else:
+        pixels = D.image_cache(paths, size, cache_dir, progress=progress)
+        for start in range(0, len(paths), batch):
+            out_img.append(net.encode_image(to_pixels(pixels[start:start + batch], mean, std, device)))
+    out_txt = []
+    if not texts:
+        pass
+    elif built.lit:
+        feats = torch.from_numpy(pooled_text_features(built, texts, cache_dir, progress, device))
+        tokens, lengths = bag_inputs(built, texts) if hasattr(net.text, "token_bag") else (None, None)
+        for start in range(0, len(texts), batch):
+            sl = slice(start, start + batch)
+            out_txt.append(project_texts(net, feats[sl].to(device), None if tokens is None else tokens[sl],
+                                         None if lengths is None else lengths[sl]))
+    else:
+        for start in range(0, len(texts), batch):
+            out_txt.append(net.encode_text(built.tokenizer(texts[start:start + batch]).to(device)))
+
+    def unit(rows: list[torch.Tensor]) -> np.ndarray:
+        return F.normalize(torch.cat(rows).float(), dim=-1).cpu().numpy() if rows else np.zeros((0, 0), np.float32)
+
+    return unit(out_img), unit(out_txt)
 
 
 class TextBank:
@@ -508,18 +621,16 @@ class Trainer(TrainingRun):
             photos += D.load_photos(path, (p.sku for p in catalog.products))
         with_photos = {ph.sku for ph in photos}
         # Products with shopper photos stay in training: photo search is evaluated on a separate photo split.
-        _, val = split_by_title(catalog.products, cfg.holdout, keep=with_photos)
-        val_skus = {p.sku for p in val}
         # The product-level split: other products held out by sku; their titles stay in training (twins).
-        val_sku = [p for p in catalog.products if p.sku not in with_photos and p.sku not in val_skus
-                   and D.in_share(p.sku, cfg.holdout_products)]
-        held = val_skus | {p.sku for p in val_sku}
-        train = [p for p in catalog.products if p.sku not in held]
+        train, val, val_sku = training_split(catalog.products, cfg.holdout, cfg.holdout_products, with_photos)
+        # Training texts in place of the catalog's (TrainConfig.texts); a product listed without any is left out.
+        self.texts = read_texts(cfg.texts) if cfg.texts else {}
+        train = [p for p in train if self.texts.get(p.sku, True)]
         if not train:
             raise TrainingError("no training products left after the held-out split; lower --holdout")
         self.train_products, self.val_products, self.photos = train, val, photos
         self.val_products_by_sku = val_sku
-        self.fingerprint = D.fingerprint([*cfg.data, *cfg.photos])
+        self.fingerprint = D.fingerprint([*cfg.data, *cfg.photos, *([cfg.texts] if cfg.texts else [])])
 
         self.built = self._build()
         size = int(self.built.preprocess_cfg["size"] if isinstance(self.built.preprocess_cfg["size"], int)
@@ -561,21 +672,26 @@ class Trainer(TrainingRun):
 
         # Texts: full product text, title, and facet texts for every training product.
         bank = TextBank()
-        self.variants: list[tuple[int, int, list[int]]] = []
+        # Per product: its full-text ids (none when its texts are given), the ids a title draw picks from, and
+        # the ids of each facet's wordings.
+        self.variants: list[tuple[int, list[int], list[list[int]]]] = []
         facet_ids: dict[tuple[str, str], int] = {}
         self.product_facets: list[list[int]] = []
         for p in train:
             facets = p.facets()
             fids = [facet_ids.setdefault((k, v), len(facet_ids)) for k, v in facets]
             self.product_facets.append(fids)
-            full = bank.add(p.text) if cfg.text_mix[0] > 0 else -1
-            self.variants.append((full, bank.add(p.title), [[bank.add(t) for t in D.facet_texts(k, v)] for k, v in facets]))
+            given = self.texts.get(p.sku)
+            full = bank.add(p.text) if cfg.text_mix[0] > 0 and given is None else -1
+            own = [bank.add(t) for t in given] if given is not None else [bank.add(p.title)]
+            self.variants.append((full, own, [[bank.add(t) for t in D.facet_texts(k, v)] for k, v in facets]))
         self.facet_of_text: dict[int, int] = {}
         for (k, v), fid in facet_ids.items():
             for t in D.facet_texts(k, v):
                 self.facet_of_text.setdefault(bank.ids[t], fid)
         titles = {}
-        self.title_ids = np.array([titles.setdefault(D.title_key(p.title), len(titles)) for p in train])
+        self.title_ids = np.array([titles.setdefault(D.title_key(self.texts.get(p.sku, [p.title])[0]), len(titles))
+                                   for p in train])
         # Validation texts: held-out titles (queries) and prompts for two attributes.
         self.val_queries = sorted({D.title_key(p.title): p.title for p in val}.values())
         self.val_attrs = {}
@@ -604,9 +720,7 @@ class Trainer(TrainingRun):
                 pooled_text_features(self.built, bank.texts, self.cache_dir, self.progress, self.device))
             if hasattr(self.built.net.text, "token_bag"):
                 # The token bag's input per text, and its length (a batch is cut to its longest text).
-                self.text_tokens = self.built.tokenizer(bank.texts)
-                pad = self.built.net.text.config.pad_token_id
-                self.text_lengths = (self.text_tokens != pad).long().cumsum(1).argmax(1) + 1
+                self.text_tokens, self.text_lengths = bag_inputs(self.built, bank.texts)
         self.facet_matrix = self._facet_matrix()
         self.features: torch.Tensor | None = None  # cached trunk features (cached_views), made in run()
         if cfg.cached_views > 0 and not self._trunk_locked():
@@ -701,7 +815,8 @@ class Trainer(TrainingRun):
                 wordings = t_facets[rng.integers(len(t_facets))]
                 out[j] = wordings[rng.integers(len(wordings))]
             elif kind == 1 or t_full < 0:
-                out[j] = t_title
+                # One of several given texts at random (a single title draws nothing: runs stay as they were).
+                out[j] = t_title[rng.integers(len(t_title))] if len(t_title) > 1 else t_title[0]
             else:
                 out[j] = t_full
         return out
@@ -781,11 +896,9 @@ class Trainer(TrainingRun):
         net = self.built.net
         if self.built.lit:
             ids = torch.as_tensor(text_ids)
-            out = net.text.proj(self.text_feats[ids].to(self.device))
-            if hasattr(net.text, "token_bag"):  # what the tower's forward hook adds (plugin.add_token_bag)
-                width = int(self.text_lengths[ids].max())
-                out = out + net.text.token_bag(self.text_tokens[ids, :width].to(self.device))
-            return out
+            bag = hasattr(net.text, "token_bag")
+            return project_texts(net, self.text_feats[ids].to(self.device), self.text_tokens[ids] if bag else None,
+                                 self.text_lengths[ids] if bag else None)
         tokens = self.built.tokenizer([self.bank.texts[i] for i in text_ids]).to(self.device)
         return net.encode_text(tokens)
 
@@ -985,4 +1098,5 @@ class Trainer(TrainingRun):
                 "held_out_by_product_file": HELDOUT_PRODUCTS_NAME if self.val_products_by_sku else None,
                 "product_split": f"then held out by sha256 of the sku < {self.cfg.holdout_products}"}
         card = run_card(self.out.name, architecture, data, self.cfg, history, seconds, finished, self.device)
+        card.update(getattr(self, "card_extra", {}))  # e.g. the bootstrap's settings and counts
         return save_model(self.built, self.out, card)

@@ -59,8 +59,9 @@ def test_evaluate_matches_hand_computed_metrics(colour_model, files, tmp_path):
     call_command("evaluate", "--data", str(data), "--corpus", str(corpus), "--photos", str(photos),
                  "--json", str(out), "--plots", str(tmp_path / "plots"), "--no-progress")
     report = json.loads(out.read_text())
-    assert set(report) == {"model_key", "calibration", "text_to_image", "zero_shot", "photo_to_product", "timings"}
-    assert report["model_key"] == "test-colour:v1"
+    assert set(report) == {"model_key", "catalog_vectors", "calibration", "text_to_image", "zero_shot",
+                           "photo_to_product", "timings"}
+    assert report["model_key"] == "test-colour:v1" and report["catalog_vectors"] == "embedder"
     assert report["calibration"] is None  # the test plugin has no model folder, and no --calibration was given
 
     # Queries: "red shirt" -> A(1) D B(3); "blue shirt" -> C(1) F E(3); "green shirt" -> B E F(3) D(4).

@@ -31,12 +31,16 @@ class Command(BaseCommand):
                             help="auto_accept at this precision (default: the calibration file's target)")
         parser.add_argument("--cache-dir", type=Path,
                             help="cache image vectors per (model_key, file) here (make train: models/cache)")
+        parser.add_argument("--cached-trunk", action="store_true",
+                            help="a model folder with a locked trunk: catalog image vectors from the trunk-feature "
+                                 "cache of --cache-dir (view 0 through the head, as training computes them; the "
+                                 "plugin's vectors up to float16 rounding), so the trunk runs only on new images")
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args, data: Path, corpus: list[Path], photos: Path | None, model: str, json_out: Path,
                plots: Path | None, no_progress: bool, threads: int, calibration: Path | None = None,
                no_calibration: bool = False, target_precision: float | None = None, cache_dir: Path | None = None,
-               **options):
+               cached_trunk: bool = False, **options):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
 
@@ -76,11 +80,28 @@ class Command(BaseCommand):
                         raise CommandError(f"--calibration: {message}")
                     self.stderr.write(f"warning: {message}: calibrated numbers left out")
                     tagger_cal = None
+        catalog_vectors = None
+        if cached_trunk:
+            from mmsearch.training.model import build_from_init
+            from mmsearch.training.trainer import model_vectors
+
+            folder = Path(model[len("local-dir:"):] if model.startswith("local-dir:") else model).expanduser()
+            if not folder.is_dir():
+                raise CommandError(f"--cached-trunk needs --model to be a trained folder, not {model!r}")
+            built = build_from_init(str(folder))
+            if not (hasattr(built.net.visual, "trunk") and hasattr(built.net.visual, "head")):
+                raise CommandError(f"--cached-trunk: {folder} has no timm trunk with a head (arch {built.arch})")
+
+            def from_trunk_cache(paths):
+                return model_vectors(built, paths, [], cache_dir, progress=not no_progress)[0]
+
+            catalog_vectors = from_trunk_cache
         try:
             # Photos are embedded as search by photo embeds them (settings.MMSEARCH_SEARCH PHOTO_QUERY_*).
             report = evaluate(embedder, data, corpus, photos, progress=not no_progress, model_seconds=time.time() - t,
                               photo_views=PhotoViews.from_config(search_config()), calibration=tagger_cal,
-                              cache_dir=cache_dir, target_precision=target_precision)
+                              cache_dir=cache_dir, target_precision=target_precision,
+                              catalog_vectors=catalog_vectors)
         except DataError as exc:
             raise CommandError(str(exc)) from exc
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,43 @@ class Command(BaseCommand):
         parser.add_argument("--replace", action="store_true",
                             help="when --out holds a different run (e.g. the demo model), train anew over it "
                                  "instead of stopping; the same run is still resumed")
+        parser.add_argument("--text-mix", type=float, nargs=3, metavar=("FULL", "TITLE", "FACET"),
+                            help="shares of the texts paired with an image: full product text, title, one facet "
+                                 "(default preset 0.5 0.5 0)")
+        parser.add_argument("--texts", type=Path,
+                            help="JSONL of {\"sku\", \"texts\": [...]}: listed training products train on these "
+                                 "texts instead of their title and product text (none: left out); e.g. a bootstrap's "
+                                 "training-texts.jsonl")
         parser.add_argument("--no-progress", action="store_true")
+        boot = parser.add_argument_group("bootstrapping (caption, filter, retrain; docs/quality.md)")
+        boot.add_argument("--corrupt-titles", type=float, default=0.0,
+                          help="swap this share of the training titles in pairs of products of another article type "
+                               "or colour, reproducibly for --seed (the noisy catalog of the ablation)")
+        boot.add_argument("--bootstrap", action="store_true",
+                          help="caption the training images and filter the texts with a first model, then train on "
+                               "what survives")
+        boot.add_argument("--captions", action=argparse.BooleanOptionalAction, default=True,
+                          help="add the captioner's captions (--no-captions: filter only)")
+        boot.add_argument("--captions-for", choices=("all", "dropped"), default="all",
+                          help="add a kept caption beside every kept text (all), or only to the products whose own "
+                               "text the filter dropped (dropped)")
+        boot.add_argument("--filter", action=argparse.BooleanOptionalAction, default=True,
+                          help="filter original texts and captions by the first model's match score (--no-filter: "
+                               "captions only)")
+        boot.add_argument("--captioner", type=Path, help="TrunkCaptioner folder that writes the captions")
+        boot.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling of the captions")
+        boot.add_argument("--caption-temperature", type=float, default=1.0)
+        boot.add_argument("--folds", type=int, default=2,
+                          help="2: two first models on halves of the products score each other's half; 1: one "
+                               "first model scores its own training pairs")
+        boot.add_argument("--first-epochs", type=int, help="epochs of the first models (default: --epochs)")
+        boot.add_argument("--first-dir", type=Path,
+                          help="folder of the first models (default OUT/bootstrap; share it between runs on the "
+                               "same data to train them once)")
+        boot.add_argument("--filter-score", choices=("cosine", "csls"), default="csls")
+        boot.add_argument("--filter-recall", type=float, default=0.9,
+                          help="threshold: the score under which this share of injected title swaps fall")
+        boot.add_argument("--filter-threshold", type=float, help="a fixed threshold of --filter-score instead")
 
     def handle(self, *args, **o):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: never try to download
@@ -101,14 +137,18 @@ class Command(BaseCommand):
         for key in ("arch", "epochs", "batch_size", "lr", "holdout", "holdout_products", "cached_views",
                     "cached_photo_views", "photo_repeat", "batch_by_source",
                     "balance_photo_products", "hard_batches", "photo_pair_weight", "facet_weight", "facet_photos",
-                    "min_crop", "photo_min_crop", "init_temperature"):
+                    "min_crop", "photo_min_crop", "init_temperature", "text_mix"):
             if o.get(key) is not None:
                 preset[key] = o[key]
         cache = o["cache_dir"] or Path(settings.BASE_DIR) / "models" / "cache"
         cfg = TrainConfig(data=[str(p) for p in o["data"]], photos=[str(p) for p in o["photos"]], init=o["init"],
                           out=str(o["out"]), seed=o["seed"], device=o["device"], max_steps=o["max_steps"],
-                          checkpoint_every_s=o["checkpoint_every"],
+                          checkpoint_every_s=o["checkpoint_every"], texts=str(o["texts"]) if o["texts"] else None,
                           cache_dir=str(cache), **preset)
+        if cfg.texts and not Path(cfg.texts).is_file():
+            raise CommandError(f"--texts {cfg.texts}: no such file")
+        if cfg.texts and (o["bootstrap"] or o["corrupt_titles"]):
+            raise CommandError("--texts cannot be combined with --bootstrap or --corrupt-titles (they write the texts)")
         if cfg.batch_size < 2:
             raise CommandError("--batch-size must be at least 2 (a contrastive batch needs negatives)")
         if not (0 <= cfg.holdout < 1 and 0 <= cfg.holdout_products < 1):
@@ -125,10 +165,23 @@ class Command(BaseCommand):
             raise CommandError("--facet-weight must be >= 0")
         if not cfg.init_temperature > 0:
             raise CommandError("--init-temperature must be positive")
+        from mmsearch.training import bootstrap
+        from mmsearch.training.matching import MatchingError
+
+        boot = bootstrap.BootstrapConfig(
+            corrupt_titles=o["corrupt_titles"], bootstrap=o["bootstrap"], captions=o["captions"],
+            captions_for=o["captions_for"], filter=o["filter"],
+            captioner=str(o["captioner"]) if o["captioner"] else None, top_p=o["top_p"],
+            temperature=o["caption_temperature"], folds=o["folds"], first_epochs=o["first_epochs"],
+            first_dir=str(o["first_dir"]) if o["first_dir"] else None, filter_score=o["filter_score"],
+            filter_recall=o["filter_recall"], filter_threshold=o["filter_threshold"])
+        log = lambda m: self.stdout.write(m)  # noqa: E731
         try:
-            card = Trainer(cfg, log=lambda m: self.stdout.write(m), progress=not o["no_progress"],
-                           replace=o["replace"]).run()
-        except (DataError, TrainingError) as exc:
+            if boot.bootstrap or boot.corrupt_titles:
+                card = bootstrap.run(cfg, boot, log=log, progress=not o["no_progress"], replace_run=o["replace"])
+            else:
+                card = Trainer(cfg, log=log, progress=not o["no_progress"], replace=o["replace"]).run()
+        except (DataError, TrainingError, MatchingError) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(self.style.SUCCESS(
             f"saved {o['out']} (weights sha256 {card['weights']['sha256'][:12]}); "
