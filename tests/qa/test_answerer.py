@@ -226,3 +226,17 @@ def test_an_embedder_over_another_trunk_is_refused(tmp_path):
     with pytest.raises(CommandError, match="no such folder"):
         call_command("train_answerer", "--data", str(data), "--out", str(tmp_path / "o"), "--embedder",
                      str(tmp_path / "missing"))
+
+
+def test_the_demo_preset_answers_on_the_demo_catalog(tmp_path, settings):
+    """`make demo` trains this preset on its own small catalog: its calibration split is too small for the
+    Wilson bound, so the threshold is the point estimate and the image side answers instead of always abstaining."""
+    from pathlib import Path
+
+    data = Path(settings.BASE_DIR) / "demo" / "grocery" / "products.jsonl"
+    out = tmp_path / "demo"
+    call_command("train_answerer", "--data", str(data), "--out", str(out), "--preset", "demo",
+                 "--cache-dir", str(tmp_path / "cache"), "--no-progress")
+    cal = json.loads((out / "model_card.json").read_text())["calibration"]
+    assert cal["threshold_confidence"] is None
+    assert cal["threshold"] < 1.0 and cal["coverage"] > 0
