@@ -4,11 +4,12 @@ accepted tags, attribute values. The parameter grammar (names, value lists, esca
 
 from __future__ import annotations
 
-import math
+from decimal import Decimal, InvalidOperation
 
 import django_filters
-from django.db.models import Q, QuerySet
-from django.db.models.fields.json import KeyTextTransform, KeyTransform
+from django.contrib.postgres.fields import ArrayField
+from django.db.models import Func, Q, QuerySet, TextField, Value
+from django.db.models.functions import Lower
 from rest_framework.exceptions import ValidationError
 
 from catalog.models import Caption, Category, Product, ProductTag
@@ -16,9 +17,10 @@ from mmsearch.search.params import ATTR_PREFIX, FilterError, price, split_values
 
 
 def category_q(path: str, prefix: str = "category") -> Q:
-    """Rows whose category is `path` or below it."""
+    """Rows whose category is `path` or below it ("" as prefix: the categories themselves)."""
     path = path.strip().strip("/")
-    return Q(**{f"{prefix}__path": path}) | Q(**{f"{prefix}__path__startswith": path + "/"})
+    field = f"{prefix}__path" if prefix else "path"
+    return Q(**{field: path}) | Q(**{f"{field}__startswith": path + "/"})
 
 
 def check_categories(paths: list[str]) -> None:
@@ -31,11 +33,15 @@ def check_categories(paths: list[str]) -> None:
 
 
 def filter_categories(queryset: QuerySet, paths: list[str], prefix: str = "category") -> QuerySet:
-    """Rows (products, or rows whose `prefix` leads to a category) in any of these categories or below them."""
+    """Rows (products, or rows whose `prefix` leads to a category) in any of these categories or below them.
+
+    The subtrees' category ids are read first (the category table is small), so the rows' own category index
+    answers the filter, and the planner can combine it with the other filters' indexes."""
     q = Q()
     for path in paths:
-        q |= category_q(path, prefix)
-    return queryset.filter(q)
+        q |= category_q(path, "")
+    ids = list(Category.objects.filter(q).order_by().values_list("id", flat=True))
+    return queryset.filter(**{f"{prefix}__in": ids})
 
 
 def filter_tags(queryset: QuerySet, raw_values: list[str]) -> QuerySet:
@@ -49,30 +55,42 @@ def filter_tags(queryset: QuerySet, raw_values: list[str]) -> QuerySet:
     return queryset
 
 
+def attribute_terms(name: str, values: list[str]) -> Func:
+    """An attribute filter's values as the products' attribute_terms spell them (migration 0006's
+    catalog_attribute_terms): ARRAY[lower('name\x1fvalue'), ...], lowered by the database like the terms are."""
+    terms = [f"{name}\x1f{value}" for value in values]
+    terms += [f"{name}\x1f{n}" for n in map(_number_text, values) if n is not None]
+    return Func(*[Lower(Value(t)) for t in dict.fromkeys(terms)], function="ARRAY", template="%(function)s[%(expressions)s]",
+                output_field=ArrayField(TextField()))
+
+
+def _number_text(value: str) -> str | None:
+    """A finite number as Postgres writes trim_scale(number) (2012.0 -> "2012", 0.50 -> "0.5"); else None."""
+    try:
+        number = Decimal(value.strip())
+    except (InvalidOperation, ValueError):
+        return None
+    if not number.is_finite() or abs(number.adjusted()) > 308:  # beyond a float's range: no stored number
+        return None
+    if number == number.to_integral_value():
+        return str(int(number))
+    return format(number.normalize(), "f")
+
+
 def filter_attributes(queryset: QuerySet, attrs: dict[str, list[str]]) -> QuerySet:
     """{'attr.NAME': [raw values]}: any of the values (comma-separated or repeated; a backslash escapes a comma
-    inside a value) on the attributes JSON, case-insensitive."""
-    for index, (key, raws) in enumerate(attrs.items()):
+    inside a value), case-insensitive; a number also matches the same number stored as a JSON number (2012 and
+    2012.0). One overlap test per attribute on the GIN-indexed attribute_terms."""
+    for key, raws in attrs.items():
         name = key[len(ATTR_PREFIX):]
         if not name:
             raise FilterError(key, "attribute name is empty; use attr.NAME=VALUE")
         values = [v for raw in raws for v in split_values(raw)]
         if not values:
             raise FilterError(key, "no value given")
-        # Key transforms take the name as a literal JSON key (never parsed as an ORM lookup path).
-        text, raw = f"_attr{index}_text", f"_attr{index}_json"
-        queryset = queryset.alias(**{text: KeyTextTransform(name, "attributes"), raw: KeyTransform(name, "attributes")})
-        q = Q()
-        for value in values:
-            q |= Q(**{f"{text}__iexact": value})
-            try:
-                number = float(value)
-            except ValueError:
-                continue
-            if math.isfinite(number):  # so 2012 also matches a stored 2012.0
-                q |= Q(**{raw: number})
-        queryset = queryset.filter(q)
+        queryset = queryset.filter(attribute_terms__overlap=attribute_terms(name, values))
     return queryset
+
 
 
 def apply_filters(queryset: QuerySet, filters: dict[str, list[str]]) -> QuerySet:

@@ -95,12 +95,20 @@ class Product(models.Model):
     # Weighted full-text vector over title (A), category, accepted tags and accepted captions (B), brand and
     # attributes (C), description (D); maintained by catalog.search_text.refresh_search_vectors().
     search_vector = SearchVectorField(null=True, editable=False)
+    # The attributes as "name\x1fvalue" terms, lower case (catalog.filters.attribute_terms spells a
+    # filter's terms the same way), computed by the database (migration 0006) and GIN-indexed for attribute filters.
+    attribute_terms = models.GeneratedField(
+        expression=models.Func(models.F("attributes"), function="catalog_attribute_terms"),
+        output_field=ArrayField(models.TextField()),
+        db_persist=True,
+    )
 
     class Meta:
         ordering = ["id"]
         indexes = [
             GinIndex(fields=["search_vector"], name="product_search_vector_gin"),
             GinIndex(fields=["attributes"], name="product_attributes_gin"),
+            GinIndex(fields=["attribute_terms"], name="product_attribute_terms_gin"),
             # Trigram index for typo-tolerant title matching (pg_trgm).
             GinIndex(fields=["title"], name="product_title_trgm", opclasses=["gin_trgm_ops"]),
             models.Index(fields=["price"], name="product_price_idx"),

@@ -44,13 +44,13 @@ def filter_sql(filters: dict[str, list[str]]) -> tuple[str, list]:
     """SQL selecting the ids of the filtered active products, and its parameters, for use in `id IN (...)`."""
     if not filters:
         return _all_products_sql()
-    sql, params = get_catalog().products(filters).values("id").query.sql_with_params()
+    sql, params = get_catalog().products(filters).order_by().values("id").query.sql_with_params()
     return sql, list(params)
 
 
 @lru_cache(maxsize=1)
 def _all_products_sql() -> tuple[str, list]:
-    sql, params = get_catalog().products({}).values("id").query.sql_with_params()
+    sql, params = get_catalog().products({}).order_by().values("id").query.sql_with_params()
     return sql, list(params)
 
 
