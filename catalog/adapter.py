@@ -256,8 +256,6 @@ class CatalogAdapter:
     def products_having(self, filters: dict[str, list[str]], values: dict[str, list[str]]):
         from django.db.models import Q
 
-        from catalog.filters import category_q
-
         queryset = self.products(filters)
         for name, wanted in values.items():
             if name.startswith("attr."):
@@ -266,13 +264,8 @@ class CatalogAdapter:
                 for value in wanted:
                     q |= Q(attributes__contains={name[5:]: value})
                 queryset = queryset.filter(q)
-            elif name == "category":
-                q = Q()
-                for path in wanted:
-                    q |= category_q(path)
-                queryset = queryset.filter(q)
-            elif name == "tag":
-                queryset = apply_filters(queryset, {"tag": wanted})
+            elif name in ("category", "tag"):
+                queryset = apply_filters(queryset, {name: wanted})
             else:
                 return queryset.none()
         return queryset
