@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mmsearch.settings")
+os.environ.setdefault("MMSEARCH_THROTTLE", "0")  # the bench sends more photos a minute than a shopper may
 
 
 def pct(values: list[float], q: float) -> float:

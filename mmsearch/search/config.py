@@ -72,7 +72,7 @@ DEFAULTS: dict[str, Any] = {
     # Vector plans by the filter's size (mmsearch.search.signals.vector_candidates): a filter passing at most
     # EXACT_SCOPE_LIMIT products is searched exactly over their vectors; one passing at least POST_FILTER_SHARE
     # of the catalog reads the bare index scan and tests its rows; in between, the HNSW walk with the filter.
-    "EXACT_SCOPE_LIMIT": 3000,
+    "EXACT_SCOPE_LIMIT": 10000,
     "POST_FILTER_SHARE": 0.3,
     # A candidate found only by a vector signal counts as a match (in `total`, the facets and the pages) when
     # its cosine similarity to the query reaches this: text_vector (text query to product texts), image_vector

@@ -319,19 +319,22 @@ def knn_sql(kind: str, dim: int, model_key: str, qvec: np.ndarray, fsql: str, fp
     literal = vector_literal(qvec)
     not_self = "AND e.product_id <> %s " if exclude is not None else ""
     extra = [exclude] if exclude is not None else []
+    # The exact plans read every matching row; a product has one text vector per model_key (a unique
+    # constraint), so for texts the first `fetch` rows are already k products: a top-N sort instead of a full one.
+    every = max(k, fetch) if kind == "product" else 1_000_000
     if plan == "exact":
         inner = (
             f"SELECT e.product_id, {image_col} AS image_id, {dist} + 0 AS distance FROM {table} e "
             f"JOIN ({fsql}) f ON f.id = e.product_id WHERE e.model_key = %s {not_self}"
             "ORDER BY distance LIMIT %s"
         )
-        params = [literal, *fparams, model_key, *extra, 1_000_000]
+        params = [literal, *fparams, model_key, *extra, every]
     elif plan == "ids":
         inner = (
             f"SELECT e.product_id, {image_col} AS image_id, {dist} + 0 AS distance FROM {table} e "
             f"WHERE e.model_key = %s AND e.product_id = ANY(%s::bigint[]) {not_self}ORDER BY distance LIMIT %s"
         )
-        params = [literal, model_key, list(ids or []), *extra, 1_000_000]
+        params = [literal, model_key, list(ids or []), *extra, every]
     elif plan == "post":
         # LATERAL ... LIMIT 1 cannot be flattened into a join, so the filter runs per fetched row (a primary
         # key probe), never over the whole catalog.
