@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from catalog import facets, vocabulary
 from catalog.filters import apply_filters, check_categories
 from catalog.models import Caption, Product, ProductImage, ProductTag, Tag
-from mmsearch.adapter import CaptionRow, ImageFile, ProductCard, TagRow
+from mmsearch.adapter import CaptionRow, ImageFile, ProductCard, TagRow, id_array
 from mmsearch.text import product_text
 
 
@@ -297,7 +297,7 @@ class CatalogAdapter:
         # One pass over the candidates' rows (by primary key): each test is evaluated on a row already read.
         from django.db.models.expressions import RawSQL
 
-        by_id = RawSQL(f'"{Product._meta.db_table}"."id" = ANY(%s)', [ids], output_field=BooleanField())
+        by_id = RawSQL(f'"{Product._meta.db_table}"."id" = ANY(%s::bigint[])', [id_array(ids)], output_field=BooleanField())
         for row in Product.objects.filter(by_id).order_by().annotate(**conditions).values_list("pk", *conditions):
             for i, name in enumerate(names):
                 if row[i + 1]:

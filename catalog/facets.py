@@ -10,6 +10,7 @@ from decimal import Decimal
 from django.db import connection
 
 from catalog.models import Category, Product, ProductTag, Tag, TagGroup
+from mmsearch.adapter import id_array
 
 # Attribute values per attribute name returned in facets (the most frequent first).
 MAX_VALUES = 30
@@ -26,7 +27,7 @@ def compute(product_ids: Sequence[int], price_buckets: int = 5) -> dict:
     with connection.cursor() as cursor:
         # The products' rows are read once (the CTE), and each facet is a GROUP BY over them.
         cursor.execute(
-            f"WITH p AS MATERIALIZED (SELECT id, category_id, attributes, price FROM {product} WHERE id = ANY(%s)) "
+            f"WITH p AS MATERIALIZED (SELECT id, category_id, attributes, price FROM {product} WHERE id = ANY(%s::bigint[])) "
             f"SELECT 'c', c.path, NULL, NULL, count(*) FROM p JOIN {category} c ON c.id = p.category_id GROUP BY c.path "
             "UNION ALL SELECT 'a', kv.key, kv.value, NULL, count(*) FROM p, jsonb_each_text(CASE WHEN "
             "jsonb_typeof(p.attributes) = 'object' THEN p.attributes ELSE '{}'::jsonb END) kv GROUP BY 2, 3 "
@@ -34,7 +35,7 @@ def compute(product_ids: Sequence[int], price_buckets: int = 5) -> dict:
             f"JOIN p ON p.id = pt.product_id JOIN {tag} t ON t.id = pt.tag_id JOIN {group} g ON g.id = t.group_id "
             "WHERE pt.status = %s GROUP BY 2, 3, 4 "
             "UNION ALL SELECT 'p', price::text, NULL, NULL, count(*) FROM p WHERE price IS NOT NULL GROUP BY price",
-            [ids, ProductTag.Status.ACCEPTED.value],
+            [id_array(ids), ProductTag.Status.ACCEPTED.value],
         )
         rows = cursor.fetchall()
     # A category's count includes its subcategories, as the category filter does.

@@ -160,6 +160,12 @@ class CatalogAdapter(Protocol):
         in one query over the products' own rows: the understood spans' boosts."""
 
 
+def id_array(ids: Sequence[int]) -> str:
+    """Ids as one Postgres array literal, for `= ANY(%s::bigint[])`: a single string parameter costs the driver
+    far less than a list of thousands of ints, each quoted on its own (a filter's ids in one request)."""
+    return "{" + ",".join(str(int(i)) for i in ids) + "}"
+
+
 @lru_cache(maxsize=1)
 def get_catalog() -> CatalogAdapter:
     """The configured adapter, built once per process (settings are fixed at start-up)."""

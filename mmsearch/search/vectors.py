@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.db import connection, transaction
 
+from mmsearch.adapter import id_array
 from mmsearch.models import ActiveModel, ImageEmbedding, ProductTextEmbedding
 
 TABLES = {"image": ImageEmbedding._meta.db_table, "product": ProductTextEmbedding._meta.db_table}
@@ -334,7 +335,7 @@ def knn_sql(kind: str, dim: int, model_key: str, qvec: np.ndarray, fsql: str, fp
             f"SELECT e.product_id, {image_col} AS image_id, {dist} + 0 AS distance FROM {table} e "
             f"WHERE e.model_key = %s AND e.product_id = ANY(%s::bigint[]) {not_self}ORDER BY distance LIMIT %s"
         )
-        params = [literal, model_key, list(ids or []), *extra, every]
+        params = [literal, model_key, id_array(ids or []), *extra, every]
     elif plan == "post":
         # LATERAL ... LIMIT 1 cannot be flattened into a join, so the filter runs per fetched row (a primary
         # key probe), never over the whole catalog.
