@@ -92,7 +92,6 @@ def filter_attributes(queryset: QuerySet, attrs: dict[str, list[str]]) -> QueryS
     return queryset
 
 
-
 def apply_filters(queryset: QuerySet, filters: dict[str, list[str]]) -> QuerySet:
     """All of {category, price_min, price_max, tag, attr.NAME: [values]} (the search engine's filters)."""
     if "category" in filters:
