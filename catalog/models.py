@@ -71,12 +71,6 @@ class Category(models.Model):
     def depth(self) -> int:
         return self.path.count(PATH_SEPARATOR)
 
-    def subtree_q(self, prefix: str = "category") -> models.Q:
-        """Filter for rows whose category is this node or below it."""
-        return models.Q(**{f"{prefix}__path": self.path}) | models.Q(
-            **{f"{prefix}__path__startswith": self.path + PATH_SEPARATOR}
-        )
-
 
 class Product(models.Model):
     sku = models.CharField(max_length=128, unique=True)

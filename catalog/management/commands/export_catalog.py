@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from catalog.exporter import export_catalog
+from catalog.filters import filter_categories
 from catalog.models import Category, Product
 
 
@@ -27,7 +28,7 @@ class Command(BaseCommand):
             node = Category.objects.filter(path=category.strip("/")).first()
             if node is None:
                 raise CommandError(f"unknown category {category!r}")
-            queryset = queryset.filter(node.subtree_q())
+            queryset = filter_categories(queryset, [node.path])
         with tqdm(total=queryset.count(), unit="row", desc="export", disable=no_progress, file=self.stderr._out) as bar:
             count = export_catalog(out, queryset, progress=bar)
         self.stdout.write(f"wrote {count} products to {out}")
