@@ -17,6 +17,16 @@ def pytest_configure(config):
     services.ensure_started()
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """pytest-django's test database, and before it is dropped, the search's SQL pool connections to it closed
+    (transactional tests run their searches' queries side by side on those connections)."""
+    yield
+    from mmsearch.search import signals
+
+    signals.close_sql_connections()
+
+
 @pytest.fixture(autouse=True)
 def no_auto_index(settings):
     """Catalog saves queue no embedding work unless a test asks for it (tests/workers turn it on)."""

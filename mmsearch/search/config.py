@@ -74,6 +74,10 @@ DEFAULTS: dict[str, Any] = {
     # of the catalog reads the bare index scan and tests its rows; in between, the HNSW walk with the filter.
     "EXACT_SCOPE_LIMIT": 10000,
     "POST_FILTER_SHARE": 0.3,
+    # A request's independent queries (the signals, the facets) run side by side on this many threads of the
+    # web process, each with a database connection of its own that it keeps; 0: one after another on the
+    # request's connection. Read when the first search of a process starts.
+    "SQL_THREADS": 4,
     # A candidate found only by a vector signal counts as a match (in `total`, the facets and the pages) when
     # its cosine similarity to the query reaches this: text_vector (text query to product texts), image_vector
     # (text query to images), photo (a photo or a product's images to images). Model-specific: see

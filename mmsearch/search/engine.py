@@ -13,6 +13,7 @@ and limits come from config(): DEFAULTS, the fitted weights file, settings.MMSEA
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -126,14 +127,22 @@ def fuse(gathered: Gathered, weights: dict, boosts: dict, rrf_k: float) -> list[
     return fused
 
 
+def _timed(fn, *args) -> tuple:
+    t0 = time.perf_counter()
+    return fn(*args), round((time.perf_counter() - t0) * 1000, 2)
+
+
 def _understanding_on(query: SearchQuery, conf: dict) -> bool:
     return bool(query.understand and conf["UNDERSTAND"].get("ENABLED", True))
 
 
-def gather(query: SearchQuery, conf: dict | None = None) -> Gathered:
+def gather(query: SearchQuery, conf: dict | None = None, work: signals.SqlWork | None = None) -> Gathered:
     """Validate a query and run its mode's signals (and query understanding, for text): the part of a search
-    before fusion. Must run inside a transaction (SET LOCAL index options)."""
+    before fusion. With a parallel `work` (signals.sql_work) the signals' queries run side by side, each in a
+    transaction of its own; else one after another on this connection, which must then be in a transaction
+    (SET LOCAL index options)."""
     conf = conf or config()
+    work = work or signals.SqlWork()
     if query.mode not in MODES:
         raise SearchError(f"mode must be one of {', '.join(MODES)}, not {query.mode!r}")
     _check_page(query, conf)
@@ -144,24 +153,38 @@ def gather(query: SearchQuery, conf: dict | None = None) -> Gathered:
         raise SearchError(f"give one of a text query, a photo or similar_to, not {' and '.join(given)}")
     filters = query.filters if query.checked() else check_filters(query.filters)
     k = max(int(conf["CANDIDATES"]), query.page * query.limit)
-    ranked: dict[str, list[Candidate]] = {}
-    debug: dict = {"signals": {}}
-    t0 = time.perf_counter()
-    scope = signals.scope_for(filters, conf)
-    if scope.filtered:
-        debug["scope"] = {"products": scope.count, "exact": scope.ids is not None,
-                          "ms": round((time.perf_counter() - t0) * 1000, 2)}
+    pending: dict[str, Callable[[], tuple]] = {}
+    debug: dict = {"signals": {}, "parallel": work.parallel}
     mode = query.mode
     understood: list = []
     matches: dict[str, tuple[set[int], float]] = {}
 
-    def run(name: str, fn, *args, **kwargs) -> None:
+    def timed(name: str, fn, *args, **kwargs) -> tuple:
         t0 = time.perf_counter()
         info: dict = {}
         wants_debug = name.endswith("_vector") or name == "understood"
-        ranked[name] = fn(*args, **kwargs, debug=info) if wants_debug else fn(*args, **kwargs)
-        debug["signals"][name] = {"candidates": len(ranked[name]), "ms": round((time.perf_counter() - t0) * 1000, 2), **info}
+        found = fn(*args, **kwargs, debug=info) if wants_debug else fn(*args, **kwargs)
+        return found, {"candidates": len(found), "ms": round((time.perf_counter() - t0) * 1000, 2), **info}
 
+    def run(name: str, fn, *args, **kwargs) -> None:
+        pending[name] = work.submit(timed, name, fn, *args, **kwargs)
+
+    def collect() -> dict[str, list[Candidate]]:
+        ranked: dict[str, list[Candidate]] = {}
+        for name, wait in pending.items():
+            ranked[name], debug["signals"][name] = wait()
+        pending.clear()
+        return ranked
+
+    def scope_of() -> signals.Scope:
+        t0 = time.perf_counter()
+        scope = signals.scope_for(filters, conf)
+        if scope.filtered:
+            debug["scope"] = {"products": scope.count, "exact": scope.ids is not None,
+                              "ms": round((time.perf_counter() - t0) * 1000, 2)}
+        return scope
+
+    ranked: dict[str, list[Candidate]] = {}
     if query.text is not None:
         text = check_text(query.text)
         understand = _understanding_on(query, conf)
@@ -188,10 +211,8 @@ def gather(query: SearchQuery, conf: dict | None = None) -> Gathered:
                         for kind, enc in encoders]
         if mode in ("hybrid", "lexical"):
             run("lexical", signals.lexical_candidates, text, filters, k, words, query.page * query.limit)
-            # Partial matches rank as their own, lighter signal (WEIGHTS["lexical_partial"]).
-            ranked["lexical_partial"] = [c for c in ranked["lexical"] if c.extra.pop("partial", False)]
-            ranked["lexical"] = [c for c in ranked["lexical"] if c not in ranked["lexical_partial"]]
             run("trigram", signals.trigram_candidates, text, filters, k, float(conf["TRIGRAM_THRESHOLD"]), words)
+        scope = scope_of() if encoding else None
         for kind, enc, wait in encoding:
             vecs, ms = wait()
             debug.setdefault("encode_ms", {})[enc.role] = round(ms, 2)
@@ -200,6 +221,7 @@ def gather(query: SearchQuery, conf: dict | None = None) -> Gathered:
                 text_qvec, span_vecs = qvec, vecs[1:]
             name = "text_vector" if kind == "product" else "image_vector"
             run(name, signals.vector_candidates, kind, enc, qvec, scope, [], k)
+        named: dict = {}
         if plan is not None:
             t0 = time.perf_counter()
             embed = (lambda texts: signals.run_model(text_enc, text_enc.model.embed_texts, texts)) if text_enc else None
@@ -212,12 +234,18 @@ def gather(query: SearchQuery, conf: dict | None = None) -> Gathered:
             if named:
                 run("understood", signals.understood_candidates, text, filters, named, k,
                     text_enc if text_qvec is not None else None, text_qvec, words=words)
-                t0 = time.perf_counter()
-                ids = sorted({c.item_id for cands in ranked.values() for c in cands})
-                wanted = {f: list(dict.fromkeys(u.value for u in spans)) for f, spans in named.items()}
-                for filter_name, found in signals.having(ids, wanted).items():
-                    matches[filter_name] = (found, max(u.confidence for u in named[filter_name]))
-                debug["understand_ms"]["boost"] = round((time.perf_counter() - t0) * 1000, 2)
+        ranked = collect()
+        if "lexical" in ranked:
+            # Partial matches rank as their own, lighter signal (WEIGHTS["lexical_partial"]).
+            ranked["lexical_partial"] = [c for c in ranked["lexical"] if c.extra.pop("partial", False)]
+            ranked["lexical"] = [c for c in ranked["lexical"] if c not in ranked["lexical_partial"]]
+        if named:
+            t0 = time.perf_counter()
+            ids = sorted({c.item_id for cands in ranked.values() for c in cands})
+            wanted = {f: list(dict.fromkeys(u.value for u in spans)) for f, spans in named.items()}
+            for filter_name, found in signals.having(ids, wanted).items():
+                matches[filter_name] = (found, max(u.confidence for u in named[filter_name]))
+            debug["understand_ms"]["boost"] = round((time.perf_counter() - t0) * 1000, 2)
     elif query.image is not None:
         mode = "semantic"
         enc = signals.active_encoder("embedder")
@@ -225,27 +253,33 @@ def gather(query: SearchQuery, conf: dict | None = None) -> Gathered:
             raise SearchUnavailable("search by photo is not available: no image embedding model is active yet")
         t0 = time.perf_counter()
         views = photo.PhotoViews.from_config(conf)
+        # The filter's scope is counted while the photo goes through the model.
+        scope_wait = work.submit(scope_of)
         per_view = signals.run_model(enc, photo.embed_views, enc.model, [query.image], views)
         qvec = photo.query_vectors(per_view)[0]
         debug["encode_ms"] = {"embedder": round((time.perf_counter() - t0) * 1000, 2)}
         debug["photo_views"] = views.count
         debug["encode_ms_per_view"] = round(debug["encode_ms"]["embedder"] / views.count, 2)
-        run("image_vector", signals.vector_candidates, "image", enc, qvec, scope, [], k)
+        run("image_vector", signals.vector_candidates, "image", enc, qvec, scope_wait(), [], k)
+        ranked = collect()
     else:
         mode = "semantic"
         ref = get_catalog().product_ref(query.similar_to)
         if ref is None:
             raise SearchError(f"unknown product {query.similar_to!r}")
         product_id, title = ref
+        scope = scope_of()
         for kind, role, name in (("image", "embedder", "image_vector"), ("product", "text_embedder", "text_vector")):
             enc = signals.active_encoder(role)
             qvec = vectors.product_vector(kind, enc.model_key, product_id) if enc else None
             if qvec is not None:
                 run(name, signals.vector_candidates, kind, enc, qvec, scope, [], k, exclude=product_id)
+        ranked = collect()
         if not ranked:
             # No vectors yet: fall back to products whose text is like this product's title.
             mode = "lexical"
             run("lexical", signals.lexical_candidates, title, filters, k + 1)
+            ranked = collect()
             ranked["lexical"] = [c for c in ranked["lexical"] if c.item_id != product_id]
     return Gathered(mode, ranked, understood, matches, debug)
 
@@ -280,8 +314,9 @@ def search(query: SearchQuery) -> SearchResult:
     `total`, the facets and the pages cover the matching candidates (`matching`), not every candidate fetched."""
     started = time.perf_counter()
     conf = config()
+    work = signals.sql_work(conf)
     with transaction.atomic():  # SET LOCAL settings last for this transaction only
-        gathered = gather(query, conf)
+        gathered = gather(query, conf, work)
     fused = fuse(gathered, conf["WEIGHTS"], conf["BOOSTS"], float(conf["RRF_K"]))
     source = "text" if query.text is not None else "photo"
     found = matching(fused, conf["SIMILARITY_FLOOR"], source)
@@ -290,11 +325,10 @@ def search(query: SearchQuery) -> SearchResult:
     page = found[start:start + query.limit]
     image_hits = {f.item_id: f.parts["image_vector"]["image_id"] for f in page if "image_id" in f.parts.get("image_vector", {})}
     t0 = time.perf_counter()
-    hits = _hits(page, image_hits)
-    t1 = time.perf_counter()
-    facets = get_catalog().facets([f.item_id for f in found], int(conf["PRICE_BUCKETS"]))
-    gathered.debug["hydrate_ms"] = round((t1 - t0) * 1000, 2)
-    gathered.debug["facets_ms"] = round((time.perf_counter() - t1) * 1000, 2)
+    facets_wait = work.submit(_timed, get_catalog().facets, [f.item_id for f in found], int(conf["PRICE_BUCKETS"]))
+    hits = _hits(page, image_hits)  # beside the facets' query
+    gathered.debug["hydrate_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+    facets, gathered.debug["facets_ms"] = facets_wait()
     return SearchResult(
         hits=hits, total=len(found), page=query.page, limit=query.limit, facets=facets, mode=gathered.mode,
         took_ms=round((time.perf_counter() - started) * 1000, 2), debug=gathered.debug, understood=gathered.understood,

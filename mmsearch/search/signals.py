@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connection, connections, transaction
 
 from mmsearch.adapter import get_catalog
 from mmsearch.plugins import PluginError, alias_role, get_model, model_settings
@@ -84,6 +84,86 @@ def scope_for(filters: dict[str, list[str]], conf: dict) -> Scope:
         count, ids, estimate = cursor.fetchone()
     share = count / max(float(estimate or 0), float(count), 1.0)
     return Scope(sql, params, filtered=True, count=count, ids=list(ids or []) if ids is not None else None, share=share)
+
+
+# --- running the signals' SQL side by side ----------------------------------------------------------------
+
+# A request's independent queries (lexical, trigram, each vector signal, understood, facets) run here, each on
+# this pool thread's own database connection and in its own transaction, so the request waits for its slowest
+# query rather than for the sum. The threads keep their connections open between requests (at most
+# SQL_THREADS per web process). Only sound when the request's own connection is in no transaction: then every
+# connection sees the same committed catalog (see sql_work).
+_SQL_POOL: ThreadPoolExecutor | None = None
+_SQL_POOL_LOCK = threading.Lock()
+_SQL_CONNECTIONS: list = []  # each pool thread's Django connection (close_sql_connections)
+
+
+def _register_connection() -> None:
+    _SQL_CONNECTIONS.append(connections[DEFAULT_DB_ALIAS])
+
+
+def _sql_pool(threads: int) -> ThreadPoolExecutor:
+    global _SQL_POOL
+    with _SQL_POOL_LOCK:
+        if _SQL_POOL is None:
+            _SQL_POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mmsearch-sql",
+                                           initializer=_register_connection)
+        return _SQL_POOL
+
+
+def _in_own_transaction(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    conn = connections[DEFAULT_DB_ALIAS]
+    kept = conn.connection
+    try:
+        with transaction.atomic():  # SET LOCAL index options last for this query's transaction only
+            return fn(*args, **kwargs)
+    except (OperationalError, InterfaceError):
+        # A kept connection the server has dropped (a restart, an idle timeout): the queries only read, so they
+        # run again once, on a new connection.
+        if kept is None or not kept.closed:
+            raise
+        if conn.connection is kept:
+            conn.close()
+    with transaction.atomic():
+        return fn(*args, **kwargs)
+
+
+class SqlWork:
+    """Submit a request's independent queries: `submit(fn, *args)` returns a function that waits for and
+    returns fn's result (raising what fn raised). Parallel: on the SQL pool; else at once, on the request's
+    connection."""
+
+    def __init__(self, threads: int = 0):
+        self.pool = _sql_pool(threads) if threads > 0 else None
+
+    @property
+    def parallel(self) -> bool:
+        return self.pool is not None
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[], Any]:
+        if self.pool is None:
+            value = fn(*args, **kwargs)
+            return lambda: value
+        return self.pool.submit(_in_own_transaction, fn, args, kwargs).result
+
+
+def sql_work(conf: dict) -> SqlWork:
+    """SqlWork for one request: parallel with conf["SQL_THREADS"] threads, unless that is 0 or the caller's
+    connection is inside a transaction (a test's, or a caller's atomic block), whose uncommitted rows other
+    connections could not see; then sequential, on the caller's connection."""
+    threads = int(conf.get("SQL_THREADS") or 0)
+    return SqlWork(threads if threads > 0 and not connection.in_atomic_block else 0)
+
+
+def close_sql_connections() -> None:
+    """Close the SQL pool threads' connections (they reconnect on their next query): before a database they
+    use is dropped, e.g. at the end of a test session."""
+    for conn in list(_SQL_CONNECTIONS):
+        conn.inc_thread_sharing()
+        try:
+            conn.close()
+        finally:
+            conn.dec_thread_sharing()
 
 
 # --- query encoding -----------------------------------------------------------------------------------------
