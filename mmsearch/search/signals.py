@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import threading
 import time
@@ -438,23 +439,27 @@ def vector_candidates(kind: str, encoder: Encoder, qvec: np.ndarray, fsql: str |
             f"{encoder.dim}-d; re-activate the model"
         )
     scope = fsql if isinstance(fsql, Scope) else Scope(fsql, list(fparams))
-    fetch = k * (conf["IMAGE_OVERFETCH"] if kind == "image" else 1)
+    # Image rows read per wanted product: up to IMAGE_OVERFETCH (products with several images still fill k);
+    # an unfiltered search first reads only the catalog's mean images per product, and more if that is short.
+    fetch = k * (int(conf["IMAGE_OVERFETCH"]) if kind == "image" else 1)
     half = encoder.storage == "halfvec"
-    plans: list[tuple[str, dict]] = []
+    plans: list[tuple[str, int, dict]] = []  # (plan, rows fetched, options)
     if scope.ids is not None:
-        plans.append(("ids", {"ids": scope.ids}))
+        plans.append(("ids", fetch, {"ids": scope.ids}))
     else:
         if not scope.filtered:
             # Inactive products are rare: a tenth more rows than needed almost always fills k.
-            plans.append(("post", {"over": fetch + fetch // 10 + 10}))
+            mean = math.ceil(k * vectors.images_per_product(encoder.model_key)) if kind == "image" else fetch
+            for rows_wanted in dict.fromkeys((min(mean, fetch), fetch)):
+                plans.append(("post", rows_wanted, {"over": rows_wanted + rows_wanted // 10 + 10}))
         elif scope.share and scope.share >= float(conf["POST_FILTER_SHARE"]):
-            plans.append(("post", {"over": min(int(fetch * 1.3 / scope.share) + 10, int(conf["MAX_SCAN_TUPLES"]))}))
-        plans += [("index", {}), ("exact", {})]
+            plans.append(("post", fetch, {"over": min(int(fetch * 1.3 / scope.share) + 10, int(conf["MAX_SCAN_TUPLES"]))}))
+        plans += [("index", fetch, {}), ("exact", fetch, {})]
     with connection.cursor() as cursor:
         vectors.set_index_options(cursor, conf, k)
-        for plan, options in plans:
-            sql, params = vectors.knn_sql(kind, encoder.dim, encoder.model_key, qvec, scope.sql, scope.params, k, fetch,
-                                          exclude=exclude, plan=plan, halfvec=half, **options)
+        for plan, rows_wanted, options in plans:
+            sql, params = vectors.knn_sql(kind, encoder.dim, encoder.model_key, qvec, scope.sql, scope.params, k,
+                                          rows_wanted, exclude=exclude, plan=plan, halfvec=half, **options)
             cursor.execute(sql, params)
             rows = cursor.fetchall()
             if len(rows) >= k or plan in ("ids", "exact"):

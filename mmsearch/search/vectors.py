@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -358,6 +360,29 @@ def knn_sql(kind: str, dim: int, model_key: str, qvec: np.ndarray, fsql: str, fp
         f"FROM ({inner}) s ORDER BY product_id, distance) b ORDER BY distance, product_id LIMIT %s"
     )
     return sql, [*params, k]
+
+
+_IMAGES_PER_PRODUCT: dict[str, tuple[float, float]] = {}  # model_key -> (read at, mean images per product)
+_IMAGES_LOCK = threading.Lock()
+IMAGES_PER_PRODUCT_TTL = 600.0
+
+
+def images_per_product(model_key: str) -> float:
+    """The mean number of image vectors per product of `model_key` (at least 1), re-read every
+    IMAGES_PER_PRODUCT_TTL seconds: how many image rows a kNN must read to fill k products."""
+    now = time.monotonic()
+    with _IMAGES_LOCK:
+        cached = _IMAGES_PER_PRODUCT.get(model_key)
+    if cached and now - cached[0] < IMAGES_PER_PRODUCT_TTL:
+        return cached[1]
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*), count(DISTINCT product_id) FROM {TABLES['image']} WHERE model_key = %s",
+                       [model_key])
+        rows, products = cursor.fetchone()
+    mean = max(1.0, rows / products) if products else 1.0
+    with _IMAGES_LOCK:
+        _IMAGES_PER_PRODUCT[model_key] = (now, mean)
+    return mean
 
 
 def set_index_options(cursor, conf: dict, k: int) -> None:

@@ -113,6 +113,44 @@ def test_post_plan_falls_back_when_inactive_products_crowd_the_top(shop):
     assert not {c.item_id for c in got} & {p.id for p in copies}
 
 
+def test_image_scan_reads_the_mean_images_per_product_and_more_when_that_is_short(shop):
+    """An unfiltered image kNN first reads about k x the catalog's mean images per product; when one product's
+    many images crowd those rows (here: a mean read before they were added), it reads more, and the answer is
+    still the exact one."""
+    import time
+
+    from PIL import Image
+
+    from catalog.storage import add_image
+    from mmsearch import plugins
+    from mmsearch.images import check_image
+    from tests.conftest import make_image
+
+    enc = signals.active_encoder("embedder")
+    vectors._IMAGES_PER_PRODUCT.clear()
+    assert vectors.images_per_product(enc.model_key) == pytest.approx(9 / 8)  # 9 images, 8 products (1 inactive)
+    model = plugins.get_model("embedder")
+    kurta = shop["kurta-red"]
+    rows = []
+    for shade in range(30):
+        image, created = add_image(kurta, check_image(make_image(size=(32, 32), color=(200 + shade, 30, 30))))
+        if not created:  # the kurta's own red, or a shade whose JPEG bytes are another's
+            continue
+        with image.file.open("rb") as fh:
+            rows.append((image.id, kurta.id, model.embed_images([Image.open(fh).convert("RGB")])[0]))
+    assert len(rows) >= 10
+    vectors.upsert_image_vectors(enc.model_key, rows)
+    vectors._IMAGES_PER_PRODUCT[enc.model_key] = (time.monotonic(), 1.0)  # stale: read before the 30 images
+    qvec = model.embed_images([Image.new("RGB", (32, 32), (215, 30, 30))])[0]
+    debug: dict = {}
+    with transaction.atomic():
+        got = signals.vector_candidates("image", enc, qvec, signals.scope_for({}, config()), [], 3, debug)
+    assert [c.item_id for c in got] == _exact("image", enc, qvec, {}, 3)
+    assert len(got) == 3 and got[0].item_id == kurta.id
+    vectors._IMAGES_PER_PRODUCT.clear()
+    assert vectors.images_per_product(enc.model_key) == pytest.approx((9 + len(rows)) / 8)
+
+
 def test_scope_counts_the_filtered_products_and_keeps_small_sets(shop, settings):
     scope = signals.scope_for({"attr.gender": ["Women"]}, config())
     women = Product.objects.filter(active=True, attributes__gender="Women").count()
