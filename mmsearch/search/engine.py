@@ -237,8 +237,10 @@ def gather(query: SearchQuery, conf: dict | None = None, work: signals.SqlWork |
         ranked = collect()
         if "lexical" in ranked:
             # Partial matches rank as their own, lighter signal (WEIGHTS["lexical_partial"]).
-            ranked["lexical_partial"] = [c for c in ranked["lexical"] if c.extra.pop("partial", False)]
-            ranked["lexical"] = [c for c in ranked["lexical"] if c not in ranked["lexical_partial"]]
+            full, partial = [], []
+            for c in ranked["lexical"]:
+                (partial if c.extra.pop("partial", False) else full).append(c)
+            ranked["lexical"], ranked["lexical_partial"] = full, partial
         if named:
             t0 = time.perf_counter()
             ids = sorted({c.item_id for cands in ranked.values() for c in cands})
