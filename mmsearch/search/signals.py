@@ -387,16 +387,20 @@ def lexical_candidates(text: str, filters: dict[str, list[str]], k: int, words: 
     strict = (f"{sv} @@ websearch_to_tsquery(%s::regconfig, %s)", [cfg, text])
     found = _ranked(filters, (f"1.0 + ts_rank_cd({sv}, websearch_to_tsquery(%s::regconfig, %s))", [cfg, text]), strict, k)
     stages = []
+    any_of = " | ".join(f"({lx})" for lx in words.known[:8])
     if words.plain and words.known and len(words.lexemes) > 1:
         stages.append((need, _some_of(words.known[:8])))
         if len(words.known) >= 3:
             # Still (almost) nothing: any one of the words, so the shopper sees the nearest matches.
-            stages.append((10, " | ".join(f"({lx})" for lx in words.known[:8])))
+            stages.append((10, any_of))
     for wanted, tsquery in stages:
         if len(found) >= wanted:
             break
+        # Ranked by ts_rank over any of the words (more of them, in heavier fields, rank higher): a relaxed
+        # stage matches thousands of rows for common words, and ts_rank_cd of the pairs query cost ~40 us a row
+        # (190 ms for 5,000 matches) against ~2 us.
         partial = _ranked(
-            filters, (f"ts_rank_cd({sv}, %s::tsquery)", [tsquery]), (f"{sv} @@ %s::tsquery", [tsquery]),
+            filters, (f"ts_rank({sv}, %s::tsquery)", [any_of]), (f"{sv} @@ %s::tsquery", [tsquery]),
             k - len(found), exclude=[c.item_id for c in found],
         )
         for cand in partial:
