@@ -45,15 +45,17 @@ test: services browser
 # Embedding pipeline images/s vs the raw forward pass (bench/pipeline.py; BENCH_ARGS="--images 128" etc.).
 # Search latency (API vs SQL vs encoding) and quality (P@10 per mode, grocery photo accuracy) on the fashion
 # catalog of the database named by MMSEARCH_DB_NAME (README "Search").
-# Vector search side by side (bench/vector_search.py): the catalog's vectors and VECTORS synthetic ones; the API
+# Vector search side by side (bench/vector_search.py): the catalog's vectors and VECTORS synthetic ones, indexes built
+# with BENCH_THREADS threads by both engines; the API
 # under load at 1, 4 and 16 clients (bench/results/load-<n>.json).
 # Caption decode cost, greedy and beam 3 (bench/captioner.py, the captioner make train wrote).
 VECTORS ?= 1000000
+BENCH_THREADS ?= 2
 bench: services
 	$(BIN)/python bench/pipeline.py $(BENCH_ARGS)
 	$(BIN)/python bench/search_latency.py
 	$(BIN)/python bench/search_quality.py --grocery
-	$(BIN)/python bench/vector_search.py --real --synthetic $(VECTORS)
+	$(BIN)/python bench/vector_search.py --real --synthetic $(VECTORS) --threads $(BENCH_THREADS)
 	$(BIN)/python bench/captioner.py --model $(CAPTIONER)
 	for n in 1 4 16; do $(BIN)/python bench/load.py --clients $$n --out bench/results/load-$$n.json $(LOAD_ARGS) || exit 1; done
 	$(BIN)/python bench/qa_latency.py
