@@ -147,7 +147,9 @@ def _tune_postgres(server) -> None:
     conf = PG_DIR / "postgresql.auto.conf"
     wanted = {
         "max_connections": "200",
-        "shared_buffers": "256MB",
+        # Searches read HNSW pages through shared buffers: an index larger than them is copied in from the OS
+        # cache on every query (a 1M x 384-d index is about 2 GB; docs/benchmarks.md).
+        "shared_buffers": os.environ.get("MMSEARCH_PG_SHARED_BUFFERS", "256MB"),
         "maintenance_work_mem": "512MB",
         "fsync": os.environ.get("MMSEARCH_PG_FSYNC", "on"),
     }
