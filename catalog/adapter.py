@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from catalog import facets, vocabulary
-from catalog.filters import apply_filters, check_categories
+from catalog.filters import apply_filters, attribute_terms, check_categories
 from catalog.models import Caption, Product, ProductImage, ProductTag, Tag
 from mmsearch.adapter import CaptionRow, ImageFile, ProductCard, TagRow, id_array
 from mmsearch.text import product_text
@@ -254,16 +254,11 @@ class CatalogAdapter:
             return "/".join(str(part) for part in cursor.fetchone())
 
     def products_having(self, filters: dict[str, list[str]], values: dict[str, list[str]]):
-        from django.db.models import Q
-
         queryset = self.products(filters)
         for name, wanted in values.items():
             if name.startswith("attr."):
-                # The vocabulary's own spelling: a containment test the attributes' GIN index answers.
-                q = Q()
-                for value in wanted:
-                    q |= Q(attributes__contains={name[5:]: value})
-                queryset = queryset.filter(q)
+                # Any of the values, as an attribute filter matches them (the GIN-indexed attribute_terms).
+                queryset = queryset.filter(attribute_terms__overlap=attribute_terms(name[5:], wanted))
             elif name in ("category", "tag"):
                 queryset = apply_filters(queryset, {name: wanted})
             else:
@@ -283,8 +278,7 @@ class CatalogAdapter:
         for i, name in enumerate(names):
             q = Q(pk__in=[])
             if name.startswith("attr."):
-                for value in values[name]:
-                    q |= Q(attributes__contains={name[5:]: value})
+                q = Q(attribute_terms__overlap=attribute_terms(name[5:], values[name]))
             elif name == "category":
                 for path in values[name]:
                     q |= category_q(path)

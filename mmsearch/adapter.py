@@ -152,8 +152,8 @@ class CatalogAdapter(Protocol):
 
     def products_having(self, filters: dict[str, list[str]], values: dict[str, list[str]]) -> Any:
         """The active products matching `filters` that have, for each name of `values` (attr.NAME, category,
-        tag), one of its values exactly as search_vocabulary spells them: the understood spans' products, where
-        an index can answer (no case folding)."""
+        tag), one of its values (as search_vocabulary spells them, matched as the same filter would match them,
+        through an index): the understood spans' products."""
 
     def which_have(self, product_ids: Sequence[int], values: dict[str, list[str]]) -> dict[str, set[int]]:
         """{name of `values`: which of these products have one of its values} (spelled as in products_having),

@@ -78,3 +78,19 @@ def test_the_indexes_answer_attribute_and_category_filters(products):
         cursor.execute("SET LOCAL enable_seqscan = off")
         cursor.execute("EXPLAIN " + attr_sql, attr_params)
         assert "product_attribute_terms_gin" in "\n".join(row[0] for row in cursor.fetchall())
+
+
+def test_understood_values_match_products_as_the_same_filter_would(products):
+    """The adapter's products_having (understanding's candidates) and which_have (its boosts) test attribute
+    values as the attr.NAME filter does: any of them, case-insensitively, numbers stored either way."""
+    from catalog.adapter import CatalogAdapter
+
+    adapter = CatalogAdapter()
+    wanted = {"attr.gender": ["Men"], "attr.year": ["2012"]}
+    having = set(adapter.products_having({}, wanted).values_list("sku", flat=True))
+    assert having == skus({"attr.gender": ["Men"], "attr.year": ["2012"]}) == {"m-shoe", "m-top"}
+    assert set(adapter.products_having({"category": ["Footwear"]}, wanted).values_list("sku", flat=True)) == {"m-shoe"}
+    ids = {sku: p.pk for sku, p in products.items()}
+    have = adapter.which_have(list(ids.values()), {"attr.gender": ["Men", "Women"], "attr.colour": ["grey"]})
+    by_sku = {name: {sku for sku, pk in ids.items() if pk in found} for name, found in have.items()}
+    assert by_sku == {"attr.gender": {"m-shoe", "w-shoe", "m-top", "odd"}, "attr.colour": {"m-top"}}
