@@ -11,11 +11,12 @@ Sets (each searched by every engine, the same vectors, M, ef_construction and bu
                are not trivially separated), queried with fresh points of the same distribution
 Per set and engine: build seconds, index bytes, and at each ef_search: recall@10 against the exact answer
 (numpy; a row as similar as the exact 10th neighbour counts, as in ann-benchmarks: catalogs repeat vectors;
-`recall_at_10_ids` counts the exact answer's own rows only), single-client p50 / p95 ms and QPS (1000 / mean ms); pgvector is queried as a fast client does it (a
-prepared statement, the vector as a binary parameter), FAISS in-process. pgvector / FAISS HNSW QPS ratios at matched
-recall (FAISS's fastest point with at least pgvector's recall). Filtered pgvector search at 10 % and 1 %
-selectivity (a column uncorrelated with the vectors, iterative scans): the share of queries with a full page,
-recall against the exact filtered answer, p95 against unfiltered. pgvector runs in scratch tables
+`recall_at_10_ids` counts the exact answer's own rows only), single-client p50 / p95 ms and QPS (1000 / mean
+ms). pgvector is queried as a fast client does it (a prepared statement, the vector as a binary parameter),
+FAISS in-process. pgvector / FAISS HNSW QPS ratios at matched recall (FAISS's fastest point with at least
+pgvector's recall). Filtered pgvector search at 10 % and 1 % selectivity (a column uncorrelated with the
+vectors, iterative scans): the share of queries with a full page, recall against the exact filtered answer, p95
+against unfiltered. pgvector runs in scratch tables
 bench_vec_* of the database (dropped at the end). Writes bench/results/vector_search.json and, with
 matplotlib, vector_search.png (latency against recall per ef_search).
 """
@@ -124,7 +125,7 @@ def real_sets(n_queries: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
 class Pgvector:
     """One scratch table per set: id, bucket (id % 100, for filters), v vector(dim); HNSW indexes on it."""
 
-    def __init__(self, name: str, data: np.ndarray, threads: int, build_memory: str = "1GB") -> None:
+    def __init__(self, name: str, data: np.ndarray, threads: int, build_memory: str) -> None:
         from django.db import connection
 
         self.conn = connection
@@ -221,8 +222,8 @@ def run_set(name: str, data: np.ndarray, queries: np.ndarray, args) -> dict:
     def report(engine: str, ef, got, times, extra=None) -> dict:
         row = {"ef_search": ef, "recall_at_10": recall(got, truth, data, queries),
                "recall_at_10_ids": recall_ids(got, truth), **latency(times), **(extra or {})}
-        print(f"  {engine:>18} ef={ef!s:>5}: recall {row['recall_at_10']:.4f} (ids {row['recall_at_10_ids']:.4f})  p50 {row['p50_ms']:7.3f} ms  "
-              f"p95 {row['p95_ms']:7.3f} ms  qps {row['qps']}", flush=True)
+        print(f"  {engine:>18} ef={ef!s:>5}: recall {row['recall_at_10']:.4f} (ids {row['recall_at_10_ids']:.4f})  "
+              f"p50 {row['p50_ms']:7.3f} ms  p95 {row['p95_ms']:7.3f} ms  qps {row['qps']}", flush=True)
         return row
 
     t0 = time.perf_counter()
@@ -250,7 +251,8 @@ def run_set(name: str, data: np.ndarray, queries: np.ndarray, args) -> dict:
                     lat = latency(times)
                     entry["filtered"][label] = {
                         "ef_search": args.default_ef, "full_page_share": round(full, 4),
-                        "recall_at_10": recall(got, ftruth, data, queries), "recall_at_10_ids": recall_ids(got, ftruth), **lat,
+                        "recall_at_10": recall(got, ftruth, data, queries),
+                        "recall_at_10_ids": recall_ids(got, ftruth), **lat,
                         "p95_vs_unfiltered": round(lat["p95_ms"] / unfiltered_p95, 2) if unfiltered_p95 else None,
                     }
                     print(f"  filtered {label}: {entry['filtered'][label]}", flush=True)
