@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from catalog import facets, vocabulary
-from catalog.filters import apply_filters, attribute_terms, check_categories
+from catalog.filters import apply_filters, attribute_term_list, attribute_terms, check_categories
 from catalog.models import Caption, Product, ProductImage, ProductTag, Tag
 from mmsearch.adapter import CaptionRow, ImageFile, ProductCard, TagRow, id_array
 from mmsearch.text import product_text
@@ -266,34 +266,35 @@ class CatalogAdapter:
         return queryset
 
     def which_have(self, product_ids, values: dict[str, list[str]]) -> dict[str, set[int]]:
-        from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q
-
-        from catalog.filters import category_q
+        from django.db import connection
 
         ids = list(product_ids)
         names = list(values)
-        if not ids or not names:
-            return {name: set() for name in names}
-        conditions = {}
-        for i, name in enumerate(names):
-            q = Q(pk__in=[])
-            if name.startswith("attr."):
-                q = Q(attribute_terms__overlap=attribute_terms(name[5:], values[name]))
-            elif name == "category":
-                for path in values[name]:
-                    q |= category_q(path)
-            elif name == "tag":
-                tagged = apply_filters(Product.objects.filter(pk=OuterRef("pk")), {"tag": values[name]})
-                conditions[f"_h{i}"] = Exists(tagged)
-                continue
-            conditions[f"_h{i}"] = ExpressionWrapper(q, output_field=BooleanField())
         out: dict[str, set[int]] = {name: set() for name in names}
-        # One pass over the candidates' rows (by primary key): each test is evaluated on a row already read.
-        from django.db.models.expressions import RawSQL
-
-        by_id = RawSQL(f'"{Product._meta.db_table}"."id" = ANY(%s::bigint[])', [id_array(ids)], output_field=BooleanField())
-        for row in Product.objects.filter(by_id).order_by().annotate(**conditions).values_list("pk", *conditions):
-            for i, name in enumerate(names):
-                if row[i + 1]:
-                    out[name].add(row[0])
+        if not ids or not names:
+            return out
+        # One pass over the candidates' rows (by primary key), each test evaluated on a row already read:
+        # attribute values as the attr filter tests them (attribute_terms), categories and tags by the filters'
+        # own queries. Written as SQL: this runs on every search that understood something.
+        tests, params = [], []
+        for name in names:
+            if name.startswith("attr."):
+                terms = attribute_term_list(name[5:], values[name])
+                tests.append(f"p.attribute_terms && ARRAY[{', '.join(['lower(%s)'] * len(terms))}]::text[]")
+                params += terms
+            elif name in ("category", "tag"):
+                sql, sql_params = apply_filters(Product.objects.order_by(), {name: values[name]}).values("id").query.sql_with_params()
+                tests.append(f"p.id IN ({sql})")
+                params += sql_params
+            else:
+                tests.append("false")
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f'SELECT p.id, {", ".join(tests)} FROM "{Product._meta.db_table}" p WHERE p.id = ANY(%s::bigint[])',
+                [*params, id_array(ids)],
+            )
+            for row in cursor.fetchall():
+                for i, name in enumerate(names):
+                    if row[i + 1]:
+                        out[name].add(row[0])
         return out

@@ -55,13 +55,18 @@ def filter_tags(queryset: QuerySet, raw_values: list[str]) -> QuerySet:
     return queryset
 
 
-def attribute_terms(name: str, values: list[str]) -> Func:
+def attribute_term_list(name: str, values: list[str]) -> list[str]:
     """An attribute filter's values as the products' attribute_terms spell them (migration 0006's
-    catalog_attribute_terms): ARRAY[lower('name\x1fvalue'), ...], lowered by the database like the terms are."""
+    catalog_attribute_terms) before lowering: 'name\x1fvalue', and a number also as Postgres writes it."""
     terms = [f"{name}\x1f{value}" for value in values]
     terms += [f"{name}\x1f{n}" for n in map(_number_text, values) if n is not None]
-    return Func(*[Lower(Value(t)) for t in dict.fromkeys(terms)], function="ARRAY", template="%(function)s[%(expressions)s]",
-                output_field=ArrayField(TextField()))
+    return list(dict.fromkeys(terms))
+
+
+def attribute_terms(name: str, values: list[str]) -> Func:
+    """ARRAY[lower(term), ...] of attribute_term_list: lowered by the database like the stored terms are."""
+    return Func(*[Lower(Value(t)) for t in attribute_term_list(name, values)], function="ARRAY",
+                template="%(function)s[%(expressions)s]", output_field=ArrayField(TextField()))
 
 
 def _number_text(value: str) -> str | None:

@@ -88,14 +88,16 @@ def _hits(scored: list[Fused], image_hits: dict[int, int]) -> list[SearchHit]:
 
 @dataclass
 class Gathered:
-    """Everything one query's fusion needs: each signal's ranked candidates, the understood spans and which
-    candidates have each applied span's value. `fuse` turns it into a ranking for any weights, so weight
-    fitting (manage.py fit_search_weights) gathers each labelled query once."""
+    """Everything one query's fusion needs: each signal's ranked candidates, the understood spans, the values
+    they boost and, once checked (check_boosts), which candidates have them. Weight fitting (manage.py
+    fit_search_weights) gathers each labelled query once and checks every candidate."""
 
     mode: str
     ranked: dict[str, list[Candidate]]
     understood: list = field(default_factory=list)  # [understanding.Understood]
-    # filter -> (candidate ids with any of its applied values, the highest confidence of its spans)
+    # filter -> (its applied values, the highest confidence of its spans): what the boosts reward
+    boosting: dict[str, tuple[list[str], float]] = field(default_factory=dict)
+    # filter -> (the checked candidate ids with any of its values, that confidence)
     matches: dict[str, tuple[set[int], float]] = field(default_factory=dict)
     debug: dict = field(default_factory=dict)
 
@@ -109,22 +111,52 @@ def boost_for(filter_name: str, boosts: dict) -> float:
     return float(boosts.get("default", 0.0))
 
 
-def fuse(gathered: Gathered, weights: dict, boosts: dict, rrf_k: float) -> list[Fused]:
-    """Weighted RRF of the gathered signals, plus each understood value's boost on the candidates that have
-    it (BOOSTS[filter] x the span's confidence), best first."""
-    fused = rrf(gathered.ranked, weights, rrf_k)
-    if gathered.matches:
-        for f in fused:
-            for filter_name, (ids, confidence) in gathered.matches.items():
-                if f.item_id in ids:
-                    bonus = boost_for(filter_name, boosts) * confidence
-                    if bonus:
-                        f.score += bonus
-                        f.parts.setdefault("understood_boost", {"score": 0.0, "filters": []})
-                        f.parts["understood_boost"]["score"] = round(f.parts["understood_boost"]["score"] + bonus, 6)
-                        f.parts["understood_boost"]["filters"].append(filter_name)
-        fused.sort(key=lambda f: (-f.score, f.item_id))
-    return fused
+def check_boosts(gathered: Gathered, ids) -> None:
+    """Record in gathered.matches which of `ids` have each boosted value (one query for all the filters)."""
+    ids = sorted(set(ids))
+    if not gathered.boosting or not ids:
+        return
+    t0 = time.perf_counter()
+    wanted = {name: values for name, (values, _) in gathered.boosting.items()}
+    for name, have in signals.having(ids, wanted).items():
+        checked = gathered.matches.get(name, (set(), 0.0))[0]
+        gathered.matches[name] = (checked | have, gathered.boosting[name][1])
+    understand_ms = gathered.debug.setdefault("understand_ms", {})
+    understand_ms["boost"] = round(understand_ms.get("boost", 0.0) + (time.perf_counter() - t0) * 1000, 2)
+    gathered.debug["boost_checked"] = gathered.debug.get("boost_checked", 0) + len(ids)
+
+
+def boosted(fused: list[Fused], gathered: Gathered, boosts: dict, need: int | None = None) -> list[Fused]:
+    """`fused` (best first) plus each understood value's boost on the candidates that have it (BOOSTS[filter] x
+    its confidence), best first again.
+
+    With `need`, only the candidates that can still reach the first `need` places are checked: first the
+    `need` best, then those whose score plus every boost together reaches the need-th best score among the
+    checked ones. A boost only raises a score, so every other candidate stays behind at least `need` others
+    (the places past `need` are left in their unboosted order)."""
+    bonus = {name: boost_for(name, boosts) * confidence for name, (_, confidence) in gathered.boosting.items()}
+    bonus = {name: b for name, b in bonus.items() if b}
+    if not bonus or not fused:
+        return fused
+
+    def apply(batch: list[Fused]) -> None:
+        check_boosts(gathered, [f.item_id for f in batch])
+        for f in batch:
+            for name, b in bonus.items():
+                if f.item_id in gathered.matches[name][0]:
+                    f.score += b
+                    part = f.parts.setdefault("understood_boost", {"score": 0.0, "filters": []})
+                    part["score"] = round(part["score"] + b, 6)
+                    part["filters"].append(name)
+
+    if need is None or len(fused) <= need or min(bonus.values()) < 0:
+        apply(fused)
+    else:
+        apply(fused[:need])
+        floor = min(f.score for f in fused[:need]) - sum(bonus.values()) - 1e-12
+        rest = fused[need:]
+        apply([f for f in rest if f.score >= floor])  # a prefix of the rest: fused is sorted by score
+    return sorted(fused, key=lambda f: (-f.score, f.item_id))
 
 
 def _timed(fn, *args) -> tuple:
@@ -157,7 +189,7 @@ def gather(query: SearchQuery, conf: dict | None = None, work: signals.SqlWork |
     debug: dict = {"signals": {}, "parallel": work.parallel}
     mode = query.mode
     understood: list = []
-    matches: dict[str, tuple[set[int], float]] = {}
+    boosting: dict[str, tuple[list[str], float]] = {}
 
     def timed(name: str, fn, *args, **kwargs) -> tuple:
         t0 = time.perf_counter()
@@ -241,13 +273,8 @@ def gather(query: SearchQuery, conf: dict | None = None, work: signals.SqlWork |
             for c in ranked["lexical"]:
                 (partial if c.extra.pop("partial", False) else full).append(c)
             ranked["lexical"], ranked["lexical_partial"] = full, partial
-        if named:
-            t0 = time.perf_counter()
-            ids = sorted({c.item_id for cands in ranked.values() for c in cands})
-            wanted = {f: list(dict.fromkeys(u.value for u in spans)) for f, spans in named.items()}
-            for filter_name, found in signals.having(ids, wanted).items():
-                matches[filter_name] = (found, max(u.confidence for u in named[filter_name]))
-            debug["understand_ms"]["boost"] = round((time.perf_counter() - t0) * 1000, 2)
+        boosting = {f: (list(dict.fromkeys(u.value for u in spans)), max(u.confidence for u in spans))
+                    for f, spans in named.items()}
     elif query.image is not None:
         mode = "semantic"
         enc = signals.active_encoder("embedder")
@@ -283,7 +310,7 @@ def gather(query: SearchQuery, conf: dict | None = None, work: signals.SqlWork |
             run("lexical", signals.lexical_candidates, title, filters, k + 1)
             ranked = collect()
             ranked["lexical"] = [c for c in ranked["lexical"] if c.item_id != product_id]
-    return Gathered(mode, ranked, understood, matches, debug)
+    return Gathered(mode, ranked, understood, boosting, debug=debug)
 
 
 # Signals whose every candidate matches the query in the shopper's sense: the words (all of them, some of them,
@@ -319,9 +346,11 @@ def search(query: SearchQuery) -> SearchResult:
     work = signals.sql_work(conf)
     with transaction.atomic():  # SET LOCAL settings last for this transaction only
         gathered = gather(query, conf, work)
-    fused = fuse(gathered, conf["WEIGHTS"], conf["BOOSTS"], float(conf["RRF_K"]))
+    fused = rrf(gathered.ranked, conf["WEIGHTS"], float(conf["RRF_K"]))
     source = "text" if query.text is not None else "photo"
-    found = matching(fused, conf["SIMILARITY_FLOOR"], source)
+    # Only the matching candidates are ever shown, so only they are boosted (those that can reach this page).
+    found = boosted(matching(fused, conf["SIMILARITY_FLOOR"], source), gathered, conf["BOOSTS"],
+                    query.page * query.limit)
     gathered.debug["fused"] = len(fused)
     start = (query.page - 1) * query.limit
     page = found[start:start + query.limit]

@@ -504,8 +504,11 @@ def understood_candidates(text: str, filters: dict[str, list[str]], named: dict[
     debug["filters"] = order
     debug["matching"] = len(ids) if len(ids) <= limit else f">{limit}"
     if encoder is not None and qvec is not None:
-        fsql, fparams = catalog.products_having(filters, wanted).values("id").query.sql_with_params()
-        scope = Scope(fsql, list(fparams), ids=ids if len(ids) <= limit else None)
+        if len(ids) <= limit:
+            scope = Scope("", [], ids=ids)  # the exact plan over these ids needs no filter SQL
+        else:
+            fsql, fparams = catalog.products_having(filters, wanted).values("id").query.sql_with_params()
+            scope = Scope(fsql, list(fparams))
         return vector_candidates("product", encoder, qvec, scope, [], k, debug)
     # No text model: the products with the values, by full-text rank of the query's words (any of them).
     words = words or analyse_words(text)

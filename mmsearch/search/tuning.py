@@ -61,16 +61,19 @@ def relevant_ids(label: dict) -> set[int]:
 
 
 def gather_all(rows: Sequence[dict], *, progress=None) -> list:
-    """engine.gather for each labelled query (hybrid, understanding on, 10 per page)."""
+    """engine.gather for each labelled query (hybrid, understanding on, 10 per page), with every candidate's
+    boosted values checked (any weights may bring any candidate to the top)."""
     from django.db import transaction
 
-    from mmsearch.search.engine import gather
+    from mmsearch.search.engine import check_boosts, gather
     from mmsearch.search.params import SearchQuery
 
     out = []
     for i, row in enumerate(rows):
         with transaction.atomic():
-            out.append(gather(SearchQuery(text=row["q"], mode=row.get("mode", "hybrid"), limit=10)))
+            g = gather(SearchQuery(text=row["q"], mode=row.get("mode", "hybrid"), limit=10))
+            check_boosts(g, [c.item_id for cands in g.ranked.values() for c in cands])
+        out.append(g)
         if progress:
             progress(i + 1, len(rows))
     return out

@@ -94,3 +94,21 @@ def test_understood_values_match_products_as_the_same_filter_would(products):
     have = adapter.which_have(list(ids.values()), {"attr.gender": ["Men", "Women"], "attr.colour": ["grey"]})
     by_sku = {name: {sku for sku, pk in ids.items() if pk in found} for name, found in have.items()}
     assert by_sku == {"attr.gender": {"m-shoe", "w-shoe", "m-top", "odd"}, "attr.colour": {"m-top"}}
+
+
+def test_which_have_tests_categories_and_tags_as_their_filters_do(products):
+    from catalog.adapter import CatalogAdapter
+    from catalog.models import ProductTag, Tag, TagGroup
+
+    festive = Tag.objects.create(group=TagGroup.objects.create(name="Occasion"), name="Festive")
+    ProductTag.objects.create(product=products["m-top"], tag=festive, status=ProductTag.Status.ACCEPTED)
+    ProductTag.objects.create(product=products["odd"], tag=festive, status=ProductTag.Status.SUGGESTED)
+    ids = {sku: p.pk for sku, p in products.items()}
+    wanted = {"category": ["Footwear"], "tag": ["occasion:festive"], "attr.year": ["2012"], "price": ["1"]}
+    have = CatalogAdapter().which_have(list(ids.values()), wanted)
+    by_sku = {name: {sku for sku, pk in ids.items() if pk in found} for name, found in have.items()}
+    assert by_sku["category"] == skus({"category": ["Footwear"]}) == {"m-shoe", "w-shoe"}
+    assert by_sku["tag"] == skus({"tag": ["occasion:festive"]}) == {"m-top"}  # a suggested tag is not a value yet
+    assert by_sku["attr.year"] == {"m-shoe", "m-top"}
+    assert by_sku["price"] == set()  # not a value filter
+    assert CatalogAdapter().which_have([ids["bare"]], wanted) == {name: set() for name in wanted}
