@@ -240,18 +240,10 @@ class CatalogAdapter:
     def search_vocabulary_version(self) -> str:
         from django.db import connection
 
-        from catalog.models import Category, SearchSynonym, TagGroup
-
+        # Bumped by triggers on the synonym, tag, tag group and category tables (migration 0007).
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT (SELECT md5(coalesce(string_agg(id || ':' || phrase || ':' || field || ':' || value || ':' || active, "
-                f"',' ORDER BY id), '')) FROM {SearchSynonym._meta.db_table}), "
-                f"(SELECT md5(coalesce(string_agg(id || ':' || slug || ':' || name || ':' || array_to_string(synonyms, '|'), ',' "
-                f"ORDER BY id), '')) FROM {Tag._meta.db_table}), "
-                f"(SELECT count(*) || ':' || coalesce(max(id), 0) FROM {TagGroup._meta.db_table}), "
-                f"(SELECT md5(coalesce(string_agg(id || ':' || path, ',' ORDER BY id), '')) FROM {Category._meta.db_table})"
-            )
-            return "/".join(str(part) for part in cursor.fetchone())
+            cursor.execute("SELECT n FROM catalog_vocabulary_version WHERE id = 1")
+            return str(cursor.fetchone()[0])
 
     def products_having(self, filters: dict[str, list[str]], values: dict[str, list[str]]):
         queryset = self.products(filters)

@@ -460,7 +460,8 @@ def vector_candidates(kind: str, encoder: Encoder, qvec: np.ndarray, fsql: str |
             plans.append(("post", fetch, {"over": min(int(fetch * 1.3 / scope.share) + 10, int(conf["MAX_SCAN_TUPLES"]))}))
         plans += [("index", fetch, {}), ("exact", fetch, {})]
     with connection.cursor() as cursor:
-        vectors.set_index_options(cursor, conf, k)
+        if scope.ids is None:  # the exact search over ids reads no index
+            vectors.set_index_options(cursor, conf, k)
         for plan, rows_wanted, options in plans:
             sql, params = vectors.knn_sql(kind, encoder.dim, encoder.model_key, qvec, scope.sql, scope.params, k,
                                           rows_wanted, exclude=exclude, plan=plan, halfvec=half, **options)

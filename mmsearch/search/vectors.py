@@ -387,9 +387,11 @@ def images_per_product(model_key: str) -> float:
 
 def set_index_options(cursor, conf: dict, k: int) -> None:
     """Per-transaction pgvector settings: iterative scans for filtered queries and the search breadth."""
-    cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-    cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(min(1000, max(conf["EF_SEARCH"], k)))])
-    cursor.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", [str(int(conf["MAX_SCAN_TUPLES"]))])
+    cursor.execute(
+        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.ef_search', %s, true), "
+        "set_config('hnsw.max_scan_tuples', %s, true)",
+        [str(min(1000, max(conf["EF_SEARCH"], k))), str(int(conf["MAX_SCAN_TUPLES"]))],
+    )
 
 
 def product_vector(kind: str, model_key: str, product_id: int) -> np.ndarray | None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from django.test import override_settings
 
-from catalog.models import SearchSynonym
+from catalog.models import Category, SearchSynonym, Tag
 from mmsearch.adapter import VocabularyTerm, get_catalog
 from mmsearch.search import understanding
 from mmsearch.search.engine import search
@@ -109,6 +109,12 @@ def test_the_adapter_serves_attribute_values_categories_tags_and_merchant_synony
     assert get_catalog().search_vocabulary_version() != version
     terms = {(t.filter, t.value): t for t in get_catalog().search_vocabulary()}
     assert terms[("attr.colour", "Red")].merchant == ("crimson",)
+    # Every kind of write to the vocabulary's tables changes it: bulk updates, deletes, tags, categories.
+    for write in (lambda: SearchSynonym.objects.update(active=False), lambda: Tag.objects.update(synonyms=["gala"]),
+                  lambda: Category.objects.get_or_create_path("Apparel/Capes"), lambda: SearchSynonym.objects.all().delete()):
+        version = get_catalog().search_vocabulary_version()
+        write()
+        assert get_catalog().search_vocabulary_version() != version
 
 
 def test_search_answer_lists_what_was_understood_and_boosts_without_filtering(shop):
