@@ -53,7 +53,7 @@ VECTORS ?= 1000000
 BENCH_THREADS ?= 2
 bench: services
 	$(BIN)/python bench/pipeline.py $(BENCH_ARGS)
-	$(BIN)/python bench/search_latency.py
+	$(BIN)/python bench/search_latency.py --understanding-queries 200 --understanding-rounds 2
 	$(BIN)/python bench/search_quality.py --grocery
 	$(BIN)/python bench/vector_search.py --real --synthetic $(VECTORS) --threads $(BENCH_THREADS)
 	$(BIN)/python bench/captioner.py --model $(CAPTIONER)

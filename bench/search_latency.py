@@ -8,8 +8,9 @@ Cases (each query once, after one warm-up request):
   api_hybrid       GET /api/v1/search                         (cache cleared: encoding included)
   api_hybrid_cached  the same requests again, query vectors from the cache
   api_filtered(_cached)  hybrid with FILTER (men's footwear, about a tenth of the catalog)
-  understanding    --understanding-queries queries twice, cache cleared before each, alternating which goes
-                   first: hybrid with understand=0 and with query understanding (the default)
+  understanding    --understanding-queries queries twice (each of --understanding-rounds times), cache cleared
+                   before each, alternating which goes first: hybrid with understand=0 and with query
+                   understanding (the default)
   api_photo        POST /api/v1/search/image with grocery shopper photos (needs an active embedder)
   encode_query     every active model's query encoding, as a request runs them (beside each other)
   encode_text / encode_image: one model alone (a photo: all its query views; ms per view)
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--understanding-queries", type=int, default=30, help="queries of the understanding on/off pairs")
+    parser.add_argument("--understanding-rounds", type=int, default=1,
+                        help="times each of those queries is paired (more pairs: a steadier p95)")
     parser.add_argument("--photos", type=Path, default=ROOT.parent / "shared/datasets/grocery/photos-val.jsonl")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/search_latency.json")
     args = parser.parse_args(argv)
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Query understanding's cost: the same request with and without it, interleaved so load drift cancels.
     pairs: dict[str, list[float]] = {"off": [], "on": [], "parts": []}
-    for i, text in enumerate(texts[: args.understanding_queries]):
+    for i, text in enumerate(texts[: args.understanding_queries] * max(args.understanding_rounds, 1)):
         order = ("0", "1") if i % 2 == 0 else ("1", "0")
         for flag in order:
             cache.clear()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from catalog import facets, vocabulary
-from catalog.filters import apply_filters, attribute_term_list, attribute_terms, check_categories
+from catalog.filters import apply_filters, attribute_term_list, attribute_terms, category_ids, check_categories
 from catalog.models import Caption, Product, ProductImage, ProductTag, Tag
 from mmsearch.adapter import CaptionRow, ImageFile, ProductCard, TagRow, id_array
 from mmsearch.text import product_text
@@ -266,15 +266,19 @@ class CatalogAdapter:
         if not ids or not names:
             return out
         # One pass over the candidates' rows (by primary key), each test evaluated on a row already read:
-        # attribute values as the attr filter tests them (attribute_terms), categories and tags by the filters'
-        # own queries. Written as SQL: this runs on every search that understood something.
+        # attribute values as the attr filter tests them (attribute_terms), categories by their subtrees' ids
+        # (as the category filter), tags by the tag filter's own query. Written as SQL: this runs on every
+        # search that understood something.
         tests, params = [], []
         for name in names:
             if name.startswith("attr."):
                 terms = attribute_term_list(name[5:], values[name])
                 tests.append(f"p.attribute_terms && ARRAY[{', '.join(['lower(%s)'] * len(terms))}]::text[]")
                 params += terms
-            elif name in ("category", "tag"):
+            elif name == "category":
+                tests.append("p.category_id = ANY(%s::bigint[])")
+                params.append(id_array(category_ids(values[name])))
+            elif name == "tag":
                 sql, sql_params = apply_filters(Product.objects.order_by(), {name: values[name]}).values("id").query.sql_with_params()
                 tests.append(f"p.id IN ({sql})")
                 params += sql_params

@@ -37,11 +37,15 @@ def filter_categories(queryset: QuerySet, paths: list[str], prefix: str = "categ
 
     The subtrees' category ids are read first (the category table is small), so the rows' own category index
     answers the filter, and the planner can combine it with the other filters' indexes."""
+    return queryset.filter(**{f"{prefix}__in": category_ids(paths)})
+
+
+def category_ids(paths: list[str]) -> list[int]:
+    """The ids of these categories and of every category below them."""
     q = Q()
     for path in paths:
         q |= category_q(path, "")
-    ids = list(Category.objects.filter(q).order_by().values_list("id", flat=True))
-    return queryset.filter(**{f"{prefix}__in": ids})
+    return list(Category.objects.filter(q).order_by().values_list("id", flat=True))
 
 
 def filter_tags(queryset: QuerySet, raw_values: list[str]) -> QuerySet:

@@ -99,6 +99,9 @@ class Gathered:
     boosting: dict[str, tuple[list[str], float]] = field(default_factory=dict)
     # filter -> (the checked candidate ids with any of its values, that confidence)
     matches: dict[str, tuple[set[int], float]] = field(default_factory=dict)
+    # filter -> candidate ids known to have its values without a check: the understood list's, for the filters
+    # it required
+    known: dict[str, set[int]] = field(default_factory=dict)
     debug: dict = field(default_factory=dict)
 
 
@@ -112,18 +115,26 @@ def boost_for(filter_name: str, boosts: dict) -> float:
 
 
 def check_boosts(gathered: Gathered, ids) -> None:
-    """Record in gathered.matches which of `ids` have each boosted value (one query for all the filters)."""
-    ids = sorted(set(ids))
-    if not gathered.boosting or not ids:
+    """Record in gathered.matches which of `ids` have each boosted value: those gathered.known has for every
+    filter at once, the others by one query for all the filters."""
+    if not gathered.boosting:
+        return
+    ids = set(ids)
+    names = list(gathered.boosting)
+    for name in names:
+        gathered.matches.setdefault(name, (set(), gathered.boosting[name][1]))
+    unknown = sorted(i for i in ids if any(i not in gathered.known.get(name, ()) for name in names))
+    for name in names:
+        gathered.matches[name][0].update(ids - set(unknown))
+    if not unknown:
         return
     t0 = time.perf_counter()
     wanted = {name: values for name, (values, _) in gathered.boosting.items()}
-    for name, have in signals.having(ids, wanted).items():
-        checked = gathered.matches.get(name, (set(), 0.0))[0]
-        gathered.matches[name] = (checked | have, gathered.boosting[name][1])
+    for name, have in signals.having(unknown, wanted).items():
+        gathered.matches[name][0].update(have)
     understand_ms = gathered.debug.setdefault("understand_ms", {})
     understand_ms["boost"] = round(understand_ms.get("boost", 0.0) + (time.perf_counter() - t0) * 1000, 2)
-    gathered.debug["boost_checked"] = gathered.debug.get("boost_checked", 0) + len(ids)
+    gathered.debug["boost_checked"] = gathered.debug.get("boost_checked", 0) + len(unknown)
 
 
 def boosted(fused: list[Fused], gathered: Gathered, boosts: dict, need: int | None = None) -> list[Fused]:
@@ -190,6 +201,7 @@ def gather(query: SearchQuery, conf: dict | None = None, work: signals.SqlWork |
     mode = query.mode
     understood: list = []
     boosting: dict[str, tuple[list[str], float]] = {}
+    known: dict[str, set[int]] = {}
 
     def timed(name: str, fn, *args, **kwargs) -> tuple:
         t0 = time.perf_counter()
@@ -275,6 +287,9 @@ def gather(query: SearchQuery, conf: dict | None = None, work: signals.SqlWork |
             ranked["lexical"], ranked["lexical_partial"] = full, partial
         boosting = {f: (list(dict.fromkeys(u.value for u in spans)), max(u.confidence for u in spans))
                     for f, spans in named.items()}
+        if ranked.get("understood"):
+            listed = {c.item_id for c in ranked["understood"]}
+            known = {f: listed for f in debug["signals"]["understood"].get("filters", [])}
     elif query.image is not None:
         mode = "semantic"
         enc = signals.active_encoder("embedder")
@@ -310,7 +325,7 @@ def gather(query: SearchQuery, conf: dict | None = None, work: signals.SqlWork |
             run("lexical", signals.lexical_candidates, title, filters, k + 1)
             ranked = collect()
             ranked["lexical"] = [c for c in ranked["lexical"] if c.item_id != product_id]
-    return Gathered(mode, ranked, understood, boosting, debug=debug)
+    return Gathered(mode, ranked, understood, boosting, known=known, debug=debug)
 
 
 # Signals whose every candidate matches the query in the shopper's sense: the words (all of them, some of them,

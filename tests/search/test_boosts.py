@@ -27,13 +27,15 @@ def cases(draw):
     boosting = {name: (["v"], draw(st.floats(0.05, 1.0))) for name in names}
     boosts = {"default": draw(st.sampled_from([0.0, 0.002, 0.01, 0.05]))}
     need = draw(st.integers(1, 40))
-    return fused, has, boosting, boosts, need
+    # the understood list: some of the candidates with every value, known without a check
+    listed = {i for i in set.intersection(*has.values()) if draw(st.booleans())}
+    return fused, has, boosting, boosts, need, {name: listed for name in names}
 
 
 @settings(max_examples=300, deadline=None)
 @given(cases())
 def test_the_page_is_the_same_as_when_every_candidate_is_checked(case):
-    fused, has, boosting, boosts, need = case
+    fused, has, boosting, boosts, need, known = case
     asked: list[int] = []
 
     def having(ids, wanted):
@@ -44,10 +46,12 @@ def test_the_page_is_the_same_as_when_every_candidate_is_checked(case):
         patch.setattr(engine.signals, "having", having)
         every = engine.boosted(copy.deepcopy(fused), engine.Gathered("hybrid", {}, boosting=boosting), boosts)
         asked.clear()
-        pruned = engine.boosted(copy.deepcopy(fused), engine.Gathered("hybrid", {}, boosting=boosting), boosts, need)
+        gathered = engine.Gathered("hybrid", {}, boosting=boosting, known=known)
+        pruned = engine.boosted(copy.deepcopy(fused), gathered, boosts, need)
     assert [(f.item_id, f.score) for f in pruned[:need]] == [(f.item_id, f.score) for f in every[:need]]
     assert sorted(f.item_id for f in pruned) == sorted(f.item_id for f in fused)  # nothing lost
     assert len(asked) == len(set(asked))  # no candidate checked twice
+    assert not set(asked) & next(iter(known.values()))  # nor one the understood list vouches for
     if boosts["default"] == 0:
         assert not asked
 
