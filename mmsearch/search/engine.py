@@ -81,7 +81,9 @@ def _hits(scored: list[Fused], image_hits: dict[int, int]) -> list[SearchHit]:
         model_key = (f.parts.get("image_vector") or f.parts.get("text_vector") or {}).get("model_key")
         hits.append(SearchHit(
             product_id=card.product_id, sku=card.sku, title=card.title, price=card.price, currency=card.currency,
-            image_url=url, category=card.category, score=round(f.score, 6), parts=f.parts, model_key=model_key,
+            image_url=url, category=card.category, score=round(f.score, 6), model_key=model_key,
+            parts={name: {**part, "score": round(part["score"], 6)} if "score" in part else part
+                   for name, part in f.parts.items()},
         ))
     return hits
 

@@ -38,12 +38,18 @@ def rrf(
         seen: set[int] = set()
         rank = 0
         for cand in candidates:
-            if cand.item_id in seen:  # a signal lists an item once, at its best rank
+            item = cand.item_id
+            if item in seen:  # a signal lists an item once, at its best rank
                 continue
-            seen.add(cand.item_id)
+            seen.add(item)
             rank += 1
-            entry = fused.setdefault(cand.item_id, Fused(cand.item_id, 0.0, {}))
+            entry = fused.get(item)
+            if entry is None:
+                entry = fused[item] = Fused(item, 0.0, {})
             entry.score += weight / (k + rank)
-            entry.parts[signal] = {"rank": rank, "score": round(float(cand.score), 6), **cand.extra}
+            part = {"rank": rank, "score": float(cand.score)}  # rounded for the page's hits only
+            if cand.extra:
+                part.update(cand.extra)
+            entry.parts[signal] = part
     # Ties (same fused score) break by the id so pages are stable between requests.
     return sorted(fused.values(), key=lambda f: (-f.score, f.item_id))
