@@ -124,7 +124,7 @@ class Table:
         return cls(ids_l, ranks_l, bf_l, bc_l, relevant)
 
     def top(self, q: int, weights: dict, boosts: dict, rrf_k: float, n: int = 10) -> list[int]:
-        """The first n ids of query q under these weights (the engine's fuse, on arrays)."""
+        """The first n ids of query q under these weights (the engine's rrf and boosts, on arrays)."""
         from mmsearch.search.engine import boost_for
 
         ranks = self.ranks[q]
