@@ -45,9 +45,9 @@ test: services browser
 # Embedding pipeline images/s vs the raw forward pass (bench/pipeline.py; BENCH_ARGS="--images 128" etc.).
 # Search latency (API vs SQL vs encoding) and quality (P@10 per mode, grocery photo accuracy) on the fashion
 # catalog of the database named by MMSEARCH_DB_NAME (README "Search").
-# Vector search side by side (bench/vector_search.py): the catalog's vectors and VECTORS synthetic ones, indexes built
-# with BENCH_THREADS threads by both engines; the API
-# under load at 1, 4 and 16 clients (bench/results/load-<n>.json).
+# Vector search side by side (bench/vector_search.py): the catalog's vectors and VECTORS synthetic ones, indexes
+# built with BENCH_THREADS threads by both engines; the API under load at 1, 4 and 16 clients
+# (bench/results/load-<n>.json).
 # Caption decode cost, greedy and beam 3 (bench/captioner.py, the captioner make train wrote).
 VECTORS ?= 1000000
 BENCH_THREADS ?= 2

@@ -125,14 +125,14 @@ def check_boosts(gathered: Gathered, ids) -> None:
     names = list(gathered.boosting)
     for name in names:
         gathered.matches.setdefault(name, (set(), gathered.boosting[name][1]))
-    unknown = sorted(i for i in ids if any(i not in gathered.known.get(name, ()) for name in names))
+    unknown = {i for i in ids if any(i not in gathered.known.get(name, ()) for name in names)}
     for name in names:
-        gathered.matches[name][0].update(ids - set(unknown))
+        gathered.matches[name][0].update(ids - unknown)
     if not unknown:
         return
     t0 = time.perf_counter()
     wanted = {name: values for name, (values, _) in gathered.boosting.items()}
-    for name, have in signals.having(unknown, wanted).items():
+    for name, have in signals.having(sorted(unknown), wanted).items():
         gathered.matches[name][0].update(have)
     understand_ms = gathered.debug.setdefault("understand_ms", {})
     understand_ms["boost"] = round(understand_ms.get("boost", 0.0) + (time.perf_counter() - t0) * 1000, 2)
