@@ -337,16 +337,30 @@ class TrunkAnswerer(ProductAnswerer, runtime.LazyModel):
         self._mean = torch.tensor(spec["mean"], device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(spec["std"], device=device).view(1, 3, 1, 1)
         self._encoder = QuestionEncoder(int(self.config["model"]["max_tokens"]), device)
+        stage_pool = (self.config.get("embedder") or {}).get("stage_pool")
+        self._stage_pool = None
+        if stage_pool:  # the embedder's head reads its StagePool features of the same trunk pass
+            from mmsearch.plugins.openclip import stage_pool_classes
+
+            self._stage_pool = stage_pool_classes()[0](spec["mean"], spec["std"], int(stage_pool["colour_bins"]))
+            self._stage_pool.to(device)
         self._device, self._torch = device, torch
 
     def image_features(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """The trunk's grid + cell colours of each image, (N, 16, 1286) float32 (captioner.trunk_grids)."""
+        """The trunk's grid + cell colours of each image, (N, 16, 1286) float32 (captioner.trunk_grids), and for
+        a stage-pooled embedder its head input in extra rows (qa.model.pack_head_input), from one trunk pass."""
         from mmsearch.plugins.captioner import trunk_grids
 
         self._ensure_loaded()
         m = self.config["model"]
-        return trunk_grids(self._trunk, images, int(self.config["trunk"]["image_size"]), self._mean, self._std,
-                           self._device, None, int(m["grid_tokens"]), int(m["colour_dim"]), self.batch_size)
+        out = trunk_grids(self._trunk, images, int(self.config["trunk"]["image_size"]), self._mean, self._std,
+                          self._device, None, int(m["grid_tokens"]), int(m["colour_dim"]), self.batch_size,
+                          self._stage_pool)
+        if self._stage_pool is None:
+            return out
+        from mmsearch.training.qa.model import pack_head_input
+
+        return pack_head_input(*out)
 
     def logits(self, questions: Sequence[str], features: np.ndarray) -> np.ndarray:
         """Uncalibrated logits over every answer, (len(questions), answers), question i about image row i."""

@@ -187,26 +187,32 @@ class TrunkCaptioner(runtime.LazyModel):
 
 
 def trunk_grids(trunk: Any, images: Sequence[Image.Image], size: int, mean: Any, std: Any, device: str, dtype: Any,
-                tokens: int, colour_dim: int, batch_size: int) -> np.ndarray:
+                tokens: int, colour_dim: int, batch_size: int, pool: Any = None) -> Any:
     """(len(images), tokens, trunk channels + colour_dim) float32: a locked timm trunk's spatial grid of each image
     squashed to `size` (as in training, data.squash), each token followed by its cell's pixel colour statistics
-    (data.cell_colours) when colour_dim > 0. Every head over the trunk's grid (captioner, answerer) reads this."""
+    (data.cell_colours) when colour_dim > 0. Every head over the trunk's grid (captioner, answerer) reads this.
+    With `pool` (an openclip.StagePool), (those grids, the pool's features of the same pass) instead."""
     import torch
 
     from mmsearch.training.data import cell_colours, squash
 
     if len(images) == 0:
-        return np.zeros((0, tokens, int(trunk.num_features) + colour_dim), np.float32)
-    out = []
+        empty = np.zeros((0, tokens, int(trunk.num_features) + colour_dim), np.float32)
+        return empty if pool is None else (empty, np.zeros((0, pool.dim(trunk, size)), np.float32))
+    out, pooled = [], []
     for chunk in runtime.batches(list(images), batch_size):
         pixels = np.stack([squash(im.convert("RGB"), size) for im in chunk])
         x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div_(255)
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), runtime.autocast(device, dtype):
-            grid = trunk.forward_features(x)
+            if pool is None:
+                grid = trunk.forward_features(x)
+            else:
+                grid, features = pool(trunk, x)
+                pooled.append(features.float().cpu().numpy())
         grid = grid.flatten(2).transpose(1, 2).float().cpu().numpy()
         if colour_dim:
             side = int(round(tokens ** 0.5))
             grid = np.concatenate([grid, cell_colours(pixels, side)[..., :colour_dim]], axis=-1)
         out.append(grid)
-    return np.concatenate(out)
+    return np.concatenate(out) if pool is None else (np.concatenate(out), np.concatenate(pooled))

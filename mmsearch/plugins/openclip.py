@@ -15,6 +15,9 @@ Where the weights come from (`pretrained`):
 A folder's config may also hold "token_bag": {"dim": D} (written by `manage.py train_embedder`): the text
 tower then has a `TokenBag`, a learned vector per tokenizer token averaged over a text's tokens and added to
 the tower's output (its weights are in the same weights file, under "text.token_bag.weight").
+It may also hold "stage_pool": {"colour_bins": B} (the `effl0-128-ms` architecture): the image tower's head then
+reads, instead of the trunk's pooled output alone, the mean of every stage of an EfficientNet trunk, its pooled
+output and a colour histogram of the image (`StagePool`), standardised by statistics saved with the weights.
 
 model_key: "openclip:<model>:<tag>" for hub tags, "openclip:hf-hub:org/repo" for hub repos,
 "openclip:local:<content key>" for a folder and "openclip:<model>:<content key>" for a checkpoint file, where
@@ -59,6 +62,7 @@ LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
 _CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz", ".ckpt")
 TOKEN_BAG = "token_bag"  # open_clip_config.json key beside model_cfg / preprocess_cfg (open_clip ignores it)
+STAGE_POOL = "stage_pool"  # the same, for an image tower pooled by `StagePool`
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,119 @@ def add_token_bag(net: Any, dim: int, tokenizer: Any) -> Any:
     return bag
 
 
+def stage_pool_classes():
+    import torch
+
+    class StagePool(torch.nn.Module):
+        """What an image tower's head reads from an EfficientNet trunk (timm: conv_stem, bn1, blocks, conv_head,
+        bn2): the spatial mean of every stage's output, the trunk's own pooled output (the mean of its final
+        grid) and a colour histogram of the image's foreground. The early stages keep the colour and texture
+        that the final 1280 channels, trained for ImageNet's classes, blur. No parameters: a locked trunk's
+        StagePool features are computed once per image view and cached by the trainers.
+
+        Called as pool(trunk, x) -> (final grid (B, C, H, W), pooled (B, dim)); x is the trunk's normalised
+        input, un-normalised here with the tower's mean and std for the colours."""
+
+        def __init__(self, mean: Sequence[float], std: Sequence[float], colour_bins: int = 4,
+                     background: float = 0.92):
+            super().__init__()
+            self.colour_bins, self.background = int(colour_bins), float(background)
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1), persistent=False)
+
+        @staticmethod
+        def supports(trunk) -> bool:
+            return all(hasattr(trunk, n) for n in ("conv_stem", "bn1", "blocks", "conv_head", "bn2"))
+
+        def forward(self, trunk, x):
+            h = trunk.bn1(trunk.conv_stem(x))
+            parts = []
+            for stage in trunk.blocks:
+                h = stage(h)
+                parts.append(h.mean((2, 3)))
+            grid = trunk.bn2(trunk.conv_head(h))
+            parts.append(grid.mean((2, 3)))  # = the trunk's avg-pooled output, forward_head(grid)
+            parts.append(self.colours(x).to(grid.dtype))
+            return grid, torch.cat(parts, 1)
+
+        def colours(self, x):
+            """(B, bins^3 + 4): the square root of the RGB histogram of the pixels that are not near-white
+            background (bins per channel), their mean RGB and the share of foreground."""
+            b = self.colour_bins
+            pixels = (x.float().flatten(2) * self.std + self.mean).clamp(0, 1)  # (B, 3, HW)
+            fg = pixels.amin(1) < self.background  # (B, HW)
+            q = (pixels * b).long().clamp(max=b - 1)
+            cell = (q[:, 0] * b + q[:, 1]) * b + q[:, 2]
+            weight = fg.float() + 1e-3  # an all-background image still has a histogram
+            hist = torch.zeros(len(x), b ** 3, device=x.device).scatter_add_(1, cell, weight)
+            hist = hist / weight.sum(1, keepdim=True)
+            share = fg.float().mean(1, keepdim=True)
+            mean_fg = (pixels * fg[:, None]).sum(2) / fg.sum(1, keepdim=True).clamp(min=1)
+            return torch.cat([hist.sqrt(), mean_fg, share], 1)
+
+        def dim(self, trunk, image_size: int) -> int:
+            with torch.no_grad():
+                return int(self(trunk, torch.zeros(1, 3, image_size, image_size))[1].shape[1])
+
+    class Standardize(torch.nn.Module):
+        """(x - mean) / std with per-feature statistics saved in the weights (set once from training data)."""
+
+        def __init__(self, dim: int):
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(dim))
+            self.register_buffer("std", torch.ones(dim))
+
+        def fit(self, features) -> None:
+            features = features.float()
+            self.mean.copy_(features.mean(0))
+            self.std.copy_(features.std(0).clamp(min=1e-4))
+
+        def forward(self, x):
+            return (x - self.mean) / self.std
+
+    return StagePool, Standardize
+
+
+def add_stage_pool(net: Any, colour_bins: int = 4) -> Any:
+    """Give an open_clip timm image tower (trunk + "mlp" head) a `StagePool`: a new head of the same widths
+    reads its features, standardised; returns the StagePool. The tower's forward (encode_image) becomes
+    head(stage_pool(trunk, x)); the trunk and its state-dict names are unchanged."""
+    import types
+
+    import torch
+    from timm.layers import Mlp
+
+    visual = net.visual
+    mlp = getattr(getattr(visual, "head", None), "mlp", None)
+    if not hasattr(visual, "trunk") or mlp is None:
+        raise ValueError("stage pooling needs an open_clip timm image tower with an 'mlp' projection")
+    pool_cls, norm_cls = stage_pool_classes()
+    if not pool_cls.supports(visual.trunk):
+        raise ValueError(f"stage pooling needs an EfficientNet trunk, not {type(visual.trunk).__name__}")
+    cfg = visual.preprocess_cfg
+    size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
+    pool = pool_cls(cfg["mean"], cfg["std"], colour_bins)
+    dim = pool.dim(visual.trunk, int(size))
+    from collections import OrderedDict
+
+    visual.stage_pool = pool
+    visual.head = torch.nn.Sequential(OrderedDict(
+        norm=norm_cls(dim),
+        mlp=Mlp(dim, mlp.fc1.out_features, mlp.fc2.out_features, bias=(True, mlp.fc2.bias is not None))))
+    visual.forward = types.MethodType(lambda self, x: self.head(self.stage_pool(self.trunk, x)[1]), visual)
+    return pool
+
+
+def trunk_outputs(visual: Any, x: Any) -> tuple[Any, Any]:
+    """(final grid, what the head reads) of an open_clip timm image tower: its StagePool's features, or the
+    trunk's own pooling of its grid."""
+    pool = getattr(visual, "stage_pool", None)
+    if pool is not None:
+        return pool(visual.trunk, x)
+    grid = visual.trunk.forward_features(x)
+    return grid, visual.trunk.forward_head(grid)  # = trunk(x): timm's forward is forward_head(forward_features)
+
+
 class _DropMessage(logging.Filter):
     def __init__(self, prefix: str):
         super().__init__()
@@ -201,11 +318,13 @@ class _DropMessage(logging.Filter):
 
 
 def load_folder_model(folder: Path, text_cfg: dict, tokenizer: Any, **kwargs: Any) -> Any:
-    """The open_clip model of a local-dir folder, its token bag (if the config has one) included."""
+    """The open_clip model of a local-dir folder, its token bag and stage pooling (if the config has them)
+    included."""
     import open_clip
 
-    bag = read_folder_config(folder).get(TOKEN_BAG)
-    if not bag:
+    config = read_folder_config(folder)
+    bag, stage_pool = config.get(TOKEN_BAG), config.get(STAGE_POOL)
+    if not bag and not stage_pool:
         return open_clip.create_model(LOCAL_DIR + str(folder), text_cfg=text_cfg, **kwargs)
     from open_clip.factory import load_checkpoint
 
@@ -216,7 +335,10 @@ def load_folder_model(folder: Path, text_cfg: dict, tokenizer: Any, **kwargs: An
         net = open_clip.create_model(LOCAL_DIR + str(folder), text_cfg=text_cfg, load_weights=False, **kwargs)
     finally:
         logging.getLogger().removeFilter(quiet)
-    add_token_bag(net, int(bag["dim"]), tokenizer)
+    if bag:
+        add_token_bag(net, int(bag["dim"]), tokenizer)
+    if stage_pool:
+        add_stage_pool(net, int(stage_pool.get("colour_bins", 4)))
     load_checkpoint(net, str(files.find_weights(folder, WEIGHTS_NAMES)), strict=True)
     return net
 

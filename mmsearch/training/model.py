@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from mmsearch.plugins import files
-from mmsearch.plugins.openclip import (CONFIG_NAME, LOCAL_DIR, TOKEN_BAG, add_token_bag, load_folder_model,
-                                       read_folder_config, resolve_text_cfg)
+from mmsearch.plugins.openclip import (CONFIG_NAME, LOCAL_DIR, STAGE_POOL, TOKEN_BAG, add_stage_pool, add_token_bag,
+                                       load_folder_model, read_folder_config, resolve_text_cfg)
 
 WEIGHTS_NAME = "open_clip_model.safetensors"
 CARD_NAME = "model_card.json"
@@ -56,6 +56,7 @@ class Arch:
     vision_weights: str | None = None  # a VISION_WEIGHTS name: the trunk starts from those weights
     lock_trunk: bool = False  # with vision_weights: the trunk stays as loaded; only the projection head trains
     token_bag: bool = False  # a learned vector per text token added to the text tower's output (TokenBag)
+    stage_pool: bool = False  # the image head reads every trunk stage's mean and a colour histogram (StagePool)
 
     def model_cfg(self) -> dict:
         """open_clip model config (text tower named by its package, resolved at load time)."""
@@ -96,6 +97,9 @@ ARCHS: dict[str, Arch] = {
     # effl0-128 with a TokenBag on the text side: the words of a title (brand names above all) reach the text
     # vector directly, which the locked MiniLM's sentence encoding blurs (README, "Default architecture").
     "effl0-128-bag": replace(_EFFL0, name="effl0-128-bag", token_bag=True),
+    # effl0-128-bag whose image head also reads the mean of each of the trunk's stages and a colour histogram
+    # (StagePool): colour and texture that the final ImageNet features blur (training.md, "Stage pooling").
+    "effl0-128-ms": replace(_EFFL0, name="effl0-128-ms", token_bag=True, stage_pool=True),
     "mnv3s100-64": Arch("mnv3s100-64", {"timm_model_name": "mobilenetv3_small_100", "timm_pool": "avg",
                                         "timm_proj": ""}, 64),
     # open_clip's own ModifiedResNet, shrunk (tests and the demo preset).
@@ -138,6 +142,8 @@ def build_new(arch: Arch) -> Built:
         load_trunk_weights(net.visual.trunk, arch.vision_weights)
         if arch.lock_trunk:
             lock_vision_trunk(net)
+    if arch.stage_pool:
+        add_stage_pool(net)
     lock_text_trunk(net)
     tokenizer = _hf_tokenizer(cfg["text_cfg"])
     if arch.token_bag:
@@ -253,6 +259,9 @@ def save_model(built: Built, folder: Path, card: dict) -> dict:
     bag = getattr(built.net.text, "token_bag", None) if hasattr(built.net, "text") else None
     if bag is not None:
         config[TOKEN_BAG] = {"dim": int(bag.weight.shape[1])}
+    pool = getattr(getattr(built.net, "visual", None), "stage_pool", None)
+    if pool is not None:
+        config[STAGE_POOL] = {"colour_bins": pool.colour_bins}
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     hf_tok = built.model_cfg.get("text_cfg", {}).get("hf_tokenizer_name")
     if hf_tok:

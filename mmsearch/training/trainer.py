@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from mmsearch.plugins import runtime
+from mmsearch.plugins.openclip import trunk_outputs
 from mmsearch.training import data as D
 from mmsearch.training import metrics as M
 from mmsearch.training.evaluation import value_prompts, zero_shot_tasks
@@ -298,6 +299,22 @@ def project_texts(net, feats: torch.Tensor, tokens: torch.Tensor | None = None,
     return out
 
 
+def head_inputs(visual, paths: Sequence[Path], size: int, mean: torch.Tensor, std: torch.Tensor,
+                cache_dir: Path | None, device: str = "cpu", progress: bool = True) -> np.ndarray:
+    """What a locked timm image tower's head reads (`trunk_outputs`) for each image file's view 0, (N, dim)
+    float16, from the trunk-feature cache (the trunk runs only on images it lacks). `visual` needs only `trunk`
+    and, for a stage-pooled tower, `stage_pool`."""
+    keys = view_keys(paths, np.ones(len(paths), np.int64), np.ones(len(paths)), 0)
+    cache = pooled_cache(visual, size, cache_dir)
+    missing = cache.missing(keys)
+    if missing:
+        pixels = D.image_cache([Path(k.split("|")[0]) for k in missing], size, cache_dir, progress=progress)
+        trunk_views(visual.trunk, pixels, missing, np.arange(len(missing)), np.zeros(len(missing), np.int64),
+                    np.ones(len(missing)), pooled=cache, pool=lambda x: trunk_outputs(visual, x), mean=mean,
+                    std=std, device=device, autocast=lambda: runtime.autocast(device, None), progress=progress)
+    return cache.rows(keys)
+
+
 @torch.no_grad()
 def model_vectors(built: Built, image_paths: Sequence[Path], texts: list[str], cache_dir: Path | None,
                   device: str = "cpu", progress: bool = True, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -314,17 +331,7 @@ def model_vectors(built: Built, image_paths: Sequence[Path], texts: list[str], c
     paths = [Path(p) for p in image_paths]
     out_img = []
     if hasattr(visual, "trunk") and hasattr(visual, "head"):
-        trunk = visual.trunk
-        keys = view_keys(paths, np.ones(len(paths), np.int64), np.ones(len(paths)), 0)
-        cache = D.KeyedCache(cache_dir, f"trunkfeat-{module_identity(trunk)}-{size}", (trunk.num_features,),
-                             np.float16)
-        missing = cache.missing(keys)
-        if missing:
-            pixels = D.image_cache([Path(k.split("|")[0]) for k in missing], size, cache_dir, progress=progress)
-            trunk_views(trunk, pixels, missing, np.arange(len(missing)), np.zeros(len(missing), np.int64),
-                        np.ones(len(missing)), pooled=cache, mean=mean, std=std, device=device,
-                        autocast=lambda: runtime.autocast(device, None), progress=progress)
-        feats = cache.rows(keys)
+        feats = head_inputs(visual, paths, size, mean, std, cache_dir, device, progress)
         for start in range(0, len(paths), batch):
             out_img.append(visual.head(torch.from_numpy(feats[start:start + batch]).to(device).float()))
     else:
@@ -401,6 +408,16 @@ def view_keys(paths: Sequence[Path | str], n_views: Sequence[int], crop: Sequenc
             for i, path in enumerate(paths) for v in range(int(n_views[i]))]
 
 
+def pooled_cache(visual: torch.nn.Module, image_size: int, cache_dir: Path | None) -> D.KeyedCache:
+    """The cache of what a locked timm image tower's head reads (`trunk_outputs`), per (trunk weights, input
+    size, pooling), rows keyed like the views (`view_keys`)."""
+    trunk, pool = visual.trunk, getattr(visual, "stage_pool", None)
+    stem = f"trunkfeat-{module_identity(trunk)}-{image_size}"
+    if pool is None:
+        return D.KeyedCache(cache_dir, stem, (trunk.num_features,), np.float16)
+    return D.KeyedCache(cache_dir, f"{stem}-stages{pool.colour_bins}", (pool.dim(trunk, image_size),), np.float16)
+
+
 def grid_cache(trunk: torch.nn.Module, image_size: int, cache_dir: Path | None) -> D.ShardedCache:
     """The sharded cache of a timm trunk's spatial grids at an input size, per (trunk weights, input size): rows
     of (H * W tokens, channels) fp16, keyed like the pooled features (`view_keys`)."""
@@ -412,14 +429,16 @@ def grid_cache(trunk: torch.nn.Module, image_size: int, cache_dir: Path | None) 
 @torch.no_grad()
 def trunk_views(trunk: torch.nn.Module, pixels: np.ndarray, keys: Sequence[str], owner: np.ndarray,
                 view_of: np.ndarray, crop: np.ndarray, *, pooled: D.KeyedCache | None = None,
-                grids: D.ShardedCache | None = None, mean: torch.Tensor, std: torch.Tensor, device: str,
+                grids: D.ShardedCache | None = None, pool: Callable | None = None, mean: torch.Tensor,
+                std: torch.Tensor, device: str,
                 autocast: Callable, progress: bool = True, desc: str = "trunk features") -> None:
     """Run a locked timm trunk once over every view that a cache lacks, and store what each cache holds.
 
     Key j is view `view_of[j]` of image `pixels[owner[j]]`; a view > 0 is augmented (crop area down to crop[j],
     flip) by a generator seeded from its key, so its features never depend on the batch it was computed in.
     `pooled` takes the trunk's pooled vector (C,), `grids` its spatial feature grid as (H*W, C) tokens (view 0
-    keys only): the pooled vector is the trunk's own pooling of that grid, so one pass serves both.
+    keys only): the pooled vector is the trunk's own pooling of that grid, or `pool(x)` -> (grid, pooled) when
+    given (an image tower's `trunk_outputs`), so one pass serves both.
     """
     want_pooled = set(pooled.missing(keys)) if pooled is not None else set()
     want_grid = set(grids.missing([k for k, v in zip(keys, view_of) if v == 0])) if grids is not None else set()
@@ -444,7 +463,9 @@ def trunk_views(trunk: torch.nn.Module, pixels: np.ndarray, keys: Sequence[str],
                     x[row] = augment(x[row:row + 1], gen, float(crop[j]))[0]
             x = x.contiguous(memory_format=torch.channels_last)
             with autocast():
-                if want_grid:
+                if pool is not None:
+                    grid, out = pool(x)
+                elif want_grid:
                     grid = trunk.forward_features(x)
                     out = trunk.forward_head(grid)  # = trunk(x): timm's forward is forward_head(forward_features)
                 else:
@@ -725,6 +746,8 @@ class Trainer(TrainingRun):
         self.features: torch.Tensor | None = None  # cached trunk features (cached_views), made in run()
         if cfg.cached_views > 0 and not self._trunk_locked():
             raise TrainingError("--cached-views needs a locked pretrained vision trunk (e.g. --arch effl0-128)")
+        if cfg.cached_views == 0 and hasattr(self.built.net.visual, "stage_pool"):
+            raise TrainingError("a stage-pooled image tower trains over cached trunk features: give --cached-views N")
 
     def _build(self) -> Built:
         try:
@@ -742,7 +765,8 @@ class Trainer(TrainingRun):
     def cache_trunk_features(self) -> None:
         """The locked trunk's pooled features of every view of every image, computed once (cached_views), in an
         incremental cache per (trunk weights, input size) under cache_dir (see `trunk_views`)."""
-        cfg, trunk = self.cfg, self.built.net.visual.trunk
+        cfg, visual = self.cfg, self.built.net.visual
+        trunk = visual.trunk
         n_views = np.ones(len(self.image_paths), dtype=np.int64)  # validation images: view 0 only
         crop = np.ones(len(self.image_paths))
         for it in self.items:
@@ -751,14 +775,18 @@ class Trainer(TrainingRun):
         keys = view_keys(self.image_paths, n_views, crop, cfg.seed)
         owner = np.repeat(np.arange(len(self.image_paths)), n_views)
         view_of = np.concatenate([np.arange(n) for n in n_views])
-        cache = D.KeyedCache(self.cache_dir, f"trunkfeat-{module_identity(trunk)}-{self.image_size}",
-                             (trunk.num_features,), np.float16)
+        cache = pooled_cache(visual, self.image_size, self.cache_dir)
         grids = grid_cache(trunk, self.image_size, self.cache_dir) if cfg.cache_grids and self.cache_dir else None
-        trunk_views(trunk, self.pixels, keys, owner, view_of, crop[owner], pooled=cache, grids=grids, mean=self.mean,
-                    std=self.std, device=self.device, autocast=self._autocast, progress=self.progress)
+        trunk_views(trunk, self.pixels, keys, owner, view_of, crop[owner], pooled=cache, grids=grids,
+                    pool=lambda x: trunk_outputs(visual, x), mean=self.mean, std=self.std, device=self.device,
+                    autocast=self._autocast, progress=self.progress)
         self.features = torch.from_numpy(cache.rows(keys))
         first = np.concatenate([[0], np.cumsum(n_views)[:-1]])
         self.view_first, self.view_count = torch.from_numpy(first), torch.from_numpy(n_views)
+        norm = getattr(visual.head, "norm", None)
+        if norm is not None and self.cfg.init is None:
+            # a new stage-pooled head: its standardisation from the training images' unaugmented views
+            norm.fit(self.features[self.view_first[sorted({it.image for it in self.items})]])
 
     def image_features(self, images: np.ndarray, gen: torch.Generator | None) -> torch.Tensor:
         """Cached trunk features of the given images: a random view each (view 0 when gen is None)."""

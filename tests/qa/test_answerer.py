@@ -214,6 +214,50 @@ def test_an_answerer_trained_with_the_embedder_reads_its_image_vector_of_the_sam
         TrunkAnswerer(str(edited))
 
 
+def test_a_stage_pooled_embedder_reaches_the_answerer_through_extra_feature_rows(tmp_path, settings):
+    """An effl0-128-ms embedder's head reads every stage of the trunk and the colours: the answerer carries that
+    input after the grid tokens, from the same trunk pass when serving and from the shared caches in training,
+    and its image vector is the embedder's own."""
+    import torch
+
+    from mmsearch.plugins.openclip import OpenClipEmbedder
+    from mmsearch.training.model import ARCHS, build_new, save_model
+    from mmsearch.training.qa.evaluation import evaluate_qa
+    from mmsearch.training.qa.model import load_answerer
+
+    torch.manual_seed(0)
+    built = build_new(ARCHS["effl0-128-ms"])
+    norm = built.net.visual.head.norm
+    norm.mean.normal_()
+    norm.std.uniform_(0.5, 2.0)
+    folder = tmp_path / "ms"
+    save_model(built, folder, {"name": "test"})
+    data = catalog_file(tmp_path / "cat", copies=6)
+    out = tmp_path / "answerer"
+    torch.set_num_threads(1)
+    call_command("train_answerer", "--data", str(data), "--out", str(out), "--preset", "tiny", "--epochs", "1",
+                 "--holdout", "0.1", "--holdout-products", "0.1", "--calibration", "0.3", "--embedder",
+                 str(folder), "--cache-dir", str(tmp_path / "cache"), "--checkpoint-every", "0", "--no-progress")
+    config = json.loads((out / "answerer_config.json").read_text())
+    assert config["embedder"]["stage_pool"] == {"colour_bins": 4} and config["model"]["embed_input"] == 2132
+    settings.MMSEARCH_MODELS = {**settings.MMSEARCH_MODELS, "answerer": {
+        "BACKEND": "mmsearch.plugins.answerer.TrunkAnswerer", "OPTIONS": {"path": str(out), "threshold": 0.0}}}
+    plugins.reset()
+    answerer = plugins.get_model("answerer")
+    images = [Image.new("RGB", (14, 14), rgb) for rgb in RGB.values()]
+    features = answerer.image_features(images)
+    assert features.shape == (3, 16 + 2, 1286)  # 2,132 head inputs in two extra rows of 1,286
+    _, net, _ = load_answerer(out)
+    embedder = OpenClipEmbedder(pretrained=f"local-dir:{folder}", device="cpu")
+    assert np.allclose(net.image_vector(torch.from_numpy(features)).numpy(), embedder.embed_images(images),
+                       atol=1e-4)
+    assert net.encode(torch.from_numpy(features)).shape[1] == 17  # 16 grid cells + the image vector
+    report = evaluate_qa(out, out / "heldout.jsonl", cache_dir=tmp_path / "cache", progress=False,
+                         log=lambda m: None)
+    assert report["overall"]["questions"] > 0 and report["data"]["visual_questions"] > 0
+    plugins.reset()
+
+
 def test_an_embedder_over_another_trunk_is_refused(tmp_path):
     from mmsearch.training.model import ARCHS, build_new, save_model
 

@@ -442,6 +442,51 @@ def test_cached_trunk_features_and_token_bag_train_what_the_plugin_serves(shop, 
         train(products, photos, tmp_path / "o", cache, "--arch", "effl0-128-bag", "--cached-views", "-1")
 
 
+def test_stage_pool_reads_every_stage_and_the_colours_and_serves_what_it_trained(shop, tmp_path):
+    """effl0-128-ms: the head reads each stage's mean, the trunk's own pooled output and a colour histogram of
+    the foreground; its standardisation is fitted on the training images; the plugin serves the trained vectors."""
+    from mmsearch.plugins.openclip import OpenClipEmbedder, trunk_outputs
+    from mmsearch.training.model import ARCHS, build_new
+
+    visual = build_new(ARCHS["effl0-128-ms"]).net.visual.eval()
+    pool = visual.stage_pool
+    # A known image: the left half pure red, the right half white background.
+    pixels = torch.ones(1, 3, 128, 128)
+    pixels[:, 1:, :, :64] = 0
+    x = (pixels - 0.5) / 0.5
+    with torch.no_grad():
+        grid, pooled = trunk_outputs(visual, x)
+        assert torch.allclose(grid, visual.trunk.forward_features(x), atol=1e-5)  # the grid the other heads read
+        colours = pool.colours(x)[0]
+        assert torch.allclose(pooled[0, -68 - 1280:-68], visual.trunk(x)[0], atol=1e-5)
+    assert pooled.shape[1] == 16 + 24 + 40 + 80 + 112 + 192 + 320 + 1280 + 68
+    red = (3 * 4 + 0) * 4 + 0  # bins per channel: red in the top bin, green and blue in the bottom one
+    hist = colours[:64] ** 2
+    assert hist[red] == pytest.approx(1.0, abs=2e-3) and hist.sum() == pytest.approx(1.0, abs=1e-4)
+    assert torch.allclose(colours[64:67], torch.tensor([1.0, 0.0, 0.0])) and colours[67] == pytest.approx(0.5)
+
+    products, photos = shop
+    out, cache = tmp_path / "ms", tmp_path / "cache"
+    train(products, photos, out, cache, "--arch", "effl0-128-ms", "--cached-views", "2", "--epochs", "2",
+          "--lr", "0.01")
+    assert json.loads((out / "open_clip_config.json").read_text())["stage_pool"] == {"colour_bins": 4}
+    saved = build_from_init(str(out)).net.visual.eval()
+    (keys_file,) = cache.glob("trunkfeat-*-stages4.json")
+    keys, rows = json.loads(keys_file.read_text()), np.load(keys_file.with_suffix(".npy"))
+    train_images = {k.split("|")[0] for k in keys if k.split("|")[1] == "1"}  # augmented views: training only
+    view0 = torch.from_numpy(rows[[i for i, k in enumerate(keys) if k.endswith("|0|1.0|0")
+                                   and k.split("|")[0] in train_images]].astype(np.float32))
+    assert torch.allclose(saved.head.norm.mean, view0.mean(0), atol=1e-3)
+    assert torch.allclose(saved.head.norm.std, view0.std(0).clamp(min=1e-4), rtol=1e-3, atol=1e-4)
+    embedder = OpenClipEmbedder(pretrained=f"local-dir:{out}", device="cpu")
+    images = [D.open_rgb(p.images[0]) for p in D.load_products(products)]
+    with torch.no_grad():
+        ours = torch.nn.functional.normalize(saved(embedder.preprocess(images)), dim=-1).numpy()
+    assert np.abs(embedder.embed_images(images) - ours).max() < 1e-5
+    with pytest.raises(CommandError, match="stage-pooled image tower trains over cached trunk features"):
+        train(products, photos, tmp_path / "o", cache, "--arch", "effl0-128-ms", "--cached-views", "0")
+
+
 def test_token_bag_averages_token_vectors_without_special_tokens():
     """TokenBag: the mean of the vectors of a text's tokens; [CLS], [SEP] and padding take no part, so trailing
     padding never changes a text (training cuts a batch to its longest text)."""

@@ -57,17 +57,23 @@ def embedder_alias_for(spec: str) -> str | None:
     return None
 
 
-def grid_head(spec: str, grids_shape: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray] | None:
-    """grids -> the embedder's unit image vectors, for an open_clip folder whose image tower is a timm trunk and
-    a head (pooled by the trunk's own pooling); None for any other embedder."""
+def trained_folder(spec: str):
+    """The model (training.model.Built) of a trained open_clip folder, or None for any other embedder spec."""
     from mmsearch.training.model import build_from_init
 
     folder = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec).expanduser()
-    if not (folder / "open_clip_config.json").is_file():
+    return build_from_init(str(folder)) if (folder / "open_clip_config.json").is_file() else None
+
+
+def grid_head(spec: str, grids_shape: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray] | None:
+    """grids -> the embedder's unit image vectors, for an open_clip folder whose image tower is a timm trunk and
+    a head over the trunk's own pooling; None for any other embedder (a stage-pooled one included)."""
+    built = trained_folder(spec)
+    if built is None:
         return None
-    visual = build_from_init(str(folder)).net.visual.eval()
-    if not (hasattr(visual, "trunk") and hasattr(visual, "head")):
-        return None
+    visual = built.net.visual.eval()
+    if not (hasattr(visual, "trunk") and hasattr(visual, "head")) or hasattr(visual, "stage_pool"):
+        return None  # a stage-pooled head reads more than the final grid
     tokens, channels = grids_shape
     side = int(round(tokens ** 0.5))
 
@@ -134,6 +140,12 @@ def evaluate_captioner(model: str | Path, data: str | Path, corpus: Sequence[str
         (head(data_grids[:len(probe), :, :trunk_part]) * probe).sum(1).min()) >= MIN_PROBE_COSINE
     if via_grids:
         data_vec, corpus_vec = head(data_grids[..., :trunk_part]), head(corpus_grids[..., :trunk_part])
+    elif (built := trained_folder(embedder)) is not None:
+        from mmsearch.training.trainer import model_vectors
+
+        log("embedder image vectors: its head over the trunk features of the trainers' cache")
+        vectors, _ = model_vectors(built, data_paths + corpus_paths, [], cache_dir, progress=progress)
+        data_vec, corpus_vec = vectors[:len(data_paths)], vectors[len(data_paths):]
     else:
         log("embedder image vectors: its tower is not this trunk + head, embedding every image with the plugin")
         data_vec = _embed_files(emb, data_paths)

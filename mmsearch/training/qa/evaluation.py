@@ -73,7 +73,7 @@ def evaluate_qa(model: str | Path, data: str | Path, embedder: str | None = None
     import torch
 
     from mmsearch.plugins.answerer import DONT_KNOW, TrunkAnswerer
-    from mmsearch.training.caption.trainer import cached_grids
+    from mmsearch.training.qa.trainer import image_inputs
 
     t_start = time.time()
     answerer = TrunkAnswerer(str(model))
@@ -99,8 +99,8 @@ def evaluate_qa(model: str | Path, data: str | Path, embedder: str | None = None
         t = time.time()
         spec = answerer.config["trunk"]
         colour_dim = int(answerer.config["model"]["colour_dim"])
-        grids = cached_grids(answerer._trunk, spec, [p.images[0] for p in visual], cache_dir, "cpu", progress,
-                             colour_dim)
+        grids = image_inputs(answerer._trunk, spec, [p.images[0] for p in visual], cache_dir, "cpu", progress,
+                             colour_dim, (answerer.config.get("embedder") or {}).get("stage_pool"))
         timings["grids"] = round(time.time() - t, 2)
         t = time.time()
         texts = sorted({qa.question for _, qa in pairs})

@@ -61,6 +61,10 @@ class QAConfig:
     embed_dim: int = 0  # the embedder's image vector as one more memory token (0: none)
     embed_hidden: int = 0  # its image head's hidden width (fc1)
     embed_bias: bool = False  # whether its output layer (fc2) has a bias
+    # A stage-pooled embedder's head reads more than the grid's mean (openclip.StagePool): its input, standardised
+    # (embed_norm), of this width is carried in extra rows after the grid tokens (`pack_head_input`); 0: the mean.
+    embed_input: int = 0
+    embed_norm: bool = False
     zeroshot: bool = False  # with embed_dim: the embedder's text vector of every value answer (`prompts`)
 
 
@@ -68,14 +72,30 @@ class ImageHead(nn.Module):
     """The embedder's image head (open_clip's timm "mlp" projection: fc1, GELU, fc2) over the trunk's pooled grid;
     state-dict names as under the embedder's `visual.head.mlp.`."""
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, bias: bool = False):
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, bias: bool = False, norm: bool = False):
         super().__init__()
+        if norm:  # a stage-pooled embedder's standardisation (names under its `visual.head.norm.`)
+            from mmsearch.plugins.openclip import stage_pool_classes
+
+            self.norm = stage_pool_classes()[1](in_dim)
         self.fc1 = nn.Linear(in_dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, out_dim, bias=bias)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "norm"):
+            pooled = self.norm(pooled)
         return F.normalize(self.fc2(self.act(self.fc1(pooled))), dim=-1)
+
+
+def pack_head_input(grids: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """Grid tokens (N, T, W) followed by rows carrying each image's embedder head input (N, P), zero-padded to
+    whole rows of width W: the answerer's image features for a stage-pooled embedder (`VQA.image_vector`)."""
+    n, _, width = grids.shape
+    rows = -(-inputs.shape[1] // width)
+    extra = np.zeros((n, rows * width), dtype=grids.dtype)
+    extra[:, :inputs.shape[1]] = inputs
+    return np.concatenate([grids, extra.reshape(n, rows, width)], axis=1)
 
 
 class FusionBlock(nn.Module):
@@ -105,7 +125,8 @@ class VQA(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.head = nn.Linear(config.n_embd, config.n_answers, bias=True)
         if config.embed_dim:
-            self.image_head = ImageHead(config.grid_dim, config.embed_hidden, config.embed_dim, config.embed_bias)
+            self.image_head = ImageHead(config.embed_input or config.grid_dim, config.embed_hidden, config.embed_dim,
+                                        config.embed_bias, config.embed_norm)
             self.embed_ln = nn.LayerNorm(config.embed_dim, bias=config.bias)
             self.embed_proj = nn.Linear(config.embed_dim, config.n_embd, bias=True)
         for m in self.modules():
@@ -129,15 +150,19 @@ class VQA(nn.Module):
     def encode(self, grids: torch.Tensor) -> torch.Tensor:
         """Grid tokens (B, tokens, grid_dim + colour_dim) -> memory (B, tokens [+ 1], n_embd): the grid's tokens,
         then (embed_dim > 0) the embedder's image vector of the same grid."""
-        memory = self.encoder(grids)
+        memory = self.encoder(grids[:, :self.config.grid_tokens])
         if not self.config.embed_dim:
             return memory
         vector = self.image_vector(grids)
         return torch.cat([memory, self.embed_proj(self.embed_ln(vector)).unsqueeze(1)], dim=1)
 
     def image_vector(self, grids: torch.Tensor) -> torch.Tensor:
-        """The embedder's unit image vector of each grid (its head over the grid's mean, the trunk's pooling)."""
-        return self.image_head(grids[..., :self.config.grid_dim].float().mean(1))
+        """The embedder's unit image vector of each image: its head over the grid's mean (the trunk's pooling), or
+        over the head input carried after the grid tokens (`pack_head_input`)."""
+        c = self.config
+        if c.embed_input:
+            return self.image_head(grids[:, c.grid_tokens:].float().flatten(1)[:, :c.embed_input])
+        return self.image_head(grids[:, :c.grid_tokens, :c.grid_dim].float().mean(1))
 
     def zeroshot(self, grids: torch.Tensor) -> torch.Tensor | None:
         """(B, n_answers) cosine of the image vector with each value answer's text vector (the late-fusion score,
@@ -289,7 +314,7 @@ def embedder_head(folder, trunk_spec: dict) -> tuple[dict, dict]:
     (the same timm model, input size and trunk weights); ValueError naming the mismatch otherwise."""
     from safetensors.torch import load_file
 
-    from mmsearch.plugins.openclip import OpenClipEmbedder, read_folder_config
+    from mmsearch.plugins.openclip import STAGE_POOL, OpenClipEmbedder, read_folder_config
     from mmsearch.training.model import WEIGHTS_NAME as EMBEDDER_WEIGHTS
     from mmsearch.training.model import Arch, build_trunk
     from mmsearch.training.trainer import module_identity
@@ -298,7 +323,8 @@ def embedder_head(folder, trunk_spec: dict) -> tuple[dict, dict]:
     if not (folder / EMBEDDER_WEIGHTS).is_file():
         raise FileNotFoundError(f"embedder {str(folder)!r}: no {EMBEDDER_WEIGHTS} there (a `manage.py "
                                 "train_embedder` folder is needed)")
-    vision = read_folder_config(folder)["model_cfg"].get("vision_cfg", {})
+    config = read_folder_config(folder)
+    vision = config["model_cfg"].get("vision_cfg", {})
     want = (trunk_spec["timm_model_name"], trunk_spec["timm_pool"], "mlp", int(trunk_spec["image_size"]))
     got = (vision.get("timm_model_name"), vision.get("timm_pool"), vision.get("timm_proj"), vision.get("image_size"))
     if got != want:
@@ -314,12 +340,14 @@ def embedder_head(folder, trunk_spec: dict) -> tuple[dict, dict]:
     if identity != trunk_spec["identity"]:
         raise ValueError(f"embedder {str(folder)!r}: its image trunk's weights ({identity}) are not the answerer's "
                          f"locked trunk ({trunk_spec['identity']}); its image vectors come from another trunk pass")
-    prefix = "visual.head.mlp."
-    head = {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
+    head = {k[len("visual.head.mlp."):]: v.float() for k, v in state.items() if k.startswith("visual.head.mlp.")}
+    head.update({k[len("visual.head."):]: v.float() for k, v in state.items() if k.startswith("visual.head.norm.")})
     key = OpenClipEmbedder(pretrained=f"local-dir:{folder}").model_key
+    stage_pool = config.get(STAGE_POOL)
     return head, {"model_key": key, "path": str(folder), "trunk_identity": identity,
                   "dim": int(head["fc2.weight"].shape[0]), "hidden": int(head["fc1.weight"].shape[0]),
-                  "bias": "fc2.bias" in head}
+                  "bias": "fc2.bias" in head, "input": int(head["fc1.weight"].shape[1]) if stage_pool else 0,
+                  "norm": "norm.mean" in head, "stage_pool": stage_pool}
 
 
 def load_answerer(folder, device: str = "cpu"):

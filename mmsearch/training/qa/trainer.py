@@ -46,10 +46,10 @@ from mmsearch.training.caption.folder import trunk_spec
 from mmsearch.training.caption.trainer import cached_grids
 from mmsearch.training.model import ARCHS, build_trunk
 from mmsearch.training.qa import questions as Q
-from mmsearch.training.qa.model import (QAConfig, QuestionEncoder, VQA, combined_logits, question_terms, save_answerer,
-                                        token_mask)
-from mmsearch.training.trainer import (HELDOUT_NAME, HELDOUT_PRODUCTS_NAME, HeadTrainer, TrainingError,
-                                       module_identity, progress_bar, run_card, seed_everything, split_by_title)
+from mmsearch.training.qa.model import (QAConfig, QuestionEncoder, VQA, combined_logits, pack_head_input,
+                                        question_terms, save_answerer, token_mask)
+from mmsearch.training.trainer import (HELDOUT_NAME, HELDOUT_PRODUCTS_NAME, HeadTrainer, TrainingError, grid_cache,
+                                       head_inputs, module_identity, progress_bar, run_card, seed_everything, split_by_title)
 
 MASKED = -1e6  # the logit of an answer a question does not allow (finite: temperature fitting multiplies it)
 
@@ -182,6 +182,27 @@ def allowed_ids(qa: Q.QA, vocab: Q.Vocabulary) -> list[int]:
     return [vocab.index[v] for v in vocab.values[qa.key]]
 
 
+def image_inputs(trunk: torch.nn.Module, spec: dict, paths: list[Path], cache_dir: Path | None, device: str,
+                 progress: bool, colour_dim: int, stage_pool: dict | None = None) -> np.ndarray:
+    """The answerer's features of image files: the trunk's grid + cell colours (caption.trainer.cached_grids)
+    and, for an embedder whose head is stage-pooled (`stage_pool`: its folder config's), that head's input in
+    extra rows (`pack_head_input`), both from the shared caches."""
+    grids = cached_grids(trunk, spec, paths, cache_dir, device, progress, colour_dim)
+    if not stage_pool:
+        return grids
+    from types import SimpleNamespace
+
+    from mmsearch.plugins.openclip import stage_pool_classes
+
+    size = int(spec["image_size"])
+    pool = stage_pool_classes()[0](spec["mean"], spec["std"], int(stage_pool.get("colour_bins", 4)))
+    mean = torch.tensor(spec["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(spec["std"], device=device).view(1, 3, 1, 1)
+    inputs = head_inputs(SimpleNamespace(trunk=trunk, stage_pool=pool), paths, size, mean, std, cache_dir, device,
+                         progress)
+    return pack_head_input(grids, inputs.astype(grids.dtype))
+
+
 def zeroshot_prompts(embedder: str, vocab: Q.Vocabulary) -> torch.Tensor:
     """(answers, dim) the embedder's unit text vector of every value answer (the mean of its facet phrasings, as
     the zero-shot tagger scores them: evaluation.prompt_embeddings), zero rows for yes / no."""
@@ -300,9 +321,11 @@ class QATrainer(HeadTrainer):
                      "same grid is a memory token")
         t = time.time()
         paths = [p.images[0] for p in train] + [p.images[0] for p in cal]
-        self.grids = torch.from_numpy(cached_grids(self.trunk, self.trunk_spec, paths, self.cache_dir, self.device,
-                                                   self.progress, cfg.colour_dim))
-        self.trunk_spec["grid"] = [int(self.grids.shape[1]), int(self.grids.shape[2]) - cfg.colour_dim]
+        self.grids = torch.from_numpy(image_inputs(self.trunk, self.trunk_spec, paths, self.cache_dir, self.device,
+                                                   self.progress, cfg.colour_dim,
+                                                   self.embed_info and self.embed_info["stage_pool"]))
+        self.grid_tokens = grid_cache(self.trunk, int(self.trunk_spec["image_size"]), None).row_shape[0]
+        self.trunk_spec["grid"] = [self.grid_tokens, int(self.grids.shape[2]) - cfg.colour_dim]
         self.encoder = QuestionEncoder(cfg.max_tokens, self.device)
         texts = sorted({qa.question for _, qa in pairs + cal_pairs})
         self.tokens = torch.from_numpy(question_tokens(self.encoder, texts, self.cache_dir, self.progress))
@@ -429,12 +452,13 @@ class QATrainer(HeadTrainer):
         cfg = self.cfg
         seed_everything(cfg.seed)
         self.prepare()
-        config = QAConfig(n_answers=len(self.vocab), grid_tokens=int(self.grids.shape[1]),
+        config = QAConfig(n_answers=len(self.vocab), grid_tokens=self.grid_tokens,
                           grid_dim=int(self.grids.shape[2]) - cfg.colour_dim, colour_dim=cfg.colour_dim,
                           text_dim=self.encoder.dim, max_tokens=cfg.max_tokens, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
                           **({"embed_dim": self.embed_info["dim"], "embed_hidden": self.embed_info["hidden"],
-                              "embed_bias": self.embed_info["bias"], "zeroshot": True} if self.embed_info else {}))
+                              "embed_bias": self.embed_info["bias"], "embed_input": self.embed_info["input"],
+                              "embed_norm": self.embed_info["norm"], "zeroshot": True} if self.embed_info else {}))
         torch.manual_seed(cfg.seed)
         model = VQA(config)
         if self.embed_state is not None:
@@ -442,7 +466,7 @@ class QATrainer(HeadTrainer):
             model.prompts.copy_(self.prompts)
         model = model.to(self.device)
         describe = (f"answerer {cfg.n_layer} fusion layers x {cfg.n_embd} wide ({model.num_params(True) / 1e6:.2f}M "
-                    f"trained parameters) over the locked {cfg.trunk} grid {tuple(self.grids.shape[1:])}"
+                    f"trained parameters) over the locked {cfg.trunk} grid {(self.grid_tokens, self.grids.shape[2])}"
                     f"{' and the embedder image vector' if self.embed_info else ''} and MiniLM question tokens")
         return self.fit(model, describe)
 
