@@ -246,8 +246,15 @@ def stage_pool_classes():
             return torch.cat([hist.sqrt(), mean_fg, share], 1)
 
         def dim(self, trunk, image_size: int) -> int:
-            with torch.no_grad():
-                return int(self(trunk, torch.zeros(1, 3, image_size, image_size))[1].shape[1])
+            """The width of the features for this trunk (one pass over a blank image on the pool's device)."""
+            was_training = trunk.training
+            trunk.eval()  # batch-norm statistics stay as they are
+            try:
+                with torch.no_grad():
+                    blank = torch.zeros(1, 3, image_size, image_size, device=self.mean.device)
+                    return int(self(trunk, blank)[1].shape[1])
+            finally:
+                trunk.train(was_training)
 
     class Standardize(torch.nn.Module):
         """(x - mean) / std with per-feature statistics saved in the weights (set once from training data)."""

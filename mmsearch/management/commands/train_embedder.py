@@ -17,8 +17,8 @@ _RECIPE = {"batch_size": 128, "text_mix": (0.5, 0.5, 0.0), "init_temperature": 0
            "facet_photos": False, "photo_min_crop": 0.25, "holdout_products": 0.1}
 PRESETS: dict[str, dict] = {
     # The ImageNet-pretrained EfficientNet-Lite0 trunk, locked, trained on its cached features of fixed views;
-    # its projection, the text projection and the text token bag train.
-    "default": {**_RECIPE, "arch": "effl0-128-bag", "epochs": 20, "batch_size": 512, "lr": 1e-3, "cached_views": 2,
+    # the image head (over every stage's mean and a colour histogram), the text projection and token bag train.
+    "default": {**_RECIPE, "arch": "effl0-128-ms", "epochs": 20, "batch_size": 512, "lr": 1e-3, "cached_views": 2,
                 "cached_photo_views": 8},
     # For a CUDA GPU: the same recipe with the pretrained trunk fine-tuned too, 8 epochs (README, "On a GPU");
     # on 2 CPU cores it would take about 6 hours.
