@@ -124,12 +124,14 @@ def wilson_lower(right: np.ndarray, n: np.ndarray, confidence: float) -> np.ndar
 
 
 def auto_accept(probs: np.ndarray, labels: np.ndarray, target: float, min_accepted: int = MIN_ACCEPTED,
-                confidence: float | None = None) -> dict:
+                confidence: float | None = None, clusters: np.ndarray | None = None) -> dict:
     """The lowest top-1 score at which accepting every image's top tag scoring at least that is right at least
     `target` of the time (over at least `min_accepted` images): threshold, precision, coverage (share of images
     accepted), accepted. threshold None (coverage 0) when no score reaches the target. With `confidence` (e.g.
     0.95), the one-sided Wilson lower bound of the precision at that level must reach the target (`lower_bound`),
-    so a threshold fitted on a sample keeps the target on new items of the same kind."""
+    so a threshold fitted on a sample keeps the target on new items of the same kind. Items that are not
+    independent (several questions about one image) name their cluster in `clusters`: the bound then counts the
+    distinct clusters accepted, not the items, as its sample size."""
     conf, correct = top1(probs, labels)
     n = len(conf)
     none = {"threshold": None, "precision": None, "coverage": 0.0, "accepted": 0}
@@ -139,7 +141,14 @@ def auto_accept(probs: np.ndarray, labels: np.ndarray, target: float, min_accept
     c, ok = conf[order], correct[order]
     accepted = np.arange(1, n + 1)
     precision = np.cumsum(ok) / accepted
-    bound = wilson_lower(np.cumsum(ok), accepted, confidence) if confidence is not None else precision
+    bound = precision
+    if confidence is not None:
+        sample = accepted
+        if clusters is not None:
+            first = np.zeros(n, dtype=bool)
+            first[np.unique(np.asarray(clusters)[order], return_index=True)[1]] = True
+            sample = np.cumsum(first)
+        bound = wilson_lower(precision * sample, sample, confidence)
     # A threshold accepts every image scoring at least it, so only the last of a run of equal scores is a cut.
     cut = np.r_[c[:-1] > c[1:], True]
     good = np.flatnonzero(cut & (bound >= target) & (accepted >= min_accepted))

@@ -235,9 +235,13 @@ def run_card(name: str, architecture: dict, data: dict, cfg, history: list[dict]
 
 # --- text features -------------------------------------------------------------------------------------------
 def module_identity(module: torch.nn.Module) -> str:
-    """sha256 prefix over a module's weights and buffers (keys the caches of a locked trunk's outputs)."""
+    """sha256 prefix over a module's weights and buffers (keys the caches of a locked trunk's outputs). Batch
+    norm's step counters are left out: they do not change an output, and a trunk loaded from a saved model has them
+    where the same trunk locked for training does not."""
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]

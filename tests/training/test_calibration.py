@@ -103,6 +103,16 @@ def test_auto_accept_by_a_wilson_lower_bound_keeps_a_margin_that_shrinks_with_th
     assert point["precision"] >= 0.9 and "lower_bound" not in point
     assert bound["lower_bound"] >= 0.9 and bound["precision"] > point["precision"]
     assert bound["threshold"] > point["threshold"] and bound["coverage"] < point["coverage"]
+    # The same scores as 500 images with 8 questions each: the bound counts images, so its margin widens, and
+    # each accepted prefix's bound equals Wilson's over the images in it at that precision.
+    images = np.arange(4000) // 8
+    clustered = C.auto_accept(probs, labels, 0.9, min_accepted=1, confidence=0.95, clusters=images)
+    assert clustered["threshold"] > bound["threshold"] and clustered["coverage"] < bound["coverage"]
+    k = clustered["accepted"]
+    expected = C.wilson_lower(clustered["precision"] * len(set(images[:k])), len(set(images[:k])), 0.95)
+    assert clustered["lower_bound"] == pytest.approx(float(expected), abs=1e-4) and expected >= 0.9
+    # one cluster per item is the unclustered bound
+    assert C.auto_accept(probs, labels, 0.9, min_accepted=1, confidence=0.95, clusters=np.arange(4000)) == bound
 
 
 # ---- adapter -----------------------------------------------------------------------------------------------------

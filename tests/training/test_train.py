@@ -472,6 +472,9 @@ def test_stage_pool_reads_every_stage_and_the_colours_and_serves_what_it_trained
     assert json.loads((out / "open_clip_config.json").read_text())["stage_pool"] == {"colour_bins": 4}
     saved = build_from_init(str(out)).net.visual.eval()
     (keys_file,) = cache.glob("trunkfeat-*-stages4.json")
+    from mmsearch.training.trainer import module_identity  # the saved trunk finds the cache training wrote
+
+    assert keys_file.name == f"trunkfeat-{module_identity(saved.trunk)}-128-stages4.json"
     keys, rows = json.loads(keys_file.read_text()), np.load(keys_file.with_suffix(".npy"))
     train_images = {k.split("|")[0] for k in keys if k.split("|")[1] == "1"}  # augmented views: training only
     view0 = torch.from_numpy(rows[[i for i, k in enumerate(keys) if k.endswith("|0|1.0|0")

@@ -20,8 +20,9 @@
   the per-group combination of its logits with the zero-shot scores of the embedder's vector (`fit_combination`,
   model.combined_logits: the calibrated probabilities the plugin serves), and the lowest calibrated confidence
   at which answered questions are right `target_accuracy` of the time there, by the one-sided Wilson lower bound
-  at `threshold_confidence` (calibration.auto_accept), so that the target holds on new products and not only on
-  the sample: the plugin's default abstention threshold. All go into the folder's config.
+  at `threshold_confidence` with each product counted once (its questions share one image: calibration.auto_accept
+  `clusters`), so that the target holds on new products and not only on the sample: the plugin's default
+  abstention threshold. All go into the folder's config.
 """
 
 from __future__ import annotations
@@ -434,7 +435,7 @@ class QATrainer(HeadTrainer):
         right = cal.argmax(1) == y
         accuracy = {t: round(float(right[types == t].mean()), 4) for t in sorted(set(self.cal.types))}
         point = C.auto_accept(cal, y, self.cfg.target_accuracy, min_accepted=min(C.MIN_ACCEPTED, max(1, len(y) // 5)),
-                              confidence=self.cfg.threshold_confidence)
+                              confidence=self.cfg.threshold_confidence, clusters=self.cal.image)
         threshold = point["threshold"] if point["threshold"] is not None else 1.0
         return {"temperature": round(temperature, 5), "combination": combination,
                 "accuracy": round(float(right.mean()), 4), "accuracy_by_type": accuracy,
