@@ -340,10 +340,9 @@ class TrunkAnswerer(ProductAnswerer, runtime.LazyModel):
         stage_pool = (self.config.get("embedder") or {}).get("stage_pool")
         self._stage_pool = None
         if stage_pool:  # the embedder's head reads its StagePool features of the same trunk pass
-            from mmsearch.plugins.openclip import stage_pool_classes
+            from mmsearch.plugins.openclip import make_stage_pool
 
-            self._stage_pool = stage_pool_classes()[0](spec["mean"], spec["std"], int(stage_pool["colour_bins"]))
-            self._stage_pool.to(device)
+            self._stage_pool = make_stage_pool(spec["mean"], spec["std"], stage_pool).to(device)
         self._device, self._torch = device, torch
 
     def image_features(self, images: Sequence[Image.Image]) -> np.ndarray:

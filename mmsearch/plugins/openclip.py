@@ -275,7 +275,13 @@ def stage_pool_classes():
     return StagePool, Standardize
 
 
-def add_stage_pool(net: Any, colour_bins: int = 4) -> Any:
+def make_stage_pool(mean: Sequence[float], std: Sequence[float], config: dict | None = None) -> Any:
+    """The `StagePool` that a folder config's "stage_pool" entry describes ({} or None: the defaults), for a tower
+    whose input is normalised with mean and std."""
+    return stage_pool_classes()[0](mean, std, int((config or {}).get("colour_bins", 4)))
+
+
+def add_stage_pool(net: Any, config: dict | None = None) -> Any:
     """Give an open_clip timm image tower (trunk + "mlp" head) a `StagePool`: a new head of the same widths
     reads its features, standardised; returns the StagePool. The tower's forward (encode_image) becomes
     head(stage_pool(trunk, x)); the trunk and its state-dict names are unchanged."""
@@ -293,7 +299,7 @@ def add_stage_pool(net: Any, colour_bins: int = 4) -> Any:
         raise ValueError(f"stage pooling needs an EfficientNet trunk, not {type(visual.trunk).__name__}")
     cfg = visual.preprocess_cfg
     size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
-    pool = pool_cls(cfg["mean"], cfg["std"], colour_bins)
+    pool = make_stage_pool(cfg["mean"], cfg["std"], config)
     dim = pool.dim(visual.trunk, int(size))
     from collections import OrderedDict
 
@@ -345,7 +351,7 @@ def load_folder_model(folder: Path, text_cfg: dict, tokenizer: Any, **kwargs: An
     if bag:
         add_token_bag(net, int(bag["dim"]), tokenizer)
     if stage_pool:
-        add_stage_pool(net, int(stage_pool.get("colour_bins", 4)))
+        add_stage_pool(net, stage_pool)
     load_checkpoint(net, str(files.find_weights(folder, WEIGHTS_NAMES)), strict=True)
     return net
 

@@ -65,10 +65,10 @@ def trained_folder(spec: str):
     return build_from_init(str(folder)) if (folder / "open_clip_config.json").is_file() else None
 
 
-def grid_head(spec: str, grids_shape: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray] | None:
-    """grids -> the embedder's unit image vectors, for an open_clip folder whose image tower is a timm trunk and
-    a head over the trunk's own pooling; None for any other embedder (a stage-pooled one included)."""
-    built = trained_folder(spec)
+def grid_head(built, grids_shape: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray] | None:
+    """grids -> the embedder's unit image vectors, for a trained folder's model (`trained_folder`) whose image
+    tower is a timm trunk and a head over the trunk's own pooling; None for any other (a stage-pooled one
+    included, or None)."""
     if built is None:
         return None
     visual = built.net.visual.eval()
@@ -134,13 +134,14 @@ def evaluate_captioner(model: str | Path, data: str | Path, corpus: Sequence[str
     t = time.time()
     emb = load_embedder(embedder)
     sample = [D.open_rgb(p) for p in data_paths[:timing_images]]
-    head = grid_head(embedder, (data_grids.shape[1], trunk_part))
+    built = trained_folder(embedder)
+    head = grid_head(built, (data_grids.shape[1], trunk_part))
     probe = unit_rows(np.asarray(emb.embed_images(sample[:PROBE_IMAGES]), dtype=np.float32))
     via_grids = head is not None and float(
         (head(data_grids[:len(probe), :, :trunk_part]) * probe).sum(1).min()) >= MIN_PROBE_COSINE
     if via_grids:
         data_vec, corpus_vec = head(data_grids[..., :trunk_part]), head(corpus_grids[..., :trunk_part])
-    elif (built := trained_folder(embedder)) is not None:
+    elif built is not None:
         from mmsearch.training.trainer import model_vectors
 
         log("embedder image vectors: its head over the trunk features of the trainers' cache")

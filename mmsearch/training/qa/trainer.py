@@ -50,7 +50,8 @@ from mmsearch.training.qa import questions as Q
 from mmsearch.training.qa.model import (QAConfig, QuestionEncoder, VQA, combined_logits, pack_head_input,
                                         question_terms, save_answerer, token_mask)
 from mmsearch.training.trainer import (HELDOUT_NAME, HELDOUT_PRODUCTS_NAME, HeadTrainer, TrainingError, grid_cache,
-                                       head_inputs, module_identity, progress_bar, run_card, seed_everything, split_by_title)
+                                       head_inputs, module_identity, progress_bar, run_card, seed_everything,
+                                       split_by_title)
 
 MASKED = -1e6  # the logit of an answer a question does not allow (finite: temperature fitting multiplies it)
 
@@ -193,10 +194,10 @@ def image_inputs(trunk: torch.nn.Module, spec: dict, paths: list[Path], cache_di
         return grids
     from types import SimpleNamespace
 
-    from mmsearch.plugins.openclip import stage_pool_classes
+    from mmsearch.plugins.openclip import make_stage_pool
 
     size = int(spec["image_size"])
-    pool = stage_pool_classes()[0](spec["mean"], spec["std"], int(stage_pool.get("colour_bins", 4)))
+    pool = make_stage_pool(spec["mean"], spec["std"], stage_pool)
     mean = torch.tensor(spec["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(spec["std"], device=device).view(1, 3, 1, 1)
     inputs = head_inputs(SimpleNamespace(trunk=trunk, stage_pool=pool), paths, size, mean, std, cache_dir, device,
