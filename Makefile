@@ -66,7 +66,8 @@ clean-var: services-stop
 # The default product embedder (README "Training and evaluation"): trained on ../shared/datasets (fashion
 # products, grocery products + train photos) into models/embedder, where the default settings find it; then the
 # zero-shot tagger's calibration and adapters (docs/tagging.md) fitted on the fashion products held out by title
-# (the embedder never saw them: scores on its training products are sharper than on new ones) into
+# (the embedder never saw them: scores on its training products are sharper than on new ones), with the fashion
+# products it trained on as the neighbour cache (labelled images that vote), into
 # models/embedder/tagger.json; then evaluated (corpus: the whole fashion folder) on the held-out titles (retrieval;
 # tagging uncalibrated, as they fitted the calibration), on the fashion products held out by sku (retrieval and the
 # calibrated tagger), and on the grocery val photos. Image vectors are cached per model in $(CACHE), so the fashion images are embedded once.
@@ -89,6 +90,7 @@ train: install
 	  --out $(EMBEDDER) --replace --threads 2 $(TRAIN_ARGS)
 	$(BIN)/python manage.py calibrate_tagger --threads 2 --model $(EMBEDDER) --data $(EMBEDDER)/heldout.jsonl \
 	  --calibration-share 0.4 --out $(EMBEDDER)/tagger.json \
+	  --neighbours $(SHARED_DATA)/fashion/products.jsonl --exclude $(EMBEDDER)/heldout-products.jsonl \
 	  --json $(EMBEDDER)/tagger-report.json --plots $(EMBEDDER)/plots-tagger --cache-dir $(CACHE)
 	$(BIN)/python manage.py evaluate --threads 2 --model $(EMBEDDER) --data $(EMBEDDER)/heldout.jsonl \
 	  --corpus $(SHARED_DATA)/fashion/products.jsonl --json $(EMBEDDER)/eval-fashion.json --plots $(EMBEDDER)/plots-fashion \

@@ -15,6 +15,9 @@ local model folder by default) adds per group, for the exact VocabGroup version 
 - optionally a few-shot adapter: a linear probe W (tags x dim) and bias b over the image vectors, initialised
   from the prompt vectors (W = prompts, b = 0 is exactly the zero-shot tagger), so logits = LOGIT_SCALE x
   image @ W.T + b;
+- optionally a neighbour cache (Tip-Adapter, Zhang et al. 2022): the image vectors of labelled catalog products
+  (keys) and each one's tag; an image's neighbour votes are sum_k exp(-beta (1 - cos(image, key_k))) per tag,
+  and the logits become log softmax(logits) + alpha x log(votes / sum of votes + NEIGHBOUR_EPS);
 - the auto-accept threshold: the lowest calibrated score at which a group's top tag reached the target
   precision on held-out labelled data, with the coverage it gave.
 A group the file does not know (or knows at another version) is scored zero-shot and reported uncalibrated.
@@ -183,6 +186,41 @@ def adapter_logits(vectors: np.ndarray, weight: np.ndarray, bias: np.ndarray) ->
     return zero_shot_logits(vectors, weight) + np.asarray(bias, np.float64)[None, :]
 
 
+NEIGHBOUR_EPS = 1e-6  # floor of a tag's neighbour share (inside the log), so no vote never means -inf
+NEIGHBOUR_CHUNK = 1024  # images scored against the keys at a time
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """A group's neighbour cache: unit key vectors (keys x dim, shared between groups), each key's tag index
+    (-1: the key has no tag of this group), and the sharpness beta and weight alpha chosen for the group."""
+
+    keys: np.ndarray
+    labels: np.ndarray
+    beta: float
+    alpha: float
+
+    def votes(self, vectors: np.ndarray, tags: int) -> np.ndarray:
+        """(n, tags) share of each tag in sum_k exp(-beta (1 - cos(image, key_k))) over the labelled keys."""
+        keep = self.labels >= 0
+        keys = np.asarray(self.keys[keep], np.float32)
+        onehot = np.zeros((len(keys), tags), np.float32)
+        onehot[np.arange(len(keys)), self.labels[keep]] = 1.0
+        x = np.asarray(vectors, np.float32)
+        votes = np.empty((len(x), tags))
+        for start in range(0, len(x), NEIGHBOUR_CHUNK):  # bounded memory: chunk x keys affinities at a time
+            sim = x[start:start + NEIGHBOUR_CHUNK] @ keys.T
+            votes[start:start + NEIGHBOUR_CHUNK] = np.exp(-self.beta * (1.0 - sim)) @ onehot
+        return votes / np.maximum(votes.sum(axis=1, keepdims=True), 1e-300)
+
+    def logits(self, vectors: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """log softmax(logits) + alpha x log(neighbour share + NEIGHBOUR_EPS)."""
+        z = np.asarray(logits, np.float64)
+        z = z - z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return log_p + self.alpha * np.log(self.votes(vectors, z.shape[1]) + NEIGHBOUR_EPS)
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
     target: float
@@ -206,18 +244,27 @@ class GroupCalibration:
     precision: float | None
     coverage: float
     operating_points: tuple[OperatingPoint, ...] = ()
+    neighbours: Neighbours | None = None
 
     @property
     def adapted(self) -> bool:
-        return self.weight is not None
+        """Scored by more than the prompts: a linear adapter, a neighbour cache or both."""
+        return self.weight is not None or self.neighbours is not None
+
+    @property
+    def needs_prompts(self) -> bool:
+        return self.weight is None
 
     def logits(self, vectors: np.ndarray, prompts: np.ndarray | None) -> np.ndarray:
-        """Uncalibrated logits: the adapter's when there is one, else zero-shot against `prompts`."""
+        """Uncalibrated logits: the adapter's when there is one, else zero-shot against `prompts`; then the
+        neighbour cache's votes when the group has one."""
         if self.weight is not None:
-            return adapter_logits(vectors, self.weight, self.bias)
-        if prompts is None:
+            out = adapter_logits(vectors, self.weight, self.bias)
+        elif prompts is None:
             raise ValueError(f"group {self.slug!r} has no adapter: its prompt vectors are needed")
-        return zero_shot_logits(vectors, prompts)
+        else:
+            out = zero_shot_logits(vectors, prompts)
+        return self.neighbours.logits(vectors, out) if self.neighbours is not None else out
 
     def probabilities(self, vectors: np.ndarray, prompts: np.ndarray | None) -> np.ndarray:
         """Calibrated probabilities: softmax(logits / temperature)."""
@@ -292,6 +339,7 @@ class TaggerCalibration:
                     raise CalibrationError(f"{path}: {adapters['file']} does not hold the adapters this file was "
                                            "written with (sha256 differs)")
             groups = {}
+            keys_of: dict[str, np.ndarray] = {}
             for slug, entry in raw["groups"].items():
                 group = group_from_json(entry)
                 if group.version != entry["version"]:
@@ -305,6 +353,15 @@ class TaggerCalibration:
                     if weight.shape[0] != len(group.tags) or bias.shape != (len(group.tags),):
                         raise CalibrationError(
                             f"{path}: the adapter of {slug!r} does not fit its {len(group.tags)} tags")
+                neighbours = None
+                cache = entry.get("neighbours")
+                if cache:
+                    if cache["keys"] not in keys_of:  # one float32 copy of keys that several groups share
+                        keys_of[cache["keys"]] = arrays[cache["keys"]].astype(np.float32)
+                    keys, labels = keys_of[cache["keys"]], arrays[cache["labels"]].astype(np.int64)
+                    if labels.shape != (len(keys),) or labels.max(initial=-1) >= len(group.tags):
+                        raise CalibrationError(f"{path}: the neighbour cache of {slug!r} does not fit its keys and tags")
+                    neighbours = Neighbours(keys, labels, float(cache["beta"]), float(cache["alpha"]))
                 points = tuple(OperatingPoint(float(p["target"]), p["threshold"], p["precision"], float(p["coverage"]))
                                for p in entry.get("operating_points", ()))
                 temperature = float(entry["temperature"])
@@ -312,7 +369,8 @@ class TaggerCalibration:
                     raise CalibrationError(f"{path}: group {slug!r} has temperature {temperature}")
                 groups[slug] = GroupCalibration(
                     slug, entry["version"], group, temperature, weight, bias, float(entry["target_precision"]),
-                    entry.get("threshold"), entry.get("precision"), float(entry.get("coverage") or 0.0), points)
+                    entry.get("threshold"), entry.get("precision"), float(entry.get("coverage") or 0.0), points,
+                    neighbours)
             return cls(path, str(raw["version"]), str(raw["embedder_model_key"]), groups, raw)
         except CalibrationError:
             raise
@@ -465,10 +523,11 @@ class ZeroShotTagger(CheapConstructor):
         cal = self.group_calibration(group)
         if cal is None:
             return softmax(zero_shot_logits(x, self.prompts(group))), False
-        if cal.weight is not None and cal.weight.shape[1] != x.shape[1]:
-            raise ValueError(
-                f"group {group.slug!r}: the adapter expects {cal.weight.shape[1]}-d vectors, got {x.shape[1]}")
-        return cal.probabilities(x, None if cal.adapted else self.prompts(group)), True
+        for name, array in (("adapter", cal.weight), ("neighbour cache", getattr(cal.neighbours, "keys", None))):
+            if array is not None and array.shape[1] != x.shape[1]:
+                raise ValueError(
+                    f"group {group.slug!r}: the {name} expects {array.shape[1]}-d vectors, got {x.shape[1]}")
+        return cal.probabilities(x, self.prompts(group) if cal.needs_prompts else None), True
 
     def threshold(self, group: VocabGroup) -> float | None:
         """The auto-accept threshold of this group at this version (accept the group's top tag when its score is

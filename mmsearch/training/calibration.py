@@ -8,6 +8,10 @@ Per tag group (mmsearch.plugins.zeroshot for the scoring side):
   lambda is chosen on an inner split of that part from ADAPTER_DECAYS; a group with fewer than
   MIN_ADAPTER_EXAMPLES labelled fit products, or where no lambda beats zero-shot on the inner split, stays
   zero-shot (W = prompts, b = 0 is exactly the zero-shot tagger).
+- neighbour cache (optional; Tip-Adapter, Zhang et al. 2022): the image vectors of labelled products the
+  calibration does not score (e.g. the embedder's own training catalog) vote for their tags; beta and alpha are
+  chosen from NEIGHBOUR_BETAS x NEIGHBOUR_ALPHAS by accuracy on the adapter-fit part, and the group keeps no
+  cache unless one beats the scores without it there significantly (McNemar, NEIGHBOUR_Z).
 - temperature (Guo et al. 2017, "On Calibration of Modern Neural Networks"): the T > 0 minimising the negative
   log-likelihood of softmax(logits / T) on the calibration part, which neither the adapter nor lambda saw.
   NLL is convex in 1/T, so its derivative is monotone and bisection finds the minimum to machine precision.
@@ -31,7 +35,8 @@ import numpy as np
 
 from mmsearch.plugins.base import VocabGroup
 from mmsearch.plugins.zeroshot import (
-    CALIBRATION_FORMAT, LOGIT_SCALE, adapter_logits, array_digest, group_to_json, softmax, zero_shot_logits,
+    CALIBRATION_FORMAT, LOGIT_SCALE, Neighbours, adapter_logits, array_digest, group_to_json, softmax,
+    zero_shot_logits,
 )
 from mmsearch.training import metrics as M
 
@@ -42,6 +47,10 @@ MIN_ACCEPTED = 20  # an auto-accept threshold must be backed by at least this ma
 ADAPTER_DECAYS = (1.0, 0.1, 0.01)
 ADAPTER_MAX_ITER = 60
 INNER_SHARE = 0.2  # of the adapter-fit part, to choose the weight decay
+NEIGHBOUR_BETAS = (10.0, 20.0, 40.0)  # sharpness of exp(-beta (1 - cos)): larger listens to the nearest keys only
+NEIGHBOUR_ALPHAS = (1.0, 2.0, 4.0, 8.0)  # weight of the neighbours' log share against the prompts' log softmax
+NEIGHBOUR_Z = 2.0  # significance a cache's gain on the fit part needs (see choose_neighbours)
+NEIGHBOUR_KEYS = "neighbours.keys"  # the .npz array of key vectors (float16), shared by every group
 OPERATING_TARGETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99)
 TEMPERATURE_RANGE = (1e-3, 1e3)
 
@@ -246,6 +255,41 @@ def choose_adapter(x: np.ndarray, y: np.ndarray, inner: np.ndarray, prompts: np.
                                f"{scores['zero-shot']:.4f})", best, evaluations + n, scores)
 
 
+@dataclass
+class NeighbourChoice:
+    neighbours: Neighbours | None
+    note: str
+    scores: dict = field(default_factory=dict)  # fit-part accuracy per candidate ("without", "b<beta>a<alpha>")
+
+
+def choose_neighbours(x: np.ndarray, y: np.ndarray, logits: np.ndarray, keys: np.ndarray, key_labels: np.ndarray,
+                      betas: Sequence[float] = NEIGHBOUR_BETAS,
+                      alphas: Sequence[float] = NEIGHBOUR_ALPHAS) -> NeighbourChoice:
+    """The (beta, alpha) whose neighbour votes added to `logits` score best on these rows, among those whose gain
+    over `logits` alone is significant: with b rows it makes right that were wrong and c the reverse,
+    b - c >= NEIGHBOUR_Z x sqrt(b + c) (McNemar's test; a chance gain of a few rows among the candidates does not
+    count). Ties: the smaller beta, then the smaller alpha. Keys labelled < 0 do not vote."""
+    if (key_labels >= 0).sum() == 0:
+        return NeighbourChoice(None, "no neighbour cache: no key has a tag of this group")
+    right = np.asarray(logits).argmax(axis=1) == y
+    scores = {"without": float(right.mean())}
+    best, best_acc = None, scores["without"]
+    for beta in sorted(betas):
+        for alpha in sorted(alphas):
+            cache = Neighbours(keys, key_labels, float(beta), float(alpha))
+            now = cache.logits(x, logits).argmax(axis=1) == y
+            acc = float(now.mean())
+            scores[f"b{beta:g}a{alpha:g}"] = acc
+            gained, lost = int((now & ~right).sum()), int((right & ~now).sum())
+            if acc > best_acc and gained - lost >= NEIGHBOUR_Z * np.sqrt(gained + lost):
+                best, best_acc = cache, acc
+    if best is None:
+        return NeighbourChoice(None, "no neighbour cache: none beat the scores without it significantly on the fit "
+                                     "part", scores)
+    return NeighbourChoice(best, f"neighbour cache: beta {best.beta:g}, alpha {best.alpha:g} (fit-part accuracy "
+                                 f"{best_acc:.4f} vs {scores['without']:.4f} without)", scores)
+
+
 # ---- one group -----------------------------------------------------------------------------------------------------
 @dataclass
 class GroupFit:
@@ -270,9 +314,11 @@ def fit_group(group: VocabGroup, prompts: np.ndarray, x_fit: np.ndarray, y_fit: 
               x_cal: np.ndarray, y_cal: np.ndarray, *, target_precision: float = 0.95, adapters: bool = True,
               min_adapter_examples: int = MIN_ADAPTER_EXAMPLES,
               min_calibration_examples: int = MIN_CALIBRATION_EXAMPLES, min_accepted: int = MIN_ACCEPTED,
-              decays: Sequence[float] = ADAPTER_DECAYS, max_iter: int = ADAPTER_MAX_ITER) -> GroupFit | str:
-    """Adapter (fit part), temperature and threshold (calibration part) of one group; a string says why the group
-    was not calibrated. Labels are tag indices; rows labelled < 0 are left out."""
+              decays: Sequence[float] = ADAPTER_DECAYS, max_iter: int = ADAPTER_MAX_ITER,
+              neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> GroupFit | str:
+    """Adapter and neighbour cache (fit part), temperature and threshold (calibration part) of one group; a
+    string says why the group was not calibrated. Labels are tag indices; rows labelled < 0 are left out.
+    `neighbours`: (unit key vectors, each key's tag index or -1) of labelled products outside both parts."""
     keep_fit, keep_cal = y_fit >= 0, y_cal >= 0
     x_fit, y_fit, inner = x_fit[keep_fit], y_fit[keep_fit], inner[keep_fit]
     x_cal, y_cal = x_cal[keep_cal], y_cal[keep_cal]
@@ -283,8 +329,19 @@ def fit_group(group: VocabGroup, prompts: np.ndarray, x_fit: np.ndarray, y_fit: 
         choice = choose_adapter(x_fit, y_fit, inner, prompts, decays, min_adapter_examples, max_iter)
     else:
         choice = AdapterChoice(None, None, "zero-shot: adapters off (--no-adapters)")
+
+    def base(x: np.ndarray) -> np.ndarray:
+        return adapter_logits(x, choice.weight, choice.bias) if choice.weight is not None else zero_shot_logits(x, prompts)
+
+    if neighbours is None:
+        cache = NeighbourChoice(None, "no neighbour cache given")
+    else:
+        cache = choose_neighbours(x_fit, y_fit, base(x_fit), *neighbours)
     zs = _scored(zero_shot_logits(x_cal, prompts), y_cal)
-    ad = _scored(adapter_logits(x_cal, choice.weight, choice.bias), y_cal) if choice.weight is not None else None
+    served_logits = base(x_cal)
+    if cache.neighbours is not None:
+        served_logits = cache.neighbours.logits(x_cal, served_logits)
+    ad = _scored(served_logits, y_cal) if choice.weight is not None or cache.neighbours is not None else None
     served = ad or zs
     probs = served["_probs"]
     accept = auto_accept(probs, y_cal, target_precision, min_accepted)
@@ -294,6 +351,14 @@ def fit_group(group: VocabGroup, prompts: np.ndarray, x_fit: np.ndarray, y_fit: 
         arrays = {f"{group.slug}.weight": choice.weight, f"{group.slug}.bias": choice.bias}
         adapter = {"weight": f"{group.slug}.weight", "bias": f"{group.slug}.bias", "weight_decay": choice.weight_decay,
                    "evaluations": choice.evaluations}
+    neighbour_entry = None
+    if cache.neighbours is not None:
+        keys, key_labels = neighbours
+        arrays[NEIGHBOUR_KEYS] = np.asarray(keys, np.float16)
+        arrays[f"{group.slug}.neighbour_labels"] = np.asarray(key_labels, np.int32)
+        neighbour_entry = {"keys": NEIGHBOUR_KEYS, "labels": f"{group.slug}.neighbour_labels",
+                           "beta": cache.neighbours.beta, "alpha": cache.neighbours.alpha,
+                           "voting_keys": int((np.asarray(key_labels) >= 0).sum())}
 
     def public(d: dict | None) -> dict | None:
         return None if d is None else {k: v for k, v in d.items() if not k.startswith("_")}
@@ -304,6 +369,9 @@ def fit_group(group: VocabGroup, prompts: np.ndarray, x_fit: np.ndarray, y_fit: 
         "adapter": adapter,
         "adapter_note": choice.note,
         "adapter_inner_accuracy": choice.inner,
+        "neighbours": neighbour_entry,
+        "neighbour_note": cache.note,
+        "neighbour_fit_accuracy": cache.scores,
         "target_precision": float(target_precision),
         "threshold": accept["threshold"],
         "precision": accept["precision"],

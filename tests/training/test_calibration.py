@@ -167,6 +167,64 @@ def test_fit_group_reports_side_by_side_and_keeps_rows_without_labels_out():
     assert isinstance(short, str) and "not calibrated" in short
 
 
+# ---- neighbour cache -------------------------------------------------------------------------------------------
+def test_neighbour_votes_and_logits_on_a_known_example():
+    # Two keys 60 degrees apart, tags 0 and 1; an image on key 0: its votes are 1 : exp(-beta (1 - cos 60)).
+    keys = np.array([[1.0, 0.0], [0.5, np.sqrt(3) / 2]], np.float32)
+    cache = Z.Neighbours(keys, np.array([0, 1]), beta=10.0, alpha=2.0)
+    share = cache.votes(keys[:1], tags=3)
+    far = np.exp(-10.0 * 0.5)
+    np.testing.assert_allclose(share, [[1 / (1 + far), far / (1 + far), 0.0]], rtol=1e-6)
+    logits = np.array([[1.0, 2.0, 3.0]])
+    log_p = logits - np.log(np.exp(logits).sum())
+    expected = log_p + 2.0 * np.log(share + Z.NEIGHBOUR_EPS)
+    np.testing.assert_allclose(cache.logits(keys[:1], logits), expected, rtol=1e-9)
+    # A key without a tag of the group (-1) does not vote.
+    silent = Z.Neighbours(keys, np.array([0, -1]), beta=10.0, alpha=2.0)
+    np.testing.assert_allclose(silent.votes(keys[1:], tags=2), [[1.0, 0.0]])
+
+
+def test_neighbours_are_chosen_where_they_help_and_left_out_where_they_do_not():
+    x, y, prompts = rotated_problem(3000)
+    keys, key_y = x[:2000], y[:2000]  # labelled catalog images the calibration does not score
+    fit_x, fit_y, test_x, test_y = x[2000:2500], y[2000:2500], x[2500:], y[2500:]
+    choice = C.choose_neighbours(fit_x, fit_y, Z.zero_shot_logits(fit_x, prompts), keys, key_y)
+    assert choice.neighbours is not None and choice.neighbours.beta in C.NEIGHBOUR_BETAS
+    zero = C.accuracy(Z.zero_shot_logits(test_x, prompts), test_y)
+    voted = C.accuracy(choice.neighbours.logits(test_x, Z.zero_shot_logits(test_x, prompts)), test_y)
+    assert voted > zero + 0.05  # on rows neither the keys nor the choice saw
+    # Keys with shuffled labels carry no information: no cache is kept.
+    shuffled = np.random.default_rng(3).permutation(key_y)
+    none = C.choose_neighbours(fit_x, fit_y, Z.zero_shot_logits(fit_x, prompts), keys, shuffled)
+    assert none.neighbours is None and "none beat" in none.note and none.scores["without"] == pytest.approx(
+        C.accuracy(Z.zero_shot_logits(fit_x, prompts), fit_y))
+
+
+def test_a_neighbour_cache_round_trips_through_the_calibration_file(tmp_path):
+    x, y, prompts = rotated_problem(3000)
+    group = VocabGroup("shade", "shade", tuple(VocabTag(s, s) for s in ("a", "b", "c")))
+    keys = x[:2000].astype(np.float16).astype(np.float32)
+    key_y = y[:2000].copy()
+    key_y[::7] = -1  # keys without this group's tag
+    rest_x, rest_y = x[2000:], y[2000:]
+    cal = np.arange(len(rest_y)) % 2 == 0
+    fit = C.fit_group(group, prompts, rest_x[~cal], rest_y[~cal], np.zeros((~cal).sum(), bool), rest_x[cal],
+                      rest_y[cal], adapters=False, neighbours=(keys, key_y))
+    e = fit.entry
+    assert e["neighbours"]["voting_keys"] == int((key_y >= 0).sum()) and e["adapter"] is None
+    assert e["adapted"]["accuracy"] > e["zero_shot"]["accuracy"]
+    assert set(fit.arrays) == {C.NEIGHBOUR_KEYS, "shade.neighbour_labels"}
+    path = tmp_path / "tagger.json"
+    C.write_calibration(path, "k", [fit])
+    loaded = Z.TaggerCalibration.load(path).groups["shade"]
+    assert loaded.adapted and loaded.needs_prompts
+    assert (loaded.neighbours.beta, loaded.neighbours.alpha) == (e["neighbours"]["beta"], e["neighbours"]["alpha"])
+    served = loaded.probabilities(rest_x[cal], prompts)
+    assert C.accuracy(served, rest_y[cal]) == pytest.approx(e["adapted"]["accuracy"])
+    with pytest.raises(ValueError, match="prompt vectors are needed"):
+        loaded.logits(rest_x[cal], None)
+
+
 # ---- one prompt implementation ---------------------------------------------------------------------------------
 def test_evaluation_prompts_are_the_tagger_prompts_and_the_old_numbers():
     import torch
@@ -266,6 +324,18 @@ def test_calibrate_tagger_end_to_end(colour_models, noisy_catalog, tmp_path):
     call_command("calibrate_tagger", "--data", str(data), "--exclude", str(held), "--out", str(out),
                  "--cache-dir", str(tmp_path / "cache"), "--no-adapters", "--no-progress")
     assert not (out.parent / "tagger.npz").exists()
+    # A neighbour cache from another catalog file: its products outside --data and --exclude vote.
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    part = data.with_name("part.jsonl")
+    part.write_text("".join(json.dumps(r) + "\n" for r in rows[:300]))
+    call_command("calibrate_tagger", "--data", str(part), "--exclude", str(held), "--neighbours", str(data),
+                 "--out", str(tmp_path / "nb" / "tagger.json"), "--cache-dir", str(tmp_path / "cache"),
+                 "--no-adapters", "--no-progress")
+    nb = json.loads((tmp_path / "nb" / "tagger.json").read_text())
+    assert nb["neighbours"]["products"] == len({r["sku"] for r in rows[300:]} - {f"p{i}" for i in range(0, 900, 10)})
+    for entry in nb["groups"].values():
+        assert entry["neighbour_note"].startswith(("neighbour cache:", "no neighbour cache:"))
+        assert (entry["neighbours"] is None) == entry["neighbour_note"].startswith("no ")
 
     # evaluate with that calibration: calibrated numbers beside the zero-shot ones.
     ev = tmp_path / "eval.json"
@@ -309,6 +379,7 @@ def test_calibrate_tagger_bad_input_is_one_line_command_error(colour_models, noi
         (["--data", str(data), "--no-progress"], "--out is needed"),
         (["--data", str(data), "--model", "nope", *out], "neither an alias"),
         (["--data", str(data), "--exclude", str(data), *out], "no products left"),
+        (["--data", str(data), "--neighbours", str(data), *out], "--neighbours: no labelled product left"),
     ]
     for args, message in cases:
         with pytest.raises(CommandError) as exc:

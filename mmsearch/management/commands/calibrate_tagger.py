@@ -1,7 +1,8 @@
 """manage.py calibrate_tagger: fit the zero-shot tagger's calibration file on a catalog's known attribute values.
 
 Per tag group (an attribute key; its tags are the distinct values, as the vocabulary command makes them): an
-optional few-shot adapter on one part of the products, then on the other part (which the adapter never saw) a
+optional few-shot adapter on one part of the products and, with --neighbours, a cache of labelled catalog images
+that vote for their tags (chosen on the same part), then on the other part (which the adapter never saw) a
 temperature, the ECE before and after (15 bins), and the auto-accept threshold at a target precision with its
 coverage. Writes tagger.json (+ tagger.npz) beside the model, where the tagger plugin and `evaluate` find it.
 """
@@ -75,6 +76,10 @@ class Command(BaseCommand):
         parser.add_argument("--exclude", action="append", default=[], type=Path,
                             help="products.jsonl whose skus are left out, e.g. the trainer's held-out files "
                                  "(repeatable)")
+        parser.add_argument("--neighbours", action="append", default=[], type=Path,
+                            help="products.jsonl whose images, with their attribute values, form a neighbour cache "
+                                 "that votes for tags (repeatable; products of --data and --exclude are left out), "
+                                 "e.g. the catalog the embedder trained on")
         parser.add_argument("--groups", help="comma-separated attribute keys (default: those of "
                                              f"{','.join(DEFAULT_GROUPS)} present in the data)")
         parser.add_argument("--target-precision", type=float, default=0.95,
@@ -93,7 +98,8 @@ class Command(BaseCommand):
         parser.add_argument("--cache-dir", type=Path, help="cache image vectors per (model_key, file) here")
         parser.add_argument("--no-progress", action="store_true")
 
-    def handle(self, *args, model: str, data: list[Path], exclude: list[Path], groups: str | None,
+    def handle(self, *args, model: str, data: list[Path], exclude: list[Path], neighbours: list[Path],
+               groups: str | None,
                target_precision: float, calibration_share: float, min_examples: int, no_adapters: bool,
                out: Path | None, plots: Path | None, json_out: Path | None, threads: int, cache_dir: Path | None,
                no_progress: bool, **options):
@@ -104,7 +110,7 @@ class Command(BaseCommand):
             raise CommandError(f"--calibration-share {calibration_share}: must be between 0 and 1")
         if min_examples < 1:
             raise CommandError(f"--min-examples {min_examples}: must be at least 1")
-        for path in [*data, *exclude]:
+        for path in [*data, *exclude, *neighbours]:
             if not path.is_file():
                 raise CommandError(f"{path}: no such file")
         import numpy as np
@@ -186,6 +192,30 @@ class Command(BaseCommand):
         finally:
             bar.close()
         timings["embed_images"] = round(time.time() - t, 2)
+        key_products, keys = [], None
+        if neighbours:
+            try:
+                pool = D.load_catalog(neighbours).products
+            except D.DataError as exc:
+                raise CommandError(str(exc)) from exc
+            left_out = excluded | {p.sku for p in catalog.products}
+            key_products = [p for p in pool if p.sku not in left_out
+                            and any(Z.attribute_value(p, key_of[g.slug]) is not None for g in vocab)]
+            if not key_products:
+                raise CommandError("--neighbours: no labelled product left after leaving out --data and --exclude")
+            t = time.time()
+            bar = tqdm(total=len(key_products), desc="embed neighbour images", disable=no_progress,
+                       mininterval=1.0, file=sys.stderr)
+            try:
+                # Rounded as the calibration file stores them, so the choice sees what the tagger serves.
+                keys = image_vectors(embedder, [p.images[0] for p in key_products], cache_dir,
+                                     lambda done: bar.update(done - bar.n)).astype(np.float16).astype(np.float32)
+            except D.DataError as exc:
+                raise CommandError(str(exc)) from exc
+            finally:
+                bar.close()
+            timings["embed_neighbours"] = round(time.time() - t, 2)
+            self.stdout.write(f"neighbour cache: {len(key_products)} labelled products")
 
         t = time.time()
         fits: list[C.GroupFit] = []
@@ -194,9 +224,12 @@ class Command(BaseCommand):
             y = Z.labels_for(group, [Z.attribute_value(p, key) for p in labelled])
             prompts = Z.prompt_vectors(embedder, group)
             started = time.time()
+            cache = None
+            if keys is not None:
+                cache = (keys, Z.labels_for(group, [Z.attribute_value(p, key) for p in key_products]))
             fit = C.fit_group(group, prompts, x[~cal_mask], y[~cal_mask], inner[~cal_mask], x[cal_mask], y[cal_mask],
                               target_precision=target_precision, adapters=not no_adapters,
-                              min_adapter_examples=min_examples)
+                              min_adapter_examples=min_examples, neighbours=cache)
             if isinstance(fit, str):
                 skipped.append(fit)
                 self.stdout.write(f"  {fit}")
@@ -212,6 +245,7 @@ class Command(BaseCommand):
                 f"  {group.slug} ({len(group.tags)} tags; {e['examples']['fit']} fit / {e['examples']['calibration']} "
                 f"calibration): zero-shot acc {zs['accuracy']:.3f}"
                 + (f", adapted {ad['accuracy']:.3f}" if ad else f" ({e['adapter_note']})")
+                + (f" ({e['neighbour_note']})" if keys is not None else "")
                 + f"; ECE {e['ece_before']:.3f} -> {e['ece_after']:.3f} (T {e['temperature']:.3f}); {accept}")
         timings["fit"] = round(time.time() - t, 2)
         if not fits:
@@ -220,6 +254,7 @@ class Command(BaseCommand):
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "data": [{"path": str(p), "sha256": D.fingerprint([p])} for p in data],
             "exclude": [str(p) for p in exclude],
+            "neighbours": {"files": [str(p) for p in neighbours], "products": len(key_products)},
             "split": {"calibration_share": calibration_share, "key": "tagger-calibration|<sku>",
                       "inner_share": C.INNER_SHARE},
             "target_precision": target_precision,
