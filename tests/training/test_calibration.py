@@ -223,6 +223,13 @@ def test_a_neighbour_cache_round_trips_through_the_calibration_file(tmp_path):
     assert C.accuracy(served, rest_y[cal]) == pytest.approx(e["adapted"]["accuracy"])
     with pytest.raises(ValueError, match="prompt vectors are needed"):
         loaded.logits(rest_x[cal], None)
+    # A file whose cache does not fit its keys is refused with one line.
+    raw = json.loads(path.read_text())
+    raw["groups"]["shade"]["neighbours"]["labels"] = C.NEIGHBOUR_KEYS
+    path.write_text(json.dumps(raw))
+    with pytest.raises(Z.CalibrationError, match="neighbour cache of 'shade' does not fit") as exc:
+        Z.TaggerCalibration.load(path)
+    assert "\n" not in str(exc.value)
 
 
 # ---- one prompt implementation ---------------------------------------------------------------------------------
