@@ -34,6 +34,7 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -200,12 +201,17 @@ class Neighbours:
     beta: float
     alpha: float
 
+    @cached_property
+    def _voters(self) -> tuple[np.ndarray, np.ndarray]:
+        """The keys that vote (labelled >= 0) and their labels, selected once per instance."""
+        keep = self.labels >= 0
+        return np.ascontiguousarray(self.keys[keep], np.float32), self.labels[keep]
+
     def votes(self, vectors: np.ndarray, tags: int) -> np.ndarray:
         """(n, tags) share of each tag in sum_k exp(-beta (1 - cos(image, key_k))) over the labelled keys."""
-        keep = self.labels >= 0
-        keys = np.asarray(self.keys[keep], np.float32)
+        keys, labels = self._voters
         onehot = np.zeros((len(keys), tags), np.float32)
-        onehot[np.arange(len(keys)), self.labels[keep]] = 1.0
+        onehot[np.arange(len(keys)), labels] = 1.0
         x = np.asarray(vectors, np.float32)
         votes = np.empty((len(x), tags))
         for start in range(0, len(x), NEIGHBOUR_CHUNK):  # bounded memory: chunk x keys affinities at a time
