@@ -366,7 +366,8 @@ class TaggerCalibration:
                         keys_of[cache["keys"]] = arrays[cache["keys"]].astype(np.float32)
                     keys, labels = keys_of[cache["keys"]], arrays[cache["labels"]].astype(np.int64)
                     if labels.shape != (len(keys),) or labels.max(initial=-1) >= len(group.tags):
-                        raise CalibrationError(f"{path}: the neighbour cache of {slug!r} does not fit its keys and tags")
+                        raise CalibrationError(
+                            f"{path}: the neighbour cache of {slug!r} does not fit its keys and tags")
                     neighbours = Neighbours(keys, labels, float(cache["beta"]), float(cache["alpha"]))
                 points = tuple(OperatingPoint(float(p["target"]), p["threshold"], p["precision"], float(p["coverage"]))
                                for p in entry.get("operating_points", ()))

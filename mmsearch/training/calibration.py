@@ -331,7 +331,9 @@ def fit_group(group: VocabGroup, prompts: np.ndarray, x_fit: np.ndarray, y_fit: 
         choice = AdapterChoice(None, None, "zero-shot: adapters off (--no-adapters)")
 
     def base(x: np.ndarray) -> np.ndarray:
-        return adapter_logits(x, choice.weight, choice.bias) if choice.weight is not None else zero_shot_logits(x, prompts)
+        if choice.weight is not None:
+            return adapter_logits(x, choice.weight, choice.bias)
+        return zero_shot_logits(x, prompts)
 
     if neighbours is None:
         cache = NeighbourChoice(None, "no neighbour cache given")

@@ -178,20 +178,20 @@ class Command(BaseCommand):
                 "model_card.json): scores on them are better than on new products, so the temperatures come out too "
                 "sharp and the thresholds too low for new products (docs/tagging.md, Limits)"))
 
-        t = time.time()
-        paths = [p.images[0] for p in labelled]
-        bar = tqdm(total=len(paths), desc="embed images", disable=no_progress, mininterval=1.0, file=sys.stderr)
+        def embed(products, desc: str, timing: str):
+            """Unit image vectors of the products' first images (cached in cache_dir), with a progress bar."""
+            started = time.time()
+            bar = tqdm(total=len(products), desc=desc, disable=no_progress, mininterval=1.0, file=sys.stderr)
+            try:
+                return image_vectors(embedder, [p.images[0] for p in products], cache_dir,
+                                     lambda done: bar.update(done - bar.n))
+            except D.DataError as exc:
+                raise CommandError(str(exc)) from exc
+            finally:
+                bar.close()
+                timings[timing] = round(time.time() - started, 2)
 
-        def tick(done: int) -> None:
-            bar.update(done - bar.n)
-
-        try:
-            x = image_vectors(embedder, paths, cache_dir, tick)
-        except D.DataError as exc:
-            raise CommandError(str(exc)) from exc
-        finally:
-            bar.close()
-        timings["embed_images"] = round(time.time() - t, 2)
+        x = embed(labelled, "embed images", "embed_images")
         key_products, keys = [], None
         if neighbours:
             try:
@@ -203,18 +203,9 @@ class Command(BaseCommand):
                             and any(Z.attribute_value(p, key_of[g.slug]) is not None for g in vocab)]
             if not key_products:
                 raise CommandError("--neighbours: no labelled product left after leaving out --data and --exclude")
-            t = time.time()
-            bar = tqdm(total=len(key_products), desc="embed neighbour images", disable=no_progress,
-                       mininterval=1.0, file=sys.stderr)
-            try:
-                # Rounded as the calibration file stores them, so the choice sees what the tagger serves.
-                keys = image_vectors(embedder, [p.images[0] for p in key_products], cache_dir,
-                                     lambda done: bar.update(done - bar.n)).astype(np.float16).astype(np.float32)
-            except D.DataError as exc:
-                raise CommandError(str(exc)) from exc
-            finally:
-                bar.close()
-            timings["embed_neighbours"] = round(time.time() - t, 2)
+            # Rounded as the calibration file stores them, so the choice sees what the tagger serves.
+            keys = embed(key_products, "embed neighbour images", "embed_neighbours")
+            keys = keys.astype(np.float16).astype(np.float32)
             self.stdout.write(f"neighbour cache: {len(key_products)} labelled products")
 
         t = time.time()
