@@ -88,7 +88,7 @@ train: install
 	$(BIN)/python manage.py train_embedder --data $(SHARED_DATA)/fashion/products.jsonl \
 	  --data $(SHARED_DATA)/grocery/products.jsonl --photos $(SHARED_DATA)/grocery/photos-train.jsonl \
 	  --out $(EMBEDDER) --replace --threads 2 $(TRAIN_ARGS)
-	$(BIN)/python manage.py calibrate_tagger --threads 2 --model $(EMBEDDER) --data $(EMBEDDER)/heldout.jsonl \
+	$(BIN)/python manage.py calibrate_tagger --threads 2 --model $(EMBEDDER) --data $(EMBEDDER)/heldout.jsonl --flip \
 	  --calibration-share 0.4 --out $(EMBEDDER)/tagger.json \
 	  --neighbours $(SHARED_DATA)/fashion/products.jsonl --exclude $(EMBEDDER)/heldout-products.jsonl \
 	  --json $(EMBEDDER)/tagger-report.json --plots $(EMBEDDER)/plots-tagger --cache-dir $(CACHE)

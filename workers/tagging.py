@@ -1,7 +1,8 @@
 """The tag_products task body: suggest tags from the merchant's vocabulary for a chunk of products.
 
 One trunk pass per image serves search and tagging: the tagger scores the image vectors the embed pipeline
-already stored for its embedder's model_key, and embeds only images that have none yet. A product with several
+already stored for its embedder's model_key, and embeds only images that have none yet (a calibration fitted
+with flip adds one pass over each image's mirror). A product with several
 images is scored from all of them (the mean of their per-group probabilities). Batches are written with the
 same ledger as embedding (a redelivered task writes nothing twice), and suggestions are stored with the
 tagger's per-group key (tagger + vocabulary version), so a rerun or a rejected suggestion is never duplicated.
@@ -49,6 +50,25 @@ def image_vectors(embedder: str, model_key: str, files) -> tuple[dict[int, np.nd
     return got, failures
 
 
+def flip_vectors(tagger, files, vecs: dict[int, np.ndarray]) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """The vectors a tagger whose calibration scores flip-averaged images needs (ZeroShotTagger.image_vectors):
+    every image decoded and its mirror embedded, averaged with the vector at hand; and {image_id: reason} for
+    images that can no longer be read."""
+    if not getattr(tagger, "flip", False):
+        return vecs, {}
+    ids, decoded, failures = [], [], {}
+    for f in {f.image_id: f for f in files if f.image_id in vecs}.values():
+        try:
+            decoded.append(decode_image(f.name))
+            ids.append(f.image_id)
+        except PermanentItemError as exc:
+            failures[f.image_id] = str(exc)
+    if not ids:
+        return {}, failures
+    rows = tagger.image_vectors(decoded, np.stack([vecs[i] for i in ids]))
+    return dict(zip(ids, rows)), failures
+
+
 def suggestions(tagger, vocabulary, product_images: dict[int, list], vecs: dict[int, np.ndarray],
                 auto_accept: bool = False) -> list[TagRow]:
     """The top tags of every group for each product, from the mean of its images' probabilities; with
@@ -91,8 +111,10 @@ def run_tags(alias: str, model_key: str, product_ids: Sequence[int], *, job_id: 
             continue
         t0 = time.perf_counter()
         images = catalog.product_images(batch_ids)
-        vecs, failures = image_vectors(tagger.embedder, tagger.embedder_model_key,
-                                       [f for files in images.values() for f in files])
+        files = [f for files in images.values() for f in files]
+        vecs, failures = image_vectors(tagger.embedder, tagger.embedder_model_key, files)
+        vecs, unreadable = flip_vectors(tagger, files, vecs)
+        failures.update(unreadable)
         rows = suggestions(tagger, vocabulary, images, vecs, auto_accept=settings.MMSEARCH_TAG_AUTO_ACCEPT)
         tagged = {r.product_id for r in rows}
         failed = [pid for pid in batch_ids if pid in images and pid not in tagged]  # every image unreadable

@@ -467,9 +467,8 @@ class LateFusionAnswerer(ProductAnswerer):
         return self._groups[key]
 
     def image_features(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """The embedder's unit image vectors."""
-        emb = self.tagger_model.embedder_model
-        return runtime.unit_rows(np.asarray(emb.embed_images(list(images)), np.float32))
+        """The unit image vectors the tagger scores (the embedder's, flip-averaged when its calibration says so)."""
+        return np.asarray(self.tagger_model.image_vectors(list(images)), np.float32)
 
     def value_probabilities(self, key: str, vectors: np.ndarray) -> np.ndarray:
         """(N, values of key) the tagger's probabilities (calibrated where its file covers the group)."""

@@ -20,6 +20,8 @@ local model folder by default) adds per group, for the exact VocabGroup version 
   and the logits become log softmax(logits) + alpha x log(votes / sum of votes + NEIGHBOUR_EPS);
 - the auto-accept threshold: the lowest calibrated score at which a group's top tag reached the target
   precision on held-out labelled data, with the coverage it gave.
+A file fitted with `flip` (test-time augmentation) scores each image by the mean of its own and its mirror
+image's unit vectors (`flip_average`), renormalised, so the tagger embeds the mirror images too.
 A group the file does not know (or knows at another version) is scored zero-shot and reported uncalibrated.
 
 The constructor only validates options; the embedder is built, the calibration read and prompts embedded on
@@ -84,6 +86,18 @@ def prompt_vectors(embedder, group: VocabGroup) -> np.ndarray:
         out[j] = emb[start:start + len(words)].mean(axis=0)
         start += len(words)
     return unit_rows(out)
+
+
+def mirrored(images: Sequence) -> list:
+    """The images flipped left to right (test-time augmentation: a product photo's mirror is the same product)."""
+    from PIL import Image
+
+    return [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in images]
+
+
+def flip_average(vectors: np.ndarray, mirror_vectors: np.ndarray) -> np.ndarray:
+    """The unit mean of each image's unit vector and its mirror image's: what a `flip` calibration scores."""
+    return unit_rows(unit_rows(np.asarray(vectors, np.float32)) + unit_rows(np.asarray(mirror_vectors, np.float32)))
 
 
 # ---- a vocabulary from a catalog's attributes ----------------------------------------------------------------
@@ -323,6 +337,11 @@ class TaggerCalibration:
     groups: dict[str, GroupCalibration]
     meta: dict
 
+    @property
+    def flip(self) -> bool:
+        """Fitted on flip-averaged image vectors (flip_average): the tagger must score those."""
+        return self.meta.get("flip") is True
+
     @classmethod
     def load(cls, path: str | Path) -> TaggerCalibration:
         """Read and check a calibration file; CalibrationError (one line) when it is unusable."""
@@ -335,6 +354,8 @@ class TaggerCalibration:
             raise CalibrationError(f"{path}: not a readable calibration file ({str(exc).splitlines()[0]})") from exc
         if not isinstance(raw, dict) or raw.get("format") != CALIBRATION_FORMAT:
             raise CalibrationError(f"{path}: not a tagger calibration file of format {CALIBRATION_FORMAT}")
+        if not isinstance(raw.get("flip", False), bool):
+            raise CalibrationError(f"{path}: 'flip' must be true or false, not {raw.get('flip')!r}")
         arrays: dict[str, np.ndarray] = {}
         adapters = raw.get("adapters")
         try:
@@ -521,9 +542,25 @@ class ZeroShotTagger(CheapConstructor):
         cal = self.loaded_calibration
         return cal.for_group(group) if cal else None
 
+    @property
+    def flip(self) -> bool:
+        """Whether the calibration in use scores flip-averaged image vectors (see image_vectors)."""
+        cal = self.loaded_calibration
+        return cal is not None and cal.flip
+
+    def image_vectors(self, images: Sequence, vectors: np.ndarray | None = None) -> np.ndarray:
+        """The unit vectors score_vectors expects for these decoded images: the embedder's (`vectors` when they
+        are already at hand, e.g. stored by the embed pipeline), averaged with their mirror images' when the
+        calibration was fitted so (flip)."""
+        emb = self.embedder_model
+        plain = emb.embed_images(images) if vectors is None else vectors
+        if not self.flip:
+            return unit_rows(np.asarray(plain, np.float32))
+        return flip_average(plain, emb.embed_images(mirrored(images)))
+
     def score_vectors(self, vectors: np.ndarray, group: VocabGroup) -> tuple[np.ndarray, bool]:
-        """(n, len(group.tags)) probabilities of unit image vectors, one softmax per group; the adapter and
-        temperature are used when the calibration has this group at this version (then True)."""
+        """(n, len(group.tags)) probabilities of unit image vectors (image_vectors), one softmax per group; the
+        adapter and temperature are used when the calibration has this group at this version (then True)."""
         x = unit_rows(np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1))
         if not group.tags:
             return np.zeros((len(x), 0)), False
@@ -546,7 +583,7 @@ class ZeroShotTagger(CheapConstructor):
         """Embed the images with the embedder, then the top_k tags of every group per image."""
         if not len(images):
             return []
-        vectors = self.embedder_model.embed_images(images)
+        vectors = self.image_vectors(images)
         per_image: list[list[TagScore]] = [[] for _ in range(len(images))]
         for group in vocabulary:
             if not group.tags:

@@ -399,10 +399,10 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def write_calibration(path: Path, embedder_model_key: str, fits: Sequence[GroupFit],
-                      meta: Mapping | None = None) -> dict:
+                      meta: Mapping | None = None, flip: bool = False) -> dict:
     """Write tagger.json (+ tagger.npz with the adapters) and return the JSON. The version is a hash of what
-    changes scores (embedder key, every group's entry, the adapters' contents): refitting the same data gives
-    the same version."""
+    changes scores (embedder key, flip, every group's entry, the adapters' contents): refitting the same data
+    gives the same version. `flip`: the fits scored flip-averaged image vectors (zeroshot.flip_average)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
@@ -411,10 +411,11 @@ def write_calibration(path: Path, embedder_model_key: str, fits: Sequence[GroupF
     adapters = {"file": path.with_suffix(".npz").name, "sha256": array_digest(arrays)} if arrays else None
     groups = {fit.group.slug: fit.entry for fit in fits}
     body = {"format": CALIBRATION_FORMAT, "embedder_model_key": embedder_model_key, "adapters": adapters,
-            "groups": groups}
+            "groups": groups, **({"flip": True} if flip else {})}
     version = hashlib.sha256(json.dumps(body, sort_keys=True, default=float).encode()).hexdigest()[:12]
     raw = {"format": CALIBRATION_FORMAT, "version": version, "embedder_model_key": embedder_model_key,
-           **dict(meta or {}), "scale": LOGIT_SCALE, "ece_bins": ECE_BINS, "adapters": adapters, "groups": groups}
+           **dict(meta or {}), "flip": bool(flip), "scale": LOGIT_SCALE, "ece_bins": ECE_BINS, "adapters": adapters,
+           "groups": groups}
     if arrays:
         _atomic_write(path.with_suffix(".npz"), lambda fh: np.savez(fh, **arrays))
     elif path.with_suffix(".npz").is_file():

@@ -8,8 +8,9 @@
   tagger's plugins.zeroshot.prompt_vectors); logits are ZERO_SHOT_SCALE x cosine, as in CLIP, for the
   calibration error (15 bins). With a tagger calibration file (plugins.zeroshot.TaggerCalibration), every task
   whose attribute the file calibrated is also scored as the tagger serves it — against the file's vocabulary
-  of the group, with its adapter and temperature —: ece_calibrated, adapted_accuracy (when there is an adapter)
-  and auto_accept (precision and coverage here of the threshold chosen on the calibration split).
+  of the group, with its adapter, neighbour cache and temperature, on flip-averaged vectors when the file says
+  flip —: ece_calibrated, adapted_accuracy (when there is an adapter or a cache) and auto_accept (precision and
+  coverage here of the threshold chosen on the calibration split).
 - photo_to_product: each shopper photo is a query against the products' images (a product scores its
   best image); accuracy@1, accuracy@5, mrr. The photo is embedded as search by photo embeds it (the mean of
   its `views`, mmsearch.search.photo); `single_view` gives the same metrics for the whole photo alone.
@@ -53,12 +54,13 @@ def load_embedder(spec: str):
     )
 
 
-def embed_image_files(embedder, paths: Sequence[Path], progress: Callable | None, batch: int = 256) -> np.ndarray:
-    """Embed image files in batches (decoded here, preprocessed by the plugin)."""
+def embed_image_files(embedder, paths: Sequence[Path], progress: Callable | None, batch: int = 256,
+                      flip: bool = False) -> np.ndarray:
+    """Embed image files (with flip: their mirror images) in batches (decoded here, preprocessed by the plugin)."""
     out = []
     for start in range(0, len(paths), batch):
-        out.append(np.asarray(embedder.embed_images([D.open_rgb(p) for p in paths[start:start + batch]]),
-                              dtype=np.float32))
+        decoded = [D.open_rgb(p) for p in paths[start:start + batch]]
+        out.append(np.asarray(embedder.embed_images(Z.mirrored(decoded) if flip else decoded), dtype=np.float32))
         if progress:
             progress(min(start + batch, len(paths)))
     return np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
@@ -71,14 +73,15 @@ def file_key(path: Path) -> str:
 
 
 def image_vectors(embedder, paths: Sequence[Path], cache_dir: Path | None = None, progress: Callable | None = None,
-                  batch: int = 256, chunk: int = 4096) -> np.ndarray:
-    """Unit image vectors of image files. With cache_dir, each (embedder model_key, file) is embedded once: the
-    vectors live in an incremental cache (imagevec-<hash of model_key>), so `calibrate_tagger` and the
-    `evaluate` runs of `make train` share one pass over the catalog's images. `progress(done)` counts files."""
+                  batch: int = 256, chunk: int = 4096, flip: bool = False) -> np.ndarray:
+    """Unit image vectors of image files (with flip: of their mirror images). With cache_dir, each (embedder
+    model_key, file) is embedded once: the vectors live in an incremental cache (imagevec-<hash of model_key>,
+    imagevecflip-… for mirrors), so `calibrate_tagger` and the `evaluate` runs of `make train` share one pass
+    over the catalog's images. `progress(done)` counts files."""
     if cache_dir is None:
-        return unit_rows(embed_image_files(embedder, paths, progress, batch))
+        return unit_rows(embed_image_files(embedder, paths, progress, batch, flip))
     keys = [file_key(Path(p)) for p in paths]
-    name = "imagevec-" + hashlib.sha256(embedder.model_key.encode()).hexdigest()[:16]
+    name = ("imagevecflip-" if flip else "imagevec-") + hashlib.sha256(embedder.model_key.encode()).hexdigest()[:16]
     cache = D.KeyedCache(Path(cache_dir), name, (int(embedder.dim),), np.float32)
     missing = cache.missing(keys)
     path_of = dict(zip(keys, paths))
@@ -88,7 +91,7 @@ def image_vectors(embedder, paths: Sequence[Path], cache_dir: Path | None = None
     for start in range(0, len(missing), chunk):
         part = missing[start:start + chunk]
         rows = embed_image_files(embedder, [path_of[k] for k in part],
-                                 (lambda n, base=done: progress(base + n)) if progress else None, batch)
+                                 (lambda n, base=done: progress(base + n)) if progress else None, batch, flip)
         cache.add(part, unit_rows(rows))
         done += len(part)
     return cache.rows(keys) if keys else np.zeros((0, int(embedder.dim)), np.float32)
@@ -252,6 +255,10 @@ def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), phot
 
     # zero-shot
     first_image = np.array([image_index[p.images[0].resolve()] for p in data_products])
+    tagger_images = images[first_image]  # what the calibrated tagger scores: flip-averaged when it was fitted so
+    if calibration is not None and calibration.flip:
+        tagger_images = Z.flip_average(tagger_images, image_vectors(
+            embedder, [image_paths[i] for i in first_image], cache_dir, flip=True))
     zs: dict[str, dict] = {}
     for task, (key, labels) in zero_shot_tasks(data_products).items():
         values = sorted({v for v in labels if v is not None})
@@ -261,7 +268,7 @@ def evaluate(embedder, data: str | Path, corpus: Sequence[str | Path] = (), phot
         logits = ZERO_SHOT_SCALE * images[first_image[sel]] @ prompt_embeddings(embedder, key, values).T
         zs[task] = {"values": len(values), **M.zero_shot(logits, y), "ece_calibrated": None, "auto_accept": None}
         if calibration is not None:
-            zs[task].update(tagger_metrics(embedder, calibration, task, images[first_image[sel]],
+            zs[task].update(tagger_metrics(embedder, calibration, task, tagger_images[sel],
                                            [labels[i] for i in sel], target_precision) or {})
     timings["text_and_scoring"] = round(time.time() - t, 2)
 

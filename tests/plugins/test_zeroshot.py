@@ -24,6 +24,17 @@ COLOURS = VocabGroup("colour", "colour", (VocabTag("blue", "Blue"), VocabTag("gr
                                            VocabTag("red", "Red", ("crimson", "scarlet"))))
 
 
+class SidedHashing(HashingEmbedder):
+    """The hashing embedder of an image's left half only (its model_key is the hashing embedder's): a mirror image
+    is another picture to it, as to a real model, where the colour histogram of the whole image is not."""
+
+    def embed_images(self, images):
+        return super().embed_images([im.crop((0, 0, max(1, im.width // 2), im.height)) for im in images])
+
+
+SIDED = {"BACKEND": "tests.plugins.test_zeroshot.SidedHashing", "OPTIONS": {"dim": 64}}
+
+
 def tagger_with(options: dict | None = None, embedder: dict = HASHING):
     models = {"embedder": embedder, "tagger": {"BACKEND": TAGGER, "OPTIONS": options or {}}}
     with override_settings(MMSEARCH_MODELS=models):
@@ -115,7 +126,7 @@ def test_prompt_vectors_are_embedded_once_per_group_version():
     assert calls == [18, 9]
 
 
-def fitted_file(tmp_path, embedder_key="hashing:64:0", adapter=True, name="tagger.json"):
+def fitted_file(tmp_path, embedder_key="hashing:64:0", adapter=True, name="tagger.json", flip=False):
     """A calibration file for COLOURS written by the training side, with a known temperature and adapter."""
     from mmsearch.training import calibration as C
 
@@ -131,7 +142,7 @@ def fitted_file(tmp_path, embedder_key="hashing:64:0", adapter=True, name="tagge
              "adapter": {"weight": "colour.weight", "bias": "colour.bias"} if adapter else None}
     fit = C.GroupFit(COLOURS, entry, {"colour.weight": weight, "colour.bias": bias} if adapter else {}, {})
     path = tmp_path / name
-    raw = C.write_calibration(path, embedder_key, [fit])
+    raw = C.write_calibration(path, embedder_key, [fit], flip=flip)
     return path, raw, weight, bias, prompts
 
 
@@ -163,6 +174,39 @@ def test_a_zero_shot_calibration_scales_the_prompt_logits(tmp_path):
     probs, calibrated = tagger.score_vectors(x, COLOURS)
     assert calibrated
     np.testing.assert_allclose(probs, Z.softmax(Z.LOGIT_SCALE * x @ prompts.T / 2.5), rtol=1e-5)
+
+
+def test_a_flip_calibration_scores_each_image_with_its_mirror(tmp_path):
+    plain_path, plain_raw, weight, bias, _ = fitted_file(tmp_path)
+    path, raw, _, _, _ = fitted_file(tmp_path, name="flip.json", flip=True)
+    assert raw["flip"] is True and plain_raw["flip"] is False and raw["version"] != plain_raw["version"]
+    plain = tagger_with({"calibration": str(plain_path)}, SIDED)
+    tagger = tagger_with({"calibration": str(path)}, SIDED)
+    assert tagger.flip and not plain.flip and tagger.model_key.endswith(raw["version"])
+    # Red on the left, blue on the right: the mirror is another picture, so its vector differs.
+    left = np.zeros((16, 16, 3), np.uint8)
+    left[:, :8] = (220, 30, 30)
+    left[:, 8:] = (30, 60, 220)
+    images = [Image.fromarray(left), Image.new("RGB", (16, 16), (30, 160, 40))]
+    emb = SidedHashing(dim=64)
+    mirrors = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in images]
+    own, mirror = emb.embed_images(images), emb.embed_images(mirrors)
+    assert float(own[0] @ mirror[0]) < 0.99 and float(own[1] @ mirror[1]) == pytest.approx(1.0)
+    expected = Z.unit_rows(own + mirror)
+    np.testing.assert_allclose(tagger.image_vectors(images), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tagger.image_vectors(images, own), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(plain.image_vectors(images), own, rtol=1e-5, atol=1e-6)
+    # tag() scores what image_vectors gives: the flip-averaged vector through the adapter and temperature.
+    top = tagger.tag(images, [COLOURS])[0].tags[0]
+    probs = Z.softmax((Z.LOGIT_SCALE * expected @ weight.T + bias) / 2.5)
+    assert top.tag == COLOURS.tags[int(probs[0].argmax())].slug and top.score == pytest.approx(probs[0].max())
+    # A file whose flip is not true or false is refused with one line.
+    broken = json.loads(path.read_text())
+    broken["flip"] = "yes"
+    path.write_text(json.dumps(broken))
+    with pytest.raises(Z.CalibrationError, match="'flip' must be true or false") as exc:
+        Z.TaggerCalibration.load(path)
+    assert "\n" not in str(exc.value)
 
 
 def test_a_calibration_for_another_embedder_is_ignored_with_a_warning(tmp_path, caplog):

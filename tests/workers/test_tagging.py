@@ -75,3 +75,36 @@ def test_a_worker_killed_mid_job_leaves_no_duplicates_after_resuming(tagged_demo
     per_key = ProductTag.objects.values_list("product_id", "tag_id", "model_key")
     assert per_key.count() == len(set(per_key))  # unique anyway; and the counters counted each batch once
     assert IndexJobBatch.objects.filter(job=job).count() == job.batches
+
+
+def test_a_flip_calibration_makes_the_tag_task_score_each_image_with_its_mirror(tmp_path):
+    """workers.tagging.flip_vectors, in process: the stored vectors averaged with their mirror images', as the
+    tagger's own image_vectors; unchanged for a tagger without flip; an image gone from storage is a failure."""
+    import numpy as np
+    from django.core.files.storage import default_storage
+
+    from catalog.models import Product
+    from mmsearch.adapter import get_catalog
+    from tests.plugins.test_zeroshot import SIDED, SidedHashing, fitted_file, tagger_with
+    from workers.pipeline import decode_image
+    from workers.tagging import flip_vectors
+
+    import_demo(limit=3, tmp_path=tmp_path)
+    images = get_catalog().product_images(list(Product.objects.values_list("pk", flat=True)))
+    files = [f for per_product in images.values() for f in per_product]
+    decoded = [decode_image(f.name) for f in files]
+    own = SidedHashing(dim=64).embed_images(decoded)
+    vecs = {f.image_id: row for f, row in zip(files, own)}
+    plain_path, *_ = fitted_file(tmp_path)
+    flip_path, *_ = fitted_file(tmp_path, name="flip.json", flip=True)
+    assert flip_vectors(tagger_with({"calibration": str(plain_path)}, SIDED), files, vecs) == (vecs, {})
+    tagger = tagger_with({"calibration": str(flip_path)}, SIDED)
+    got, failures = flip_vectors(tagger, files, vecs)
+    assert failures == {} and set(got) == set(vecs)
+    expected = tagger.image_vectors(decoded, own)
+    for f, row in zip(files, expected):
+        np.testing.assert_allclose(got[f.image_id], row, rtol=1e-5, atol=1e-6)
+    assert any(float(got[i] @ vecs[i]) < 0.999 for i in vecs)  # the mirrors changed what is scored
+    default_storage.delete(files[0].name)
+    got, failures = flip_vectors(tagger, files, vecs)
+    assert set(failures) == {files[0].image_id} and set(got) == set(vecs) - {files[0].image_id}

@@ -80,6 +80,9 @@ class Command(BaseCommand):
                             help="products.jsonl whose images, with their attribute values, form a neighbour cache "
                                  "that votes for tags (repeatable; products of --data and --exclude are left out), "
                                  "e.g. the catalog the embedder trained on")
+        parser.add_argument("--flip", action="store_true",
+                            help="score each image with its mirror image too (test-time augmentation: twice the "
+                                 "image embedding work when tagging); the tagger follows the file")
         parser.add_argument("--groups", help="comma-separated attribute keys (default: those of "
                                              f"{','.join(DEFAULT_GROUPS)} present in the data)")
         parser.add_argument("--target-precision", type=float, default=0.95,
@@ -99,7 +102,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args, model: str, data: list[Path], exclude: list[Path], neighbours: list[Path],
-               groups: str | None,
+               flip: bool, groups: str | None,
                target_precision: float, calibration_share: float, min_examples: int, no_adapters: bool,
                out: Path | None, plots: Path | None, json_out: Path | None, threads: int, cache_dir: Path | None,
                no_progress: bool, **options):
@@ -146,6 +149,13 @@ class Command(BaseCommand):
         products = [p for p in catalog.products if p.sku not in excluded]
         if not products:
             raise CommandError("no products left after --exclude")
+        pool = []
+        if neighbours:
+            try:
+                left_out = excluded | {p.sku for p in catalog.products}
+                pool = [p for p in D.load_catalog(neighbours).products if p.sku not in left_out]
+            except D.DataError as exc:
+                raise CommandError(str(exc)) from exc
         present = {k for p in products for k in p.attributes}
         if groups:
             keys = [k.strip() for k in groups.split(",") if k.strip()]
@@ -157,9 +167,11 @@ class Command(BaseCommand):
             if not keys:
                 raise CommandError(
                     f"the data has none of the attributes {', '.join(DEFAULT_GROUPS)}: name them with --groups")
-        vocab = Z.vocabulary_from_products(products, keys)
+        # The vocabulary: every value of these products and of the neighbour catalog (the merchant's tags), so a
+        # value the calibration products happen to lack is still a tag.
+        vocab = Z.vocabulary_from_products(products + pool, keys)
         key_of = {Z.group_slug(k): k for k in keys}
-        skipped = [f"{k}: {len({Z.attribute_value(p, k) for p in products} - {None})} distinct values (needs 2.."
+        skipped = [f"{k}: {len({Z.attribute_value(p, k) for p in products + pool} - {None})} distinct values (needs 2.."
                    f"{Z.MAX_GROUP_VALUES})" for k in keys if Z.group_slug(k) not in {g.slug for g in vocab}]
         if not vocab:
             raise CommandError("no group to calibrate: " + "; ".join(skipped))
@@ -178,13 +190,14 @@ class Command(BaseCommand):
                 "model_card.json): scores on them are better than on new products, so the temperatures come out too "
                 "sharp and the thresholds too low for new products (docs/tagging.md, Limits)"))
 
-        def embed(products, desc: str, timing: str):
-            """Unit image vectors of the products' first images (cached in cache_dir), with a progress bar."""
+        def embed(products, desc: str, timing: str, mirror: bool = False):
+            """Unit image vectors of the products' first images (with mirror: of their mirror images; cached in
+            cache_dir), with a progress bar."""
             started = time.time()
             bar = tqdm(total=len(products), desc=desc, disable=no_progress, mininterval=1.0, file=sys.stderr)
             try:
                 return image_vectors(embedder, [p.images[0] for p in products], cache_dir,
-                                     lambda done: bar.update(done - bar.n))
+                                     lambda done: bar.update(done - bar.n), flip=mirror)
             except D.DataError as exc:
                 raise CommandError(str(exc)) from exc
             finally:
@@ -192,15 +205,11 @@ class Command(BaseCommand):
                 timings[timing] = round(time.time() - started, 2)
 
         x = embed(labelled, "embed images", "embed_images")
+        if flip:
+            x = Z.flip_average(x, embed(labelled, "embed mirror images", "embed_mirror_images", mirror=True))
         key_products, keys = [], None
         if neighbours:
-            try:
-                pool = D.load_catalog(neighbours).products
-            except D.DataError as exc:
-                raise CommandError(str(exc)) from exc
-            left_out = excluded | {p.sku for p in catalog.products}
-            key_products = [p for p in pool if p.sku not in left_out
-                            and any(Z.attribute_value(p, key_of[g.slug]) is not None for g in vocab)]
+            key_products = [p for p in pool if any(Z.attribute_value(p, key_of[g.slug]) is not None for g in vocab)]
             if not key_products:
                 raise CommandError("--neighbours: no labelled product left after leaving out --data and --exclude")
             # Rounded as the calibration file stores them, so the choice sees what the tagger serves.
@@ -256,7 +265,7 @@ class Command(BaseCommand):
             "skipped": skipped,
             "seen_by_embedder": {"products": len(seen), "of": len(labelled)},
         }
-        raw = C.write_calibration(out, embedder.model_key, fits, meta)
+        raw = C.write_calibration(out, embedder.model_key, fits, meta, flip=flip)
         written = [str(out)]
         if plots:
             written.append(str(C.write_reliability(fits, plots / "reliability.png",

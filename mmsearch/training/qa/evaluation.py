@@ -322,6 +322,7 @@ def _late_fusion(model, embedder: str, tagger_alias: str | None):
 def late_fusion_predictions(model, embedder, visual, pairs, parsed, cache_dir, progress, log, tagger_alias=None):
     """The late-fusion baseline's answer to every question (the image vector from the embedder, cached)."""
     from mmsearch.plugins.answerer import DONT_KNOW, LateFusionAnswerer
+    from mmsearch.plugins import zeroshot as Z
     from mmsearch.training.evaluation import image_vectors
 
     ctx, tagger = _late_fusion(model, embedder, tagger_alias)
@@ -329,6 +330,8 @@ def late_fusion_predictions(model, embedder, visual, pairs, parsed, cache_dir, p
         lf = LateFusionAnswerer(vocabulary=str(model), tagger=tagger)
         emb = lf.tagger_model.embedder_model
         vectors = image_vectors(emb, [p.images[0] for p in visual], cache_dir)
+        if lf.tagger_model.flip:  # scored as the tagger serves them
+            vectors = Z.flip_average(vectors, image_vectors(emb, [p.images[0] for p in visual], cache_dir, flip=True))
         probs = {k: lf.value_probabilities(k, vectors) for k in lf.vocabulary.values}
         out = []
         for i, qa in pairs:
