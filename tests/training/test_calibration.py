@@ -347,16 +347,21 @@ def test_calibrate_tagger_end_to_end(colour_models, noisy_catalog, tmp_path):
     # --flip: the file says so (another version) and the mirror images' vectors are cached beside the others; a
     # mean colour is its mirror's, so the fit is the same. evaluate scores the tagger's products the same way.
     flip_out = tmp_path / "flip" / "tagger.json"
-    call_command("calibrate_tagger", "--data", str(data), "--exclude", str(held), "--out", str(flip_out),
-                 "--cache-dir", str(tmp_path / "cache"), "--no-adapters", "--no-progress", "--flip")
+    call_command("calibrate_tagger", "--data", str(part), "--exclude", str(held), "--neighbours", str(data),
+                 "--out", str(flip_out), "--cache-dir", str(tmp_path / "cache"), "--no-adapters", "--no-progress",
+                 "--flip")
     flipped = json.loads(flip_out.read_text())
-    assert flipped["flip"] is True and flipped["version"] != first and raw["flip"] is False
+    assert flipped["flip"] is True and flipped["version"] != nb["version"] and nb["flip"] is False
     mirror_cache = next((tmp_path / "cache").glob("imagevecflip-*.json"))
-    assert len(json.loads(mirror_cache.read_text())) == len(products)
-    assert flipped["groups"]["colour"]["temperature"] == pytest.approx(colour["temperature"])
+    held_skus = {f"p{i}" for i in range(0, 900, 10)}
+    part_labelled = len([r for r in rows[:300] if r["sku"] not in held_skus])
+    mirrors = part_labelled + nb["neighbours"]["products"]  # the calibration products' and the keys'
+    assert len(json.loads(mirror_cache.read_text())) == mirrors
+    for slug, entry in flipped["groups"].items():
+        assert entry["temperature"] == pytest.approx(nb["groups"][slug]["temperature"])
     call_command("evaluate", "--data", str(held), "--calibration", str(flip_out), "--json", str(tmp_path / "f.json"),
                  "--cache-dir", str(tmp_path / "cache"), "--no-progress")
-    assert len(json.loads(mirror_cache.read_text())) == len(products) + 90  # the evaluated products' mirrors
+    assert len(json.loads(mirror_cache.read_text())) == mirrors + 90  # the evaluated products' mirrors
     flip_task = json.loads((tmp_path / "f.json").read_text())["zero_shot"]["colour"]["tagger"]
 
     # evaluate with that calibration: calibrated numbers beside the zero-shot ones.
@@ -369,7 +374,10 @@ def test_calibrate_tagger_end_to_end(colour_models, noisy_catalog, tmp_path):
     assert task["ece_calibrated"] is not None and set(task["auto_accept"]) >= {"threshold", "precision", "coverage"}
     assert task["tagger"]["images"] == 90 and task["tagger"]["temperature"] == pytest.approx(colour["temperature"])
     assert ("adapted_accuracy" in task) == (colour["adapter"] is not None)
-    assert flip_task["accuracy"] == pytest.approx(task["tagger"]["accuracy"])
+    call_command("evaluate", "--data", str(held), "--calibration", str(tmp_path / "nb" / "tagger.json"), "--json",
+                 str(tmp_path / "nb.json"), "--cache-dir", str(tmp_path / "cache"), "--no-progress")
+    nb_task = json.loads((tmp_path / "nb.json").read_text())["zero_shot"]["colour"]["tagger"]
+    assert flip_task["accuracy"] == pytest.approx(nb_task["accuracy"])  # a mean colour is its mirror's
 
     # The tagger plugin serves what the file says.
     settings_models = {"embedder": {"BACKEND": COLOUR, "OPTIONS": {}},

@@ -214,6 +214,9 @@ class Command(BaseCommand):
                 raise CommandError("--neighbours: no labelled product left after leaving out --data and --exclude")
             # Rounded as the calibration file stores them, so the choice sees what the tagger serves.
             keys = embed(key_products, "embed neighbour images", "embed_neighbours")
+            if flip:  # keys in the space of the images they vote on
+                keys = Z.flip_average(keys, embed(key_products, "embed neighbour mirror images",
+                                                  "embed_neighbour_mirrors", mirror=True))
             keys = keys.astype(np.float16).astype(np.float32)
             self.stdout.write(f"neighbour cache: {len(key_products)} labelled products")
 
