@@ -15,6 +15,10 @@ hypernym ("male" over "man", one step) maps to the value, with the number of ste
 on both sides (sense 1 is the most frequent). Which value a word means among its hits is decided by the caller
 (understanding.resolve, with the text embedder's similarity as the tie-break).
 
+Colour words WordNet has no colour reading of ("plum", "blush", "mocha") come from a colour-name table instead
+(mmsearch.search.colours: the xkcd colour survey's names, each read as the catalog colour most of its nearest
+named colours have), one step away, for a filter whose values are mostly colour names.
+
 Reading WordNet costs a few seconds and ~200 MB for a moment; the map itself is small. It is kept per process
 and on disk (VAR_DIR/cache/lexicon/<hash of the anchors>.json), so a process that finds it only reads JSON, and
 a merchant's synonym edit (not an anchor) never rebuilds it.
@@ -33,9 +37,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmsearch.search import colours
+
 logger = logging.getLogger(__name__)
 
-FORMAT = 2
+FORMAT = 3
 POS_FILES = {"n": "noun", "a": "adj"}
 # Lexicographer files that never hold a product, a colour or a person: not read as a value's sense.
 _SKIP_LEXNAMES = {"noun.Tops"}
@@ -325,6 +331,13 @@ def build(anchors: Sequence[tuple[str, Sequence[str]]], db: WordNet, depth: int 
                         continue
                     for word in up.words:
                         add(word, Hit(t, 1, word_rank(word, ref), vrank, up=True))
+    # Colour words WordNet has no colour reading of ("plum", "blush", "mocha"): the colour table's reading, one step
+    # away (one step more for a close vote), for a filter whose values are mostly colour names.
+    read = {(k, anchors[t][0]) for k, t in best}
+    for flt, terms in by_filter.items():
+        for word, (term, share) in colours.colour_readings([(t, anchors[t][1]) for t in terms]).items():
+            if (key(word), flt) not in read and ("~" + compact(word), flt) not in read:
+                add(word, Hit(term, 1 if share >= 0.5 else 2, 0, 0))
     hits: dict[str, list[Hit]] = defaultdict(list)
     for (k, _t), hit in best.items():
         hits[k].append(hit)

@@ -300,6 +300,33 @@ def test_lexicon_is_cached_on_disk_per_anchor_set(lexicon_on, tmp_path, monkeypa
     assert [LEX_TERMS[h.term].value for h in read.get("Pullovers")][:1] == ["Sweaters"]
 
 
+def test_colour_table_reads_colour_words_as_the_catalogs_colours():
+    from mmsearch.search.colours import colour_readings
+
+    palette = [(i, (name,)) for i, name in enumerate(
+        ["Red", "Maroon", "Pink", "Purple", "Brown", "Blue", "Navy Blue", "Gray", "Black", "White"])]
+    got = {w: palette[t][1][0] for w, (t, _share) in colour_readings(palette).items()}
+    # the vote of the nearest named colours: a dark red is Red, not the nearer Maroon
+    assert (got["crimson"], got["plum"], got["mocha"], got["blush"], got["violet"]) == (
+        "Red", "Purple", "Brown", "Pink", "Purple")
+    assert got["slate"] == "Gray"  # grey and gray are one spelling
+    # names that end with a value's name are the exact stage's ("hot pink"); modifiers are no colour
+    assert "hot pink" not in got and "dark" not in got and "pale" not in got
+    # a filter whose values are not mostly colour names gets no readings
+    assert colour_readings([(0, ("Sweaters",)), (1, ("Shirts",)), (2, ("Rose",))]) == {}
+
+
+def test_lexicon_reads_colour_words_wordnet_does_not_know_as_colours(lexicon_on):
+    terms = [*LEX_TERMS, *(VocabularyTerm("attr.colour", v, v, (v,), products=5) for v in ("Purple", "Pink", "Brown"))]
+    vocab = Vocabulary(terms)
+    assert _read(vocab, "plum sweaters")[0] == [("plum", "attr.colour", "Purple", "lexicon"),
+                                                ("sweaters", "attr.article_type", "Sweaters", "name")]
+    assert _read(vocab, "mocha jumper")[0] == [("mocha", "attr.colour", "Brown", "lexicon"),
+                                               ("jumper", "attr.article_type", "Sweaters", "lexicon")]
+    # a colour word is no article type or gender, whatever the table says
+    assert all(vocab.terms[h.term].filter == "attr.colour" for h in vocab.lexicon().get("blush"))
+
+
 def test_lexicon_stage_can_be_switched_off():
     vocab = Vocabulary(LEX_TERMS)
     with override_settings(MMSEARCH_SEARCH={"WEIGHTS_FILE": None, "UNDERSTAND": {"LEXICON": False}}):
