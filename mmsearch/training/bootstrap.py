@@ -12,7 +12,9 @@
    trained, each on one half of the products (by sku), and each scores the other half, so no pair is scored by
    a model that trained on it (a model trained on a wrong title learns to match it). A text is kept when its
    score is above the threshold, by default the one under which `filter_recall` of title swaps injected into the
-   scored products fall (matching.swap_threshold: fitted on the catalog itself, no noise rate assumed).
+   scored products fall (matching.swap_threshold: fitted on the catalog itself, no noise rate assumed). With
+   `filter_rounds` > 1 the filter is run again: first models trained only on the texts the previous round kept
+   (cleaner pairs, so they tell a wrong text from a right one better) rescore every text.
 4. The final model trains on what survives (TrainConfig.texts): each product's kept original text and kept
    caption (with `captions_for="dropped"`, a caption only where the original text was dropped); a product with
    neither is left out. Its model card records the settings and counts (`bootstrap`).
@@ -57,6 +59,7 @@ class BootstrapConfig:
     filter_score: str = matching.DEFAULT_SCORE
     filter_recall: float = 0.9  # the threshold catches this share of injected title swaps
     filter_threshold: float | None = None  # a fixed threshold instead (of filter_score)
+    filter_rounds: int = 1  # rounds > 1: first models trained again on the texts the previous round kept rescore
 
     def check(self) -> None:
         if not 0 <= self.corrupt_titles <= 1:
@@ -75,6 +78,8 @@ class BootstrapConfig:
             raise TrainingError("--first-epochs must be at least 1")
         if self.filter_score not in matching.SCORES:
             raise TrainingError(f"--filter-score {self.filter_score!r}: use one of {', '.join(matching.SCORES)}")
+        if self.filter_rounds < 1:
+            raise TrainingError("--filter-rounds must be at least 1")
         if not 0 < self.filter_recall <= 1:
             raise TrainingError(f"--filter-recall {self.filter_recall} must be in (0, 1]")
 
@@ -197,40 +202,52 @@ def run(cfg: TrainConfig, boot: BootstrapConfig, *, log: Callable[[str], None] =
         first_dir = Path(boot.first_dir) if boot.first_dir else out / "bootstrap"
         folds = np.array([fold_of(p.sku, boot.folds) for p in train])
         thresholds = []
-        for k in range(boot.folds):
-            scored = np.flatnonzero(folds == k)
-            texts = {p.sku: ([] if boot.folds > 1 and folds[i] == k else as_is[p.sku]) for i, p in enumerate(train)}
-            folder = first_dir / f"first-{k}"
-            first = replace(cfg, out=str(folder), epochs=boot.first_epochs or cfg.epochs,
-                            texts=str(write_texts(texts, first_dir / f"first-{k}-texts.jsonl")))
-            log(f"first model {k + 1}/{boot.folds}: {folder} ({first.epochs} epochs"
-                + (f", scores the {len(scored)} products it does not train on)" if boot.folds > 1 else ")"))
-            _train(first, {}, log, progress, replace_run)
-            part = [train[i] for i in scored]
-            columns = [[originals[i] for i in scored]] + ([[captions[i] for i in scored]] if captions else [])
-            got, images, title_vecs = score_texts(folder, part, columns, Path(cfg.cache_dir) if cfg.cache_dir else None,
-                                                  boot.filter_score, progress)
-            if boot.filter_threshold is not None:
-                threshold = boot.filter_threshold
-            else:
-                corrupted_part = [replace(p, title=originals[i]) for p, i in zip(part, scored)]
-                threshold = matching.swap_threshold(images, title_vecs, corrupted_part, boot.filter_recall,
-                                                    boot.filter_score, cfg.seed)
-            thresholds.append(round(threshold, 6))
-            original_score[scored] = got[0]
-            keep_original[scored] = got[0] > threshold
-            if captions:
-                caption_score[scored] = got[1]
-                keep_caption[scored] = got[1] > threshold
+        rounds = []
+        for r in range(boot.filter_rounds):
+            # Round r's first models train on what round r - 1 kept (round 0: on the texts as they are).
+            trusted = keep_original.copy()
+            thresholds = []
+            for k in range(boot.folds):
+                scored = np.flatnonzero(folds == k)
+                texts = {p.sku: ([] if (boot.folds > 1 and folds[i] == k) or not trusted[i] else as_is[p.sku])
+                         for i, p in enumerate(train)}
+                name = f"first-{k}" if r == 0 else f"round{r + 1}-first-{k}"
+                folder = first_dir / name
+                first = replace(cfg, out=str(folder), epochs=boot.first_epochs or cfg.epochs,
+                                texts=str(write_texts(texts, first_dir / f"{name}-texts.jsonl")))
+                log(f"first model {k + 1}/{boot.folds}" + (f" of round {r + 1}" if boot.filter_rounds > 1 else "")
+                    + f": {folder} ({first.epochs} epochs"
+                    + (f", scores the {len(scored)} products it does not train on)" if boot.folds > 1 else ")"))
+                _train(first, {}, log, progress, replace_run)
+                part = [train[i] for i in scored]
+                columns = [[originals[i] for i in scored]] + ([[captions[i] for i in scored]] if captions else [])
+                got, images, title_vecs = score_texts(folder, part, columns,
+                                                      Path(cfg.cache_dir) if cfg.cache_dir else None,
+                                                      boot.filter_score, progress)
+                if boot.filter_threshold is not None:
+                    threshold = boot.filter_threshold
+                else:
+                    corrupted_part = [replace(p, title=originals[i]) for p, i in zip(part, scored)]
+                    threshold = matching.swap_threshold(images, title_vecs, corrupted_part, boot.filter_recall,
+                                                        boot.filter_score, cfg.seed)
+                thresholds.append(round(threshold, 6))
+                original_score[scored] = got[0]
+                keep_original[scored] = got[0] > threshold
+                if captions:
+                    caption_score[scored] = got[1]
+                    keep_caption[scored] = got[1] > threshold
+            rounds.append({"thresholds": thresholds, "originals_kept": int(keep_original.sum()),
+                           **_on_corruption(keep_original, corrupted)})
+            if boot.filter_rounds > 1:
+                log(f"filter round {r + 1}: kept {int(keep_original.sum())} of {len(train)} original texts")
         summary["filter"] = {"score": boot.filter_score, "thresholds": thresholds,
                              "originals_kept": int(keep_original.sum()),
                              "captions_kept": int(keep_caption.sum()) if captions else None}
+        if boot.filter_rounds > 1:
+            summary["filter"]["rounds"] = rounds
         if corrupted.any():  # how well the filter found the injected noise (known here, not to the filter)
-            dropped = ~keep_original
             summary["filter"]["on_corruption"] = {
-                "dropped": int(dropped.sum()), "dropped_corrupted": int((dropped & corrupted).sum()),
-                "precision": round(float((dropped & corrupted).sum() / max(1, dropped.sum())), 4),
-                "recall": round(float((dropped & corrupted).sum() / max(1, corrupted.sum())), 4),
+                **_on_corruption(keep_original, corrupted)["on_corruption"],
                 "captions_kept_on_corrupted": int(keep_caption[corrupted].sum()) if captions else None}
         log("filter: kept {} of {} original texts".format(int(keep_original.sum()), len(train))
             + (f" and {int(keep_caption.sum())} of {len(train)} captions" if captions else "")
@@ -248,6 +265,17 @@ def run(cfg: TrainConfig, boot: BootstrapConfig, *, log: Callable[[str], None] =
                                      "corrupted": bool(corrupted[i])}, ensure_ascii=False) + "\n")
     extra["bootstrap"] = summary
     return _train(replace(cfg, texts=str(write_texts(final, out / TEXTS_NAME))), extra, log, progress, replace_run)
+
+
+def _on_corruption(keep: np.ndarray, corrupted: np.ndarray) -> dict:
+    """How the dropped texts meet the injected noise ({} without any)."""
+    if not corrupted.any():
+        return {}
+    dropped = ~keep
+    hit = int((dropped & corrupted).sum())
+    return {"on_corruption": {"dropped": int(dropped.sum()), "dropped_corrupted": hit,
+                              "precision": round(hit / max(1, int(dropped.sum())), 4),
+                              "recall": round(hit / max(1, int(corrupted.sum())), 4)}}
 
 
 def _num(x: float) -> float | None:

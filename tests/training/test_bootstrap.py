@@ -108,6 +108,20 @@ def test_bootstrap_captions_filters_and_retrains_on_what_survives(shop, tmp_path
         boot["filter"]["thresholds"]
     assert (shared / "first-0" / "open_clip_model.safetensors").stat().st_mtime_ns >= before
 
+    # A second filter round: first models trained only on what the first round kept rescore every title.
+    two = tmp_path / "filter-2"
+    embedder(shop, two, cache, "--corrupt-titles", "0.3", "--seed", "3", "--bootstrap", "--no-captions",
+             "--first-epochs", "30", "--first-dir", str(shared), "--filter-rounds", "2")
+    rounds = json.loads((two / "model_card.json").read_text())["bootstrap"]["filter"]["rounds"]
+    assert len(rounds) == 2 and rounds[0]["originals_kept"] == 36 - len(dropped)
+    assert rounds[0]["on_corruption"]["dropped_corrupted"] == len(dropped & swapped)
+    for k in (0, 1):  # round 2's first models never train on a text round 1 dropped
+        given = read_texts(shared / f"round2-first-{k}-texts.jsonl")
+        assert all(given[sku] == [] for sku in dropped)
+        assert any(given.values()) and (shared / f"round2-first-{k}" / "model_card.json").exists()
+    texts = read_texts(two / "training-texts.jsonl")
+    assert 36 - sum(1 for v in texts.values() if v) == rounds[1]["on_corruption"]["dropped"]
+
     # evaluate --cached-trunk reads the catalog's image vectors from the trunk-feature cache: the plugin's numbers.
     reports = {}
     for extra in ([], ["--cached-trunk"]):
@@ -165,6 +179,9 @@ def test_bootstrap_bad_input_is_one_line(shop, tmp_path):
     with pytest.raises(CommandError, match="--texts .*no such file"):
         call_command("train_embedder", "--data", str(shop), "--out", str(tmp_path / "o"), "--preset", "tiny",
                      "--texts", str(tmp_path / "none.jsonl"), "--no-progress")
+    with pytest.raises(CommandError, match="--filter-rounds must be at least 1"):
+        call_command("train_embedder", "--data", str(shop), "--out", str(tmp_path / "o"), "--preset", "tiny",
+                     "--bootstrap", "--no-captions", "--filter-rounds", "0", "--no-progress")
     with pytest.raises(CommandError, match="corrupt-titles 1.5"):
         call_command("train_embedder", "--data", str(shop), "--out", str(tmp_path / "o"), "--preset", "tiny",
                      "--corrupt-titles", "1.5", "--no-progress")

@@ -123,6 +123,9 @@ class Command(BaseCommand):
         boot.add_argument("--filter-recall", type=float, default=0.9,
                           help="threshold: the score under which this share of injected title swaps fall")
         boot.add_argument("--filter-threshold", type=float, help="a fixed threshold of --filter-score instead")
+        boot.add_argument("--filter-rounds", type=int, default=1,
+                          help="N > 1: train the first models again on the texts the previous round kept, and "
+                               "filter with those (each round trains --folds more models)")
 
     def handle(self, *args, **o):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: never try to download
@@ -174,7 +177,8 @@ class Command(BaseCommand):
             captioner=str(o["captioner"]) if o["captioner"] else None, top_p=o["top_p"],
             temperature=o["caption_temperature"], folds=o["folds"], first_epochs=o["first_epochs"],
             first_dir=str(o["first_dir"]) if o["first_dir"] else None, filter_score=o["filter_score"],
-            filter_recall=o["filter_recall"], filter_threshold=o["filter_threshold"])
+            filter_recall=o["filter_recall"], filter_threshold=o["filter_threshold"],
+            filter_rounds=o["filter_rounds"])
         log = lambda m: self.stdout.write(m)  # noqa: E731
         try:
             if boot.bootstrap or boot.corrupt_titles:
