@@ -410,13 +410,17 @@ def prepare(vocab: Vocabulary, text: str, unknown: Iterable[str] | None = None,
         if unknown_set is not None and not forms & unknown_set and not rare_count:
             continue
         best: tuple[int, str] | None = None
+        rank: tuple[int, int] | None = None
         tie = False
-        for length in range(len(tok.stem) - limit, len(tok.stem) + limit + 1):
+        # The distance from the stem or the word as typed, whichever is less; on a tie the word as typed decides:
+        # "womes" is one edit from "women" and two from "home" (its stem "wome" is one from both).
+        for length in range(len(tok.stem) - limit, max(len(tok.stem), len(tok.norm)) + limit + 1):
             for word in vocab.words.get(length, ()):
-                d = edit_distance(tok.stem, word, limit)
-                if d <= limit and (best is None or d < best[0]):
-                    best, tie = (d, word), False
-                elif best is not None and d == best[0] and word != best[1]:
+                typed = edit_distance(tok.norm, word, limit)
+                r = (min(edit_distance(tok.stem, word, limit), typed), typed)
+                if r[0] <= limit and (rank is None or r < rank):
+                    best, rank, tie = (r[0], word), r, False
+                elif rank is not None and r == rank and word != best[1]:
                     tie = True
         if rare_count and best is not None and not tie:
             term = vocab.terms[vocab.phrases[vocab.exact[(best[1],)][0]].term]

@@ -59,6 +59,12 @@ def test_typo_stage_corrects_only_words_no_product_has_and_only_a_unique_nearest
     assert [(u.span, u.value) for u in typo] == [("sweatrs", "Sweaters")] and 0 < typo[0].confidence < 1
     # A word some product has is no typo, even one edit away from a name.
     assert not [u for u in prepare(vocab, "sweatrs", unknown=[]).found if u.source == "typo"]
+    # Two names one edit from its stem ("wome": women, home): the word as typed decides ("womes": women)
+    home = Vocabulary([*TERMS, VocabularyTerm("attr.usage", "Home", "Home", ("Home",), products=5)])
+    assert [(u.span, u.value) for u in prepare(home, "womes tshirts", unknown=["womes"]).found
+            if u.source == "typo"] == [("womes", "Women")]
+    # and a true tie stays unread: "wome" as typed is one edit from both
+    assert not [u for u in prepare(home, "wome", unknown=["wome"]).found if u.source == "typo"]
 
 
 def test_typo_stage_corrects_a_rare_word_only_into_a_much_more_common_value():
