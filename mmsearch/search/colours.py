@@ -16,11 +16,14 @@ The lexicon (mmsearch.search.lexicon) adds these readings where WordNet has no c
 from __future__ import annotations
 
 import functools
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 TABLE = Path(__file__).with_name("data") / "xkcd_colours.tsv"
 K = 7  # neighbours in a vote
@@ -48,7 +51,12 @@ def lab(hex_rgb: str) -> np.ndarray:
 def table() -> dict[str, np.ndarray]:
     """The survey's names (normalised; names of two colours such as 'blue/green' left out) -> CIELAB."""
     out: dict[str, np.ndarray] = {}
-    for line in TABLE.read_text(encoding="utf-8").splitlines():
+    try:
+        text = TABLE.read_text(encoding="utf-8")
+    except OSError as exc:  # an installation without the package data: no colour readings, the rest works
+        logger.warning("query understanding: no colour-name table (%s)", exc)
+        return out
+    for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
         name, hex_rgb = line.split("\t")
