@@ -4,9 +4,9 @@ The xkcd colour survey's 949 names (data/xkcd_colours.tsv: what most of its resp
 are the table. A filter is a colour filter when at least half of its values are named in the table ("Navy Blue",
 "Grey"; grey and gray are one spelling). Its values then label the table's names that end with a value's name
 ("dark pink", "dusty rose" -> Pink, Rose: the longest such ending). Every other name of the table ("crimson",
-"fuchsia", "mocha"; not the modifiers "dark", "pale") is read as the value that most of its nearest labelled names have, by a vote of the `K`
-nearest in CIELAB weighted by 1 / (1 + distance): names for colours people call by a basic word outnumber the rare
-ones, so a dark red reads as Red rather than as the nearest value, Maroon.
+"fuchsia", "mocha"; not the modifiers "dark", "pale") is read as the value that most of its nearest labelled
+names have, by a vote of the `K` nearest in CIELAB weighted by 1 / (1 + distance): names for colours people call
+by a basic word outnumber the rare ones, so a dark red reads as Red rather than as the nearest value, Maroon.
 
     colour_readings([(3, ("Red",)), (4, ("Pink",)), ...])   # {"crimson": (3, 0.86), ...}: term, vote share
 
@@ -77,7 +77,8 @@ def colour_readings(values: Sequence[tuple[int, Sequence[str]]]) -> dict[str, tu
     labelled, points, free = [], [], []
     for name, colour in names.items():
         words = name.split()
-        label = next((own[" ".join(words[i:])] for i in range(len(words)) if " ".join(words[i:]) in own), None)
+        endings = (" ".join(words[i:]) for i in range(len(words)))
+        label = next((own[e] for e in endings if e in own), None)
         if label is None:
             if starts[name] < MODIFIER:
                 free.append((name, colour))
