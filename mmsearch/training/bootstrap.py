@@ -201,7 +201,6 @@ def run(cfg: TrainConfig, boot: BootstrapConfig, *, log: Callable[[str], None] =
     if boot.filter:
         first_dir = Path(boot.first_dir) if boot.first_dir else out / "bootstrap"
         folds = np.array([fold_of(p.sku, boot.folds) for p in train])
-        thresholds = []
         rounds = []
         for r in range(boot.filter_rounds):
             # Round r's first models train on what round r - 1 kept (round 0: on the texts as they are).
